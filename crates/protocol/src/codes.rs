@@ -1,0 +1,156 @@
+use serde::{Deserialize, Serialize};
+use specta::Type;
+
+/// Stable, machine-readable error codes. Clients branch on these; the
+/// accompanying message is for people and may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Type, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON (or not UTF-8 text).
+    #[error("malformed_json")]
+    MalformedJson,
+    /// The frame's `type` is not one the server knows.
+    #[error("unknown_type")]
+    UnknownType,
+    /// A known request with missing or invalid fields.
+    #[error("invalid_request")]
+    InvalidRequest,
+    #[error("frame_too_large")]
+    FrameTooLarge,
+    #[error("message_too_long")]
+    MessageTooLong,
+    /// A request other than `hello` before authenticating.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// Unknown, expired or revoked session token.
+    #[error("invalid_token")]
+    InvalidToken,
+    #[error("invalid_credentials")]
+    InvalidCredentials,
+    #[error("unsupported_protocol")]
+    UnsupportedProtocol,
+    #[error("username_taken")]
+    UsernameTaken,
+    #[error("invalid_username")]
+    InvalidUsername,
+    #[error("weak_password")]
+    WeakPassword,
+    #[error("unknown_user")]
+    UnknownUser,
+    /// No such conversation, message or resource.
+    #[error("not_found")]
+    NotFound,
+    /// The caller is not a member of the conversation.
+    #[error("not_member")]
+    NotMember,
+    /// The caller is a member but may not do this (not the sender, not admin).
+    #[error("forbidden")]
+    Forbidden,
+    #[error("rate_limited")]
+    RateLimited,
+    #[error("too_many_connections")]
+    TooManyConnections,
+    /// The server cannot replay from the requested position; refetch.
+    #[error("replay_unavailable")]
+    ReplayUnavailable,
+    #[error("internal")]
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request later may succeed. The client's
+    /// outbox retries these and marks the message failed on the others.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::TooManyConnections)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::MessageTooLong => "message_too_long",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::InvalidUsername => "invalid_username",
+            ErrorCode::WeakPassword => "weak_password",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ReplayUnavailable => "replay_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// A sentence a person understands, used when the server has nothing
+    /// more specific to say.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "the frame is not valid JSON",
+            ErrorCode::UnknownType => "unknown request type",
+            ErrorCode::InvalidRequest => "the request is missing fields or has invalid values",
+            ErrorCode::FrameTooLarge => "the frame is too large",
+            ErrorCode::MessageTooLong => "the message is too long",
+            ErrorCode::Unauthenticated => "sign in first",
+            ErrorCode::InvalidToken => "the session has expired or was signed out; sign in again",
+            ErrorCode::InvalidCredentials => "wrong username or password",
+            ErrorCode::UnsupportedProtocol => "this client is too old or too new for the server",
+            ErrorCode::UsernameTaken => "that username is taken",
+            ErrorCode::InvalidUsername => {
+                "usernames are 3-32 characters: a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+            }
+            ErrorCode::WeakPassword => "the password must be at least 8 characters",
+            ErrorCode::UnknownUser => "no such user",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::NotMember => "you are not a member of this conversation",
+            ErrorCode::Forbidden => "you are not allowed to do that",
+            ErrorCode::RateLimited => "too many requests; slow down",
+            ErrorCode::TooManyConnections => "too many connections for this account",
+            ErrorCode::ReplayUnavailable => "the server cannot replay from there; refetch",
+            ErrorCode::Internal => "internal server error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_serde() {
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::UnknownType,
+            ErrorCode::InvalidRequest,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::MessageTooLong,
+            ErrorCode::Unauthenticated,
+            ErrorCode::InvalidToken,
+            ErrorCode::InvalidCredentials,
+            ErrorCode::UnsupportedProtocol,
+            ErrorCode::UsernameTaken,
+            ErrorCode::InvalidUsername,
+            ErrorCode::WeakPassword,
+            ErrorCode::UnknownUser,
+            ErrorCode::NotFound,
+            ErrorCode::NotMember,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
+            ErrorCode::TooManyConnections,
+            ErrorCode::ReplayUnavailable,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(code.to_string(), code.as_str());
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Confab's wire protocol: every frame the client and server exchange.
+//!
+//! Frames are JSON text over a WebSocket (`GET /v1/ws`). The client sends
+//! [`Request`]s; each carries an `id` and gets exactly one reply, either
+//! [`ServerFrame::Result`] or [`ServerFrame::Error`] with a stable
+//! [`ErrorCode`]. The server also pushes [`ServerFrame::Event`] (persisted,
+//! ordered per conversation by `pos`) and ephemeral frames (typing, presence).
+//!
+//! Every persisted change to a conversation is one [`ConvEvent`] with a
+//! gap-free per-conversation position `pos`; messages additionally get a
+//! gap-free per-conversation `seq`. A client that knows it has applied
+//! everything up to `pos = n` asks for `after: n` and receives the rest, in
+//! order. See `docs/protocol.md` for the full description.
+
+mod codes;
+mod decode;
+mod http;
+
+pub use codes::ErrorCode;
+pub use decode::{decode_request, decode_server_frame, FrameError};
+pub use http::{AuthRequest, AuthResponse, HttpError};
+
+use serde::{Deserialize, Serialize};
+use specta::Type;
+use uuid::Uuid;
+
+/// Bumped on incompatible changes; sent in [`RequestBody::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest text frame the server accepts, in bytes. Larger frames get
+/// [`ErrorCode::FrameTooLarge`] (or a close with code 1009 when they exceed
+/// the transport limit, which is a few times bigger).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The longest message text, in characters (Unicode scalar values).
+pub const MAX_MESSAGE_CHARS: usize = 8000;
+/// The longest group name, in characters.
+pub const MAX_GROUP_NAME_CHARS: usize = 100;
+/// The most events one [`RequestBody::Events`] reply carries.
+pub const MAX_PAGE: u32 = 500;
+/// How long a typing indicator lasts unless renewed.
+pub const TYPING_TTL_MS: u32 = 6000;
+
+pub type UserId = Uuid;
+pub type ConversationId = Uuid;
+/// Client-generated message id (UUIDv7). The server deduplicates sends on
+/// (sender, client id), so a retry never creates a second message.
+pub type ClientId = Uuid;
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// A frame sent by the client. `id` is chosen by the client and echoed in the
+/// reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Must be the first frame on a socket. Reply: [`Reply::Welcome`].
+    Hello { token: String, protocol: u32 },
+    /// Lists the caller's conversations with their latest positions.
+    /// Reply: [`Reply::Conversations`].
+    Sync {},
+    /// Events of one conversation after position `after`, oldest first.
+    /// Reply: [`Reply::Events`], or error `replay_unavailable`.
+    Events { conversation: ConversationId, after: i64, limit: u32 },
+    /// Current state of messages (newest first) with `seq < before`.
+    /// Reply: [`Reply::Messages`].
+    History { conversation: ConversationId, before: Option<i64>, limit: u32 },
+    /// Opens (or creates) the one direct conversation with `username`.
+    /// Reply: [`Reply::Conversation`].
+    OpenDirect { username: String },
+    /// Creates a group; the caller becomes its admin. Reply: [`Reply::Conversation`].
+    CreateGroup { name: String, members: Vec<String> },
+    AddMember { conversation: ConversationId, username: String },
+    RemoveMember { conversation: ConversationId, username: String },
+    RenameGroup { conversation: ConversationId, name: String },
+    SetAdmin { conversation: ConversationId, username: String, admin: bool },
+    /// Reply: [`Reply::Sent`], after the message is committed.
+    Send { conversation: ConversationId, client_id: ClientId, text: String },
+    Edit { conversation: ConversationId, seq: i64, text: String },
+    Delete { conversation: ConversationId, seq: i64 },
+    React { conversation: ConversationId, seq: i64, emoji: String, add: bool },
+    Pin { conversation: ConversationId, seq: i64, pinned: bool },
+    /// "This device has received messages up to `seq`."
+    Delivered { conversation: ConversationId, seq: i64 },
+    /// "The user has read messages up to `seq`."
+    Read { conversation: ConversationId, seq: i64 },
+    /// The user is typing; renew at most every few seconds.
+    Typing { conversation: ConversationId },
+    Ping {},
+}
+
+impl RequestBody {
+    /// The `type` tag of every request, for telling unknown types from
+    /// malformed known ones.
+    pub const TYPES: &'static [&'static str] = &[
+        "hello", "sync", "events", "history", "open_direct", "create_group", "add_member",
+        "remove_member", "rename_group", "set_admin", "send", "edit", "delete", "react", "pin",
+        "delivered", "read", "typing", "ping",
+    ];
+}
+
+/// A frame sent by the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Result {
+        id: u64,
+        result: Reply,
+    },
+    Error {
+        /// `None` when the request's id could not be read.
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        /// Set with `rate_limited`: when a retry may succeed.
+        retry_after_ms: Option<u64>,
+    },
+    /// A persisted change to a conversation.
+    Event {
+        event: ConvEvent,
+    },
+    /// Ephemeral: `user` is typing in `conversation` for the next `ttl_ms`.
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        ttl_ms: u32,
+    },
+    /// Ephemeral: presence of a user who shares a conversation with you.
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: Option<Millis>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Welcome { user: UserId, username: String, server_time: Millis },
+    Conversations { conversations: Vec<ConversationInfo> },
+    Conversation { conversation: ConversationInfo },
+    Events { conversation: ConversationId, events: Vec<ConvEvent>, last_pos: i64, has_more: bool },
+    Messages { conversation: ConversationId, messages: Vec<Message> },
+    /// The message is committed. `duplicate` is true when this client id had
+    /// already been accepted (a retry).
+    Sent { conversation: ConversationId, client_id: ClientId, seq: i64, pos: i64, ts: Millis, duplicate: bool },
+    /// The change was committed at `pos` (or was a no-op and `pos` is `None`).
+    Done { pos: Option<i64> },
+    Pong {},
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    Direct,
+    Group,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct Member {
+    pub user: UserId,
+    pub username: String,
+    pub admin: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct MemberState {
+    pub user: UserId,
+    pub username: String,
+    pub admin: bool,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ConversationInfo {
+    pub id: ConversationId,
+    pub kind: ConvKind,
+    pub name: Option<String>,
+    pub members: Vec<MemberState>,
+    /// Position of the newest event.
+    pub last_pos: i64,
+    /// Sequence number of the newest message.
+    pub last_seq: i64,
+}
+
+/// One persisted change to a conversation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ConvEvent {
+    pub conversation: ConversationId,
+    /// Gap-free per conversation, starting at 1.
+    pub pos: i64,
+    pub ts: Millis,
+    /// Who made the change.
+    pub actor: UserId,
+    pub body: EventBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    Created { kind: ConvKind, name: Option<String>, members: Vec<Member> },
+    Message { seq: i64, client_id: ClientId, text: String },
+    Edited { seq: i64, text: String },
+    Deleted { seq: i64 },
+    Reaction { seq: i64, emoji: String, added: bool },
+    Pinned { seq: i64, pinned: bool },
+    MemberAdded { member: Member },
+    MemberRemoved { user: UserId },
+    Renamed { name: String },
+    AdminChanged { user: UserId, admin: bool },
+    /// A member's receipt watermarks moved forward.
+    Receipt { user: UserId, delivered_seq: i64, read_seq: i64 },
+}
+
+/// A message as it is now (after edits, deletes and reactions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct Message {
+    pub conversation: ConversationId,
+    pub seq: i64,
+    pub pos: i64,
+    pub client_id: ClientId,
+    pub sender: UserId,
+    /// Empty when deleted.
+    pub text: String,
+    pub ts: Millis,
+    pub edited_at: Option<Millis>,
+    pub deleted: bool,
+    pub pinned: bool,
+    pub reactions: Vec<Reaction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct Reaction {
+    pub emoji: String,
+    pub users: Vec<UserId>,
+}
+
+/// Checks a message text: non-empty after trimming, at most
+/// [`MAX_MESSAGE_CHARS`] characters.
+pub fn validate_text(text: &str) -> Result<(), ErrorCode> {
+    if text.trim().is_empty() {
+        return Err(ErrorCode::InvalidRequest);
+    }
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(ErrorCode::MessageTooLong);
+    }
+    Ok(())
+}
+
+/// Checks a reaction: one short emoji-like string, no whitespace or control
+/// characters.
+pub fn validate_emoji(emoji: &str) -> Result<(), ErrorCode> {
+    let n = emoji.chars().count();
+    if n == 0 || n > 16 || emoji.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ErrorCode::InvalidRequest);
+    }
+    Ok(())
+}
+
+/// Usernames: 3–32 characters of `a-z`, `0-9`, `_`, `.`, `-`, starting with a
+/// letter or digit. Compared as given (clients lowercase before sending).
+pub fn validate_username(name: &str) -> Result<(), ErrorCode> {
+    let ok_len = (3..=32).contains(&name.len());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok_len && ok_chars && ok_start {
+        Ok(())
+    } else {
+        Err(ErrorCode::InvalidUsername)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_with_flat_type_tag() {
+        let req = Request {
+            id: 7,
+            body: RequestBody::Send {
+                conversation: Uuid::nil(),
+                client_id: Uuid::nil(),
+                text: "hi".into(),
+            },
+        };
+        let json = serde_json::to_value(&req).expect("serialize");
+        assert_eq!(json["type"], "send");
+        assert_eq!(json["id"], 7);
+        assert_eq!(json["text"], "hi");
+        let back: Request = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn every_request_type_is_listed() {
+        // Each listed type must parse as a known variant (possibly with
+        // missing fields) rather than as an unknown variant.
+        for t in RequestBody::TYPES {
+            let err = serde_json::from_str::<RequestBody>(&format!(r#"{{"type":"{t}","__x":1}}"#));
+            if let Err(e) = err {
+                assert!(!e.to_string().contains("unknown variant"), "{t}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(validate_username("alice").is_ok());
+        assert!(validate_username("bob_2.x-y").is_ok());
+        assert!(validate_username("Al").is_err());
+        assert!(validate_username("ALICE").is_err());
+        assert!(validate_username("_alice").is_err());
+        assert!(validate_username("a b c").is_err());
+        assert!(validate_username(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(validate_text("  "), Err(ErrorCode::InvalidRequest));
+        assert_eq!(validate_text(&"é".repeat(MAX_MESSAGE_CHARS)), Ok(()));
+        assert_eq!(validate_text(&"é".repeat(MAX_MESSAGE_CHARS + 1)), Err(ErrorCode::MessageTooLong));
+        assert!(validate_emoji("👍").is_ok());
+        assert!(validate_emoji("").is_err());
+        assert!(validate_emoji("a b").is_err());
+    }
+}
