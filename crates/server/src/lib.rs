@@ -1,1 +1,179 @@
+//! Confab's server: HTTP for accounts, one WebSocket per device for
+//! everything else. Every change is committed to the store before anyone is
+//! told about it; see `docs/architecture.md`.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = confab_server::Config::new("127.0.0.1:0".parse()?, "/tmp/confab.db".into());
+//! let server = confab_server::start(config).await?;
+//! println!("listening on http://{}", server.addr);
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+pub mod auth;
+pub mod error;
+pub mod hub;
+pub mod service;
+pub mod store;
+mod ws;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use service::Service;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+/// Limits and timings; the defaults suit a real deployment.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Sustained requests per second per user, and the burst above it.
+    pub requests_per_sec: u32,
+    pub request_burst: u32,
+    pub max_connections_per_user: usize,
+    /// Frames queued per connection before it counts as a slow consumer.
+    pub queue_len: usize,
+    /// Time allowed for `hello` after connecting.
+    pub hello_timeout: Duration,
+    /// How often the server pings each socket.
+    pub ping_interval: Duration,
+    /// A socket silent this long (no frame, no pong) is dropped as dead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests_per_sec: 50,
+            request_burst: 200,
+            max_connections_per_user: 10,
+            queue_len: 1024,
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
+        Config { listen, db, limits: Limits::default() }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub limits: Arc<Limits>,
+    pub request_limiter: Arc<DefaultKeyedRateLimiter<confab_protocol::UserId>>,
+    pub login_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    pub dummy_hash: Arc<str>,
+}
+
+impl AppState {
+    pub async fn new(store: Arc<dyn Store>, limits: Limits) -> error::Result<Self> {
+        let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
+        // Password guessing: 10 tries, then one every 6 seconds per username.
+        let login_quota = Quota::with_period(Duration::from_secs(6))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(nz(10));
+        let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len);
+        Ok(AppState {
+            service: Arc::new(Service::new(store, hub)),
+            limits: Arc::new(limits),
+            request_limiter: Arc::new(RateLimiter::keyed(quota)),
+            login_limiter: Arc::new(RateLimiter::keyed(login_quota)),
+            dummy_hash: auth::make_dummy_hash().await?.into(),
+        })
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let http = Router::new()
+        .route("/v1/register", post(auth::register))
+        .route("/v1/login", post(auth::login))
+        .route("/v1/logout", post(auth::logout))
+        .layer(RequestBodyLimitLayer::new(16 * 1024));
+    Router::new()
+        .merge(http)
+        .route("/v1/health", get(health))
+        .route("/v1/ws", get(ws::upgrade))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, closes every socket with 1001 and waits for the
+    /// server task.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Resolves when the server stops by itself (an accept error).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    pub fn stop_handle(&mut self) -> Option<oneshot::Sender<()>> {
+        self.stop.take()
+    }
+}
+
+/// Opens the database, binds `config.listen` and serves in the background.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let store = SqliteStore::open(&config.db).await.map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
+    let state = AppState::new(Arc::new(store), config.limits).await?;
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = app(state.clone());
+    let service = state.service.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+            // Upgraded sockets are not tracked by the HTTP server's graceful
+            // shutdown; tell them ourselves.
+            service.hub.kick_all();
+        };
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    });
+    Ok(Server { addr, state, stop: Some(stop), task })
+}

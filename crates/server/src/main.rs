@@ -1,1 +1,81 @@
-fn main(){}
+//! `confab-server [--listen ADDR] [--db PATH]`
+
+use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "confab-server", version, about = "Confab chat server (WebSocket + HTTP, embedded SQLite)")]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:7313")]
+    listen: SocketAddr,
+    /// SQLite database file, created on first start.
+    #[arg(long, env = "CONFAB_DB")]
+    db: Option<PathBuf>,
+    /// Sustained requests per second allowed per user.
+    #[arg(long, default_value_t = 50)]
+    rate_limit: u32,
+    /// Burst of requests allowed per user above the sustained rate.
+    #[arg(long, default_value_t = 200)]
+    rate_burst: u32,
+    /// Simultaneous connections allowed per user.
+    #[arg(long, default_value_t = 10)]
+    max_connections: usize,
+}
+
+fn default_db() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("confab-server").join("confab.db")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = confab_server::Config::new(args.listen, args.db.unwrap_or_else(default_db));
+    config.limits.requests_per_sec = args.rate_limit;
+    config.limits.request_burst = args.rate_burst;
+    config.limits.max_connections_per_user = args.max_connections;
+    tracing::info!(db = %config.db.display(), "starting");
+    let mut server = confab_server::start(config).await?;
+    // Scripts and tests wait for this exact line to learn the real port.
+    println!("listening on http://{}", server.addr);
+    std::io::stdout().flush()?;
+    let stop = server.stop_handle();
+    tokio::select! {
+        r = server.wait() => r?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            if let Some(stop) = stop { let _ = stop.send(()); }
+            server.wait().await?;
+        }
+    }
+    Ok(())
+}

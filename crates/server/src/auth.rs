@@ -1,0 +1,127 @@
+//! Accounts and sessions: `POST /v1/register`, `/v1/login`, `/v1/logout`.
+//!
+//! Passwords are hashed with argon2id (on the blocking pool: it is CPU work
+//! by design). Sessions are opaque 256-bit random tokens, one per device; the
+//! database keeps only their SHA-256, and logout deletes the row and closes
+//! that session's live sockets.
+
+use crate::error::{ApiError, Result};
+use crate::AppState;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use confab_protocol::{validate_username, AuthRequest, AuthResponse, ErrorCode};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::internal("hash task", e))?
+    .map_err(|e| ApiError::internal("argon2 hash", e))
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::internal("stored hash", e))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .map_err(|e| ApiError::internal("verify task", e))?
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ErrorCode::Unauthenticated.into())
+}
+
+fn device(req: &AuthRequest) -> Option<&str> {
+    req.device.as_deref().map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100)
+}
+
+pub async fn register(State(state): State<AppState>, Json(req): Json<AuthRequest>) -> Result<(StatusCode, Json<AuthResponse>)> {
+    validate_username(&req.username)?;
+    if req.password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(ErrorCode::WeakPassword.into());
+    }
+    if req.password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "the password is too long"));
+    }
+    let store = &state.service.store;
+    // Cheap early answer; the unique index decides races.
+    if store.user_by_name(&req.username).await?.is_some() {
+        return Err(ErrorCode::UsernameTaken.into());
+    }
+    let hash = hash_password(req.password.clone()).await?;
+    let user = store.create_user(&req.username, &hash).await?;
+    let token = new_token();
+    store.create_session(user, &token_hash(&token), device(&req)).await?;
+    tracing::info!(%user, username = %req.username, "registered");
+    Ok((StatusCode::CREATED, Json(AuthResponse { user, username: req.username, token })))
+}
+
+pub async fn login(State(state): State<AppState>, Json(req): Json<AuthRequest>) -> Result<Json<AuthResponse>> {
+    if let Err(not_until) = state.login_limiter.check_key(&req.username) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::rate_limited(wait.as_millis() as u64));
+    }
+    if req.password.len() > MAX_PASSWORD_BYTES {
+        return Err(ErrorCode::InvalidCredentials.into());
+    }
+    let store = &state.service.store;
+    let found = store.credentials(&req.username).await?;
+    let (user, ok) = match found {
+        Some((user, hash)) => (Some(user), verify_password(req.password.clone(), hash).await?),
+        None => {
+            // Spend the same time as a real check, so timing does not tell
+            // which usernames exist.
+            let _ = verify_password(req.password.clone(), state.dummy_hash.to_string()).await;
+            (None, false)
+        }
+    };
+    let (Some(user), true) = (user, ok) else {
+        return Err(ErrorCode::InvalidCredentials.into());
+    };
+    let token = new_token();
+    store.create_session(user, &token_hash(&token), device(&req)).await?;
+    Ok(Json(AuthResponse { user, username: req.username, token }))
+}
+
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode> {
+    let token = bearer(&headers)?;
+    match state.service.store.delete_session(&token_hash(token)).await? {
+        Some(session) => {
+            state.service.hub.kick_session(session);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(ErrorCode::InvalidToken.into()),
+    }
+}
+
+/// A valid argon2 hash of a random password, for constant-time login misses.
+pub async fn make_dummy_hash() -> Result<String> {
+    hash_password(new_token()).await
+}

@@ -1,0 +1,218 @@
+//! Fan-out: which users have which live connections, and delivery of frames
+//! to them. This is the only place that writes to a connection's queue.
+//!
+//! Each connection has a bounded queue. Publishing never waits: a connection
+//! whose queue is full is a slow consumer and is disconnected with close code
+//! [`CLOSE_SLOW_CONSUMER`]. It loses nothing: on reconnect it resumes from
+//! the last position it applied. (A lagging client must never stall fan-out
+//! for everyone else, nor silently miss events.)
+
+use confab_protocol::{ConversationId, UserId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// Close codes the server uses (4000–4999 are application codes).
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_SESSION_REVOKED: u16 = 4001;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Why the server is closing a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kick {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    session: Uuid,
+    tx: mpsc::Sender<Arc<str>>,
+    kick: watch::Sender<Option<Kick>>,
+}
+
+impl Conn {
+    fn kick(&self, kick: Kick) {
+        self.kick.send_replace(Some(kick));
+    }
+}
+
+/// What a connection task holds: its queue and its kick signal.
+pub struct Registration {
+    pub id: u64,
+    /// The connection's queue: replies are sent here too, so they stay in
+    /// order with events.
+    pub tx: mpsc::Sender<Arc<str>>,
+    pub rx: mpsc::Receiver<Arc<str>>,
+    /// Lets the connection close itself the same way the hub does.
+    pub kick: watch::Sender<Option<Kick>>,
+    pub kicked: watch::Receiver<Option<Kick>>,
+    /// True if this is the user's first live connection (they came online).
+    pub first: bool,
+}
+
+pub struct Hub {
+    conns: Mutex<HashMap<UserId, Vec<Conn>>>,
+    typing: Mutex<HashMap<(UserId, ConversationId), Instant>>,
+    next_id: AtomicU64,
+    max_per_user: usize,
+    queue_len: usize,
+}
+
+/// A typing notice is forwarded at most this often per user and conversation.
+const TYPING_THROTTLE: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the maps inconsistent
+    // (each operation is a single insert/remove), so recover from poisoning.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn new(max_per_user: usize, queue_len: usize) -> Self {
+        Hub {
+            conns: Mutex::new(HashMap::new()),
+            typing: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_per_user,
+            queue_len,
+        }
+    }
+
+    /// Registers a connection, or returns `None` when the user already has
+    /// the maximum number of connections.
+    pub fn register(&self, user: UserId, session: Uuid) -> Option<Registration> {
+        let mut conns = lock(&self.conns);
+        let list = conns.entry(user).or_default();
+        if list.len() >= self.max_per_user {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let (kick, kicked) = watch::channel(None);
+        let first = list.is_empty();
+        list.push(Conn { id, session, tx: tx.clone(), kick: kick.clone() });
+        Some(Registration { id, tx, rx, kick, kicked, first })
+    }
+
+    /// Removes a connection; returns true if it was the user's last one.
+    pub fn unregister(&self, user: UserId, id: u64) -> bool {
+        let mut conns = lock(&self.conns);
+        let Some(list) = conns.get_mut(&user) else { return false };
+        let before = list.len();
+        list.retain(|c| c.id != id);
+        let removed = list.len() < before;
+        if list.is_empty() {
+            conns.remove(&user);
+        }
+        removed && !conns.contains_key(&user)
+    }
+
+    pub fn is_online(&self, user: UserId) -> bool {
+        lock(&self.conns).contains_key(&user)
+    }
+
+    /// Queues `frame` on every connection of every user in `users`.
+    pub fn publish(&self, users: &[UserId], frame: Arc<str>) {
+        let conns = lock(&self.conns);
+        for user in users {
+            for conn in conns.get(user).into_iter().flatten() {
+                if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(frame.clone()) {
+                    tracing::warn!(%user, conn = conn.id, "slow consumer: disconnecting; it will resume");
+                    conn.kick(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" });
+                }
+            }
+        }
+    }
+
+    /// Closes every connection authenticated with `session` (after logout).
+    pub fn kick_session(&self, session: Uuid) {
+        for conn in lock(&self.conns).values().flatten().filter(|c| c.session == session) {
+            conn.kick(Kick { code: CLOSE_SESSION_REVOKED, reason: "session_revoked" });
+        }
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub fn kick_all(&self) {
+        for conn in lock(&self.conns).values().flatten() {
+            conn.kick(Kick { code: CLOSE_GOING_AWAY, reason: "server_shutdown" });
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        lock(&self.conns).values().map(Vec::len).sum()
+    }
+
+    /// Whether a typing notice from `user` in `conversation` should be
+    /// forwarded now (throttled per pair).
+    pub fn typing_allowed(&self, user: UserId, conversation: ConversationId) -> bool {
+        let now = Instant::now();
+        let mut typing = lock(&self.typing);
+        if typing.len() > 10_000 {
+            typing.retain(|_, t| now.duration_since(*t) < TYPING_THROTTLE);
+        }
+        match typing.get(&(user, conversation)) {
+            Some(t) if now.duration_since(*t) < TYPING_THROTTLE => false,
+            _ => {
+                typing.insert((user, conversation), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets a typing throttle (the user sent a message, so the next
+    /// keystroke should show again at once).
+    pub fn typing_reset(&self, user: UserId, conversation: ConversationId) {
+        lock(&self.typing).remove(&(user, conversation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_kicks_only_the_slow_connection() {
+        let hub = Hub::new(5, 2);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ra = hub.register(a, Uuid::nil()).expect("room");
+        let mut rb = hub.register(b, Uuid::nil()).expect("room");
+        for i in 0..3 {
+            hub.publish(&[a, b], Arc::from(format!("{i}")));
+            // b keeps up, a does not.
+            assert!(rb.rx.try_recv().is_ok());
+        }
+        assert_eq!(ra.kicked.borrow().map(|k| k.code), Some(CLOSE_SLOW_CONSUMER));
+        assert!(rb.kicked.borrow().is_none());
+    }
+
+    #[test]
+    fn connection_limit_and_presence() {
+        let hub = Hub::new(2, 8);
+        let u = Uuid::now_v7();
+        let r1 = hub.register(u, Uuid::nil()).expect("first");
+        assert!(r1.first);
+        let r2 = hub.register(u, Uuid::nil()).expect("second");
+        assert!(!r2.first);
+        assert!(hub.register(u, Uuid::nil()).is_none());
+        assert!(!hub.unregister(u, r1.id));
+        assert!(hub.is_online(u));
+        assert!(hub.unregister(u, r2.id));
+        assert!(!hub.is_online(u));
+    }
+
+    #[test]
+    fn typing_is_throttled_per_pair() {
+        let hub = Hub::new(2, 8);
+        let (u, c) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(hub.typing_allowed(u, c));
+        assert!(!hub.typing_allowed(u, c));
+        assert!(hub.typing_allowed(u, Uuid::now_v7()));
+        hub.typing_reset(u, c);
+        assert!(hub.typing_allowed(u, c));
+    }
+}

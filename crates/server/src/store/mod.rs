@@ -1,0 +1,96 @@
+//! Storage behind a trait, so a Postgres implementation can be added without
+//! touching the handlers. [`SqliteStore`] is the embedded default.
+//!
+//! Every change to a conversation goes through [`Store::append`], which in
+//! one transaction assigns the next gap-free `pos` (and `seq` for messages),
+//! updates the current-state tables and appends the event to the log. The
+//! caller publishes the returned event only after this commit.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+use async_trait::async_trait;
+use confab_protocol::{
+    ConvEvent, ConvKind, ConversationId, ConversationInfo, EventBody, Member, Message,
+    Millis, UserId,
+};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub type SessionId = Uuid;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub user: UserId,
+    pub username: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Membership {
+    pub kind: ConvKind,
+    pub admin: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MessageMeta {
+    pub sender: UserId,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum AppendOutcome {
+    /// Committed; publish `event` to `recipients` (the members after the
+    /// change, plus a removed member).
+    Appended { event: ConvEvent, recipients: Vec<UserId> },
+    /// A send whose (sender, client id) was already accepted.
+    Duplicate { conversation: ConversationId, seq: i64, pos: i64, ts: Millis },
+    /// Nothing changed (a receipt that does not advance, a reaction that is
+    /// already there, …); nothing to publish.
+    Unchanged,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails with `username_taken` if the name exists.
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId>;
+    /// (id, password hash) of a user.
+    async fn credentials(&self, username: &str) -> Result<Option<(UserId, String)>>;
+    async fn create_session(&self, user: UserId, token_hash: &[u8], device: Option<&str>) -> Result<SessionId>;
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>>;
+    /// Deletes a session; returns its id if it existed.
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<Option<SessionId>>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserId>>;
+    async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()>;
+    async fn last_seen(&self, users: &[UserId]) -> Result<HashMap<UserId, Millis>>;
+    /// Users who share at least one conversation with `user` (not `user`).
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
+
+    async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Membership>>;
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
+    /// Conversations of `user`, with presence fields unset.
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>>;
+    async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>>;
+
+    /// Finds or creates the direct conversation of two distinct users.
+    async fn open_direct(&self, a: Member, b: Member) -> Result<(ConversationId, Option<AppendOutcome>)>;
+    async fn create_group(&self, name: &str, members: Vec<Member>, creator: UserId) -> Result<AppendOutcome>;
+    /// Applies one change and appends it to the log, atomically. For
+    /// [`EventBody::Message`] the given `seq` is ignored and assigned here.
+    async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;
+
+    /// Events with `pos > after`, oldest first, and the newest position.
+    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32) -> Result<(Vec<ConvEvent>, i64)>;
+    /// Messages with `seq < before` (all if `None`), newest first.
+    async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<Message>>;
+    async fn message(&self, conversation: ConversationId, seq: i64) -> Result<Option<MessageMeta>>;
+}

@@ -1,0 +1,644 @@
+//! The embedded SQLite store (WAL). All writes go through a pool of one
+//! connection, so SQLite's single writer never sees lock contention (no
+//! `SQLITE_BUSY` on upgrade); reads use a separate pool and see every
+//! committed write.
+
+use super::{now_ms, AppendOutcome, Membership, MessageMeta, Session, SessionId, Store};
+use crate::error::{ApiError, Result};
+use async_trait::async_trait;
+use confab_protocol::{
+    ConvEvent, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody, Member, MemberState,
+    Message, Millis, Reaction, UserId,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+fn parse_id(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| ApiError::internal("corrupt id in database", e))
+}
+
+fn parse_kind(s: &str) -> ConvKind {
+    if s == "group" {
+        ConvKind::Group
+    } else {
+        ConvKind::Direct
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ApiError::internal("cannot create the database directory", e))?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged message survives power loss, not just a
+            // process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        sqlx::migrate!("./migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        Ok(SqliteStore { read, write })
+    }
+
+    async fn members_of(&self, conversation: &str) -> Result<Vec<MemberState>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.username, m.admin, m.delivered_seq, m.read_seq, u.last_seen
+             FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.conversation_id = ? ORDER BY u.username",
+        )
+        .bind(conversation)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MemberState {
+                    user: parse_id(r.get("user_id"))?,
+                    username: r.get("username"),
+                    admin: r.get::<i64, _>("admin") != 0,
+                    delivered_seq: r.get("delivered_seq"),
+                    read_seq: r.get("read_seq"),
+                    online: false,
+                    last_seen: r.get("last_seen"),
+                })
+            })
+            .collect()
+    }
+
+    fn info_from_row(&self, r: &sqlx::sqlite::SqliteRow, members: Vec<MemberState>) -> Result<ConversationInfo> {
+        Ok(ConversationInfo {
+            id: parse_id(r.get("id"))?,
+            kind: parse_kind(r.get("kind")),
+            name: r.get("name"),
+            members,
+            last_pos: r.get("last_pos"),
+            last_seq: r.get("last_seq"),
+        })
+    }
+}
+
+/// Inserts the conversation's next event inside `tx` and returns it.
+async fn push_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    actor: UserId,
+    body: EventBody,
+    bump_seq: bool,
+) -> Result<ConvEvent> {
+    let conv = conversation.to_string();
+    let row = sqlx::query(
+        "UPDATE conversations SET last_pos = last_pos + 1, last_seq = last_seq + ?
+         WHERE id = ? RETURNING last_pos, last_seq",
+    )
+    .bind(i64::from(bump_seq))
+    .bind(&conv)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::from(ErrorCode::NotFound))?;
+    let pos: i64 = row.get("last_pos");
+    let seq: i64 = row.get("last_seq");
+    let body = match body {
+        EventBody::Message { client_id, text, .. } => EventBody::Message { seq, client_id, text },
+        other => other,
+    };
+    let ts = now_ms();
+    let json = serde_json::to_string(&body).map_err(|e| ApiError::internal("serialize event", e))?;
+    sqlx::query("INSERT INTO events (conversation_id, pos, ts, actor, body) VALUES (?, ?, ?, ?, ?)")
+        .bind(&conv)
+        .bind(pos)
+        .bind(ts)
+        .bind(actor.to_string())
+        .bind(json)
+        .execute(&mut **tx)
+        .await?;
+    Ok(ConvEvent { conversation, pos, ts, actor, body })
+}
+
+async fn member_ids_tx(tx: &mut Transaction<'_, Sqlite>, conversation: &str) -> Result<Vec<UserId>> {
+    let rows = sqlx::query("SELECT user_id FROM members WHERE conversation_id = ?")
+        .bind(conversation)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter().map(|r| parse_id(r.get("user_id"))).collect()
+}
+
+async fn insert_member(tx: &mut Transaction<'_, Sqlite>, conversation: &str, m: &Member) -> Result<()> {
+    sqlx::query("INSERT INTO members (conversation_id, user_id, admin) VALUES (?, ?, ?)")
+        .bind(conversation)
+        .bind(m.user.to_string())
+        .bind(m.admin)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies the state change of `body` to the current-state tables. Returns
+/// `false` when it changes nothing (then no event is appended).
+async fn apply_change(
+    tx: &mut Transaction<'_, Sqlite>,
+    conv: &str,
+    actor: UserId,
+    body: &mut EventBody,
+) -> Result<bool> {
+    let now = now_ms();
+    let changed = match body {
+        EventBody::Edited { seq, text } => {
+            sqlx::query("UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0")
+                .bind(&*text)
+                .bind(now)
+                .bind(conv)
+                .bind(*seq)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::Deleted { seq } => {
+            let done = sqlx::query(
+                "UPDATE messages SET text = '', deleted = 1, pinned = 0 WHERE conversation_id = ? AND seq = ? AND deleted = 0",
+            )
+            .bind(conv)
+            .bind(*seq)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if done {
+                sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+                    .bind(conv)
+                    .bind(*seq)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            done
+        }
+        EventBody::Reaction { seq, emoji, added } => {
+            let sql = if *added {
+                "INSERT OR IGNORE INTO reactions (conversation_id, seq, user_id, emoji) VALUES (?, ?, ?, ?)"
+            } else {
+                "DELETE FROM reactions WHERE conversation_id = ? AND seq = ? AND user_id = ? AND emoji = ?"
+            };
+            sqlx::query(sql)
+                .bind(conv)
+                .bind(*seq)
+                .bind(actor.to_string())
+                .bind(&*emoji)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::Pinned { seq, pinned } => {
+            sqlx::query("UPDATE messages SET pinned = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0 AND pinned != ?")
+                .bind(*pinned)
+                .bind(conv)
+                .bind(*seq)
+                .bind(*pinned)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::MemberAdded { member } => {
+            let exists = sqlx::query("SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?")
+                .bind(conv)
+                .bind(member.user.to_string())
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+            if !exists {
+                insert_member(tx, conv, member).await?;
+            }
+            !exists
+        }
+        EventBody::MemberRemoved { user } => {
+            sqlx::query("DELETE FROM members WHERE conversation_id = ? AND user_id = ?")
+                .bind(conv)
+                .bind(user.to_string())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::Renamed { name } => {
+            sqlx::query("UPDATE conversations SET name = ? WHERE id = ? AND (name IS NULL OR name != ?)")
+                .bind(&*name)
+                .bind(conv)
+                .bind(&*name)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::AdminChanged { user, admin } => {
+            sqlx::query("UPDATE members SET admin = ? WHERE conversation_id = ? AND user_id = ? AND admin != ?")
+                .bind(*admin)
+                .bind(conv)
+                .bind(user.to_string())
+                .bind(*admin)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                > 0
+        }
+        EventBody::Receipt { user, delivered_seq, read_seq } => {
+            // Watermarks only move forward, never past the newest message, and
+            // reading implies delivery.
+            let row = sqlx::query(
+                "UPDATE members SET
+                   read_seq = MAX(read_seq, MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?3))),
+                   delivered_seq = MAX(delivered_seq, MIN(MAX(?2, ?1), (SELECT last_seq FROM conversations WHERE id = ?3)))
+                 WHERE conversation_id = ?3 AND user_id = ?4
+                   AND (read_seq < MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?3))
+                     OR delivered_seq < MIN(MAX(?2, ?1), (SELECT last_seq FROM conversations WHERE id = ?3)))
+                 RETURNING delivered_seq, read_seq",
+            )
+            .bind(*read_seq)
+            .bind(*delivered_seq)
+            .bind(conv)
+            .bind(user.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+            match row {
+                Some(row) => {
+                    *delivered_seq = row.get("delivered_seq");
+                    *read_seq = row.get("read_seq");
+                    true
+                }
+                None => false,
+            }
+        }
+        EventBody::Created { .. } | EventBody::Message { .. } => {
+            return Err(ApiError::internal("apply_change", "created/message are appended elsewhere"))
+        }
+    };
+    Ok(changed)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId> {
+        let id = Uuid::now_v7();
+        let res = sqlx::query("INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(id.to_string())
+            .bind(username)
+            .bind(password_hash)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await;
+        match res {
+            Ok(_) => Ok(id),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ErrorCode::UsernameTaken.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn credentials(&self, username: &str) -> Result<Option<(UserId, String)>> {
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok((parse_id(r.get("id"))?, r.get("password_hash")))).transpose()
+    }
+
+    async fn create_session(&self, user: UserId, token_hash: &[u8], device: Option<&str>) -> Result<SessionId> {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO sessions (id, token_hash, user_id, device, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id.to_string())
+            .bind(token_hash)
+            .bind(user.to_string())
+            .bind(device)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(id)
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT s.id, s.user_id, u.username FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(Session { id: parse_id(r.get("id"))?, user: parse_id(r.get("user_id"))?, username: r.get("username") })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &[u8]) -> Result<Option<SessionId>> {
+        let row = sqlx::query("DELETE FROM sessions WHERE token_hash = ? RETURNING id")
+            .bind(token_hash)
+            .fetch_optional(&self.write)
+            .await?;
+        row.map(|r| parse_id(r.get("id"))).transpose()
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {
+        let row = sqlx::query("SELECT id FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| parse_id(r.get("id"))).transpose()
+    }
+
+    async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()> {
+        sqlx::query("UPDATE users SET last_seen = ? WHERE id = ?")
+            .bind(ts)
+            .bind(user.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[UserId]) -> Result<HashMap<UserId, Millis>> {
+        let mut out = HashMap::new();
+        for user in users {
+            let row = sqlx::query("SELECT last_seen FROM users WHERE id = ?")
+                .bind(user.to_string())
+                .fetch_optional(&self.read)
+                .await?;
+            if let Some(ts) = row.and_then(|r| r.get::<Option<i64>, _>("last_seen")) {
+                out.insert(*user, ts);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id
+             WHERE m.user_id = ?1 AND o.user_id != ?1",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| parse_id(r.get("user_id"))).collect()
+    }
+
+    async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Membership>> {
+        let row = sqlx::query(
+            "SELECT c.kind, m.admin FROM members m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.conversation_id = ? AND m.user_id = ?",
+        )
+        .bind(conversation.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| Membership { kind: parse_kind(r.get("kind")), admin: r.get::<i64, _>("admin") != 0 }))
+    }
+
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        let rows = sqlx::query("SELECT user_id FROM members WHERE conversation_id = ?")
+            .bind(conversation.to_string())
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| parse_id(r.get("user_id"))).collect()
+    }
+
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.name, c.last_pos, c.last_seq FROM conversations c
+             JOIN members m ON m.conversation_id = c.id WHERE m.user_id = ? ORDER BY c.id",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let members = self.members_of(r.get("id")).await?;
+            out.push(self.info_from_row(r, members)?);
+        }
+        Ok(out)
+    }
+
+    async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>> {
+        let id = conversation.to_string();
+        let row = sqlx::query("SELECT id, kind, name, last_pos, last_seq FROM conversations WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            Some(r) => {
+                let members = self.members_of(&id).await?;
+                Ok(Some(self.info_from_row(&r, members)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn open_direct(&self, a: Member, b: Member) -> Result<(ConversationId, Option<AppendOutcome>)> {
+        let key = if a.user < b.user { format!("{}:{}", a.user, b.user) } else { format!("{}:{}", b.user, a.user) };
+        let mut tx = self.write.begin().await?;
+        let existing = sqlx::query("SELECT id FROM conversations WHERE direct_key = ?")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = existing {
+            return Ok((parse_id(row.get("id"))?, None));
+        }
+        let id = Uuid::now_v7();
+        let conv = id.to_string();
+        sqlx::query("INSERT INTO conversations (id, kind, direct_key, created_at) VALUES (?, 'direct', ?, ?)")
+            .bind(&conv)
+            .bind(&key)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let members = vec![Member { admin: false, ..a.clone() }, Member { admin: false, ..b }];
+        for m in &members {
+            insert_member(&mut tx, &conv, m).await?;
+        }
+        let recipients = members.iter().map(|m| m.user).collect();
+        let body = EventBody::Created { kind: ConvKind::Direct, name: None, members };
+        let event = push_event(&mut tx, id, a.user, body, false).await?;
+        tx.commit().await?;
+        Ok((id, Some(AppendOutcome::Appended { event, recipients })))
+    }
+
+    async fn create_group(&self, name: &str, members: Vec<Member>, creator: UserId) -> Result<AppendOutcome> {
+        let id = Uuid::now_v7();
+        let conv = id.to_string();
+        let mut tx = self.write.begin().await?;
+        sqlx::query("INSERT INTO conversations (id, kind, name, created_at) VALUES (?, 'group', ?, ?)")
+            .bind(&conv)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        for m in &members {
+            insert_member(&mut tx, &conv, m).await?;
+        }
+        let recipients = members.iter().map(|m| m.user).collect();
+        let body = EventBody::Created { kind: ConvKind::Group, name: Some(name.to_owned()), members };
+        let event = push_event(&mut tx, id, creator, body, false).await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended { event, recipients })
+    }
+
+    async fn append(&self, conversation: ConversationId, actor: UserId, mut body: EventBody) -> Result<AppendOutcome> {
+        let conv = conversation.to_string();
+        let mut tx = self.write.begin().await?;
+        let is_message = matches!(body, EventBody::Message { .. });
+        if let EventBody::Message { client_id, text, .. } = &body {
+            let dup = sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
+                .bind(actor.to_string())
+                .bind(client_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(r) = dup {
+                let dup_conv = parse_id(r.get("conversation_id"))?;
+                if dup_conv != conversation {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "this client_id was already used for a message in another conversation",
+                    ));
+                }
+                return Ok(AppendOutcome::Duplicate {
+                    conversation,
+                    seq: r.get("seq"),
+                    pos: r.get("pos"),
+                    ts: r.get("ts"),
+                });
+            }
+            let event = push_event(&mut tx, conversation, actor, body.clone(), true).await?;
+            let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
+            sqlx::query(
+                "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&conv)
+            .bind(seq)
+            .bind(event.pos)
+            .bind(actor.to_string())
+            .bind(client_id.to_string())
+            .bind(text)
+            .bind(event.ts)
+            .execute(&mut *tx)
+            .await?;
+            let recipients = member_ids_tx(&mut tx, &conv).await?;
+            tx.commit().await?;
+            return Ok(AppendOutcome::Appended { event, recipients });
+        }
+        debug_assert!(!is_message);
+        if !apply_change(&mut tx, &conv, actor, &mut body).await? {
+            return Ok(AppendOutcome::Unchanged);
+        }
+        let mut recipients = member_ids_tx(&mut tx, &conv).await?;
+        if let EventBody::MemberRemoved { user } = &body {
+            recipients.push(*user);
+        }
+        let event = push_event(&mut tx, conversation, actor, body, false).await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended { event, recipients })
+    }
+
+    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32) -> Result<(Vec<ConvEvent>, i64)> {
+        let conv = conversation.to_string();
+        // One read transaction, so the page and last_pos agree.
+        let mut tx = self.read.begin().await?;
+        let last_pos: i64 = sqlx::query("SELECT last_pos FROM conversations WHERE id = ?")
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get("last_pos"))
+            .ok_or_else(|| ApiError::from(ErrorCode::NotFound))?;
+        let rows = sqlx::query(
+            "SELECT pos, ts, actor, body FROM events WHERE conversation_id = ? AND pos > ? ORDER BY pos LIMIT ?",
+        )
+        .bind(&conv)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                let body: EventBody = serde_json::from_str(r.get("body"))
+                    .map_err(|e| ApiError::internal("corrupt event in database", e))?;
+                Ok(ConvEvent { conversation, pos: r.get("pos"), ts: r.get("ts"), actor: parse_id(r.get("actor"))?, body })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((events, last_pos))
+    }
+
+    async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<Message>> {
+        let conv = conversation.to_string();
+        let mut tx = self.read.begin().await?;
+        let rows = sqlx::query(
+            "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
+             WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(&conv)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else { return Ok(Vec::new()) };
+        let (hi, lo): (i64, i64) = (newest.get("seq"), oldest.get("seq"));
+        let reaction_rows = sqlx::query(
+            "SELECT seq, emoji, user_id FROM reactions WHERE conversation_id = ? AND seq BETWEEN ? AND ?
+             ORDER BY seq, emoji, user_id",
+        )
+        .bind(&conv)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut reactions: HashMap<i64, Vec<Reaction>> = HashMap::new();
+        for r in &reaction_rows {
+            let list = reactions.entry(r.get("seq")).or_default();
+            let emoji: String = r.get("emoji");
+            let user = parse_id(r.get("user_id"))?;
+            match list.iter_mut().find(|x| x.emoji == emoji) {
+                Some(x) => x.users.push(user),
+                None => list.push(Reaction { emoji, users: vec![user] }),
+            }
+        }
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get("seq");
+                Ok(Message {
+                    conversation,
+                    seq,
+                    pos: r.get("pos"),
+                    client_id: parse_id(r.get("client_id"))?,
+                    sender: parse_id(r.get("sender"))?,
+                    text: r.get("text"),
+                    ts: r.get("ts"),
+                    edited_at: r.get("edited_at"),
+                    deleted: r.get::<i64, _>("deleted") != 0,
+                    pinned: r.get::<i64, _>("pinned") != 0,
+                    reactions: reactions.remove(&seq).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn message(&self, conversation: ConversationId, seq: i64) -> Result<Option<MessageMeta>> {
+        let row = sqlx::query("SELECT sender, deleted FROM messages WHERE conversation_id = ? AND seq = ?")
+            .bind(conversation.to_string())
+            .bind(seq)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(MessageMeta { sender: parse_id(r.get("sender"))?, deleted: r.get::<i64, _>("deleted") != 0 }))
+            .transpose()
+    }
+}

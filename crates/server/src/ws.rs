@@ -1,0 +1,268 @@
+//! One WebSocket connection: `hello` authentication, then a request loop.
+//!
+//! Two tasks per socket: this reader, which handles requests in order (so a
+//! connection's requests are answered in the order sent), and a writer that
+//! drains the connection's bounded queue (replies and fan-out alike), sends
+//! heartbeats and closes the socket when kicked. A peer that sends nothing —
+//! not even a pong — for [`Limits::idle_timeout`] is treated as dead.
+//!
+//! Bad input never closes the socket, except a frame beyond the transport
+//! limit (close 1009) or an unauthenticated socket (close 4001).
+
+use crate::hub::{Kick, CLOSE_SESSION_REVOKED};
+use crate::service::Caller;
+use crate::{auth, AppState};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use confab_protocol::{decode_request, ErrorCode, Reply, Request, RequestBody, ServerFrame, PROTOCOL_VERSION};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+/// Transport limit: beyond this a frame cannot even be read and the socket is
+/// closed with 1009. Between [`confab_protocol::MAX_FRAME_BYTES`] and this,
+/// the client gets a `frame_too_large` error and stays connected.
+const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
+/// Per-socket buffers: chat frames are small, and 10k idle sockets at the
+/// default 128 KiB each would be over a gigabyte.
+const SOCKET_BUFFER: usize = 8 * 1024;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(TRANSPORT_MAX_MESSAGE * 4)
+        .max_message_size(TRANSPORT_MAX_MESSAGE)
+        .max_frame_size(TRANSPORT_MAX_MESSAGE)
+        .on_upgrade(move |socket| connection(socket, state))
+}
+
+fn encode(frame: &ServerFrame) -> Arc<str> {
+    // Serializing our own types cannot fail; fall back to a fixed error frame
+    // rather than panic if it ever does.
+    serde_json::to_string(frame).map(Arc::from).unwrap_or_else(|_| {
+        Arc::from(r#"{"type":"error","id":null,"code":"internal","message":"encoding failed","retry_after_ms":null}"#)
+    })
+}
+
+fn error_frame(id: Option<u64>, code: ErrorCode, message: String, retry_after_ms: Option<u64>) -> Arc<str> {
+    encode(&ServerFrame::Error { id, code, message, retry_after_ms })
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) = e.downcast_ref() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+async fn connection(socket: WebSocket, state: AppState) {
+    let (mut sink, mut stream) = socket.split();
+    let limits = state.limits.clone();
+    let Some((caller, session, hello_id)) = authenticate(&mut sink, &mut stream, &state).await else {
+        return;
+    };
+    let service = state.service.clone();
+    let Some(reg) = service.hub.register(caller.user, session) else {
+        let msg = format!("at most {} connections per account", limits.max_connections_per_user);
+        let _ = sink.send(Message::Text(error_frame(Some(0), ErrorCode::TooManyConnections, msg, None).as_ref().into())).await;
+        close(&mut sink, 4029, "too_many_connections").await;
+        return;
+    };
+    tracing::debug!(user = %caller.user, conn = reg.id, "connected");
+    let writer = tokio::spawn(write_loop(sink, reg.rx, reg.kicked.clone(), limits.ping_interval));
+    if reg.first {
+        if let Err(e) = service.announce_presence(caller.user, true, None).await {
+            tracing::warn!(%e, "presence announce failed");
+        }
+    }
+    // The welcome goes through the queue so it is ordered before any event.
+    let welcome = ServerFrame::Result {
+        id: hello_id,
+        result: Reply::Welcome {
+            user: caller.user,
+            username: caller.username.clone(),
+            server_time: crate::store::now_ms(),
+        },
+    };
+    if reg.tx.send(encode(&welcome)).await.is_ok() {
+        read_loop(&mut stream, &state, &caller, &reg.tx, reg.kicked, &reg.kick).await;
+    }
+    // Dropping our sender (the hub's goes with unregister) ends the writer
+    // once it has flushed what is queued.
+    let last = service.hub.unregister(caller.user, reg.id);
+    drop(reg.tx);
+    let _ = writer.await;
+    if last {
+        let now = crate::store::now_ms();
+        if let Err(e) = service.store.set_last_seen(caller.user, now).await {
+            tracing::warn!(%e, "last_seen update failed");
+        }
+        if let Err(e) = service.announce_presence(caller.user, false, Some(now)).await {
+            tracing::warn!(%e, "presence announce failed");
+        }
+    }
+    tracing::debug!(user = %caller.user, "disconnected");
+}
+
+/// Waits for `hello` and checks its token. On failure replies with an error,
+/// closes, and returns `None`.
+async fn authenticate(
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    state: &AppState,
+) -> Option<(Caller, uuid::Uuid, u64)> {
+    let first = match timeout(state.limits.hello_timeout, stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(_))) => {
+            let f = error_frame(None, ErrorCode::Unauthenticated, "the first frame must be `hello`".into(), None);
+            let _ = sink.send(Message::Text(f.as_ref().into())).await;
+            close(sink, CLOSE_SESSION_REVOKED, "unauthenticated").await;
+            return None;
+        }
+        Ok(Some(Err(e))) if is_too_big(&e) => {
+            close(sink, CLOSE_TOO_BIG, "frame_too_large").await;
+            return None;
+        }
+        _ => {
+            close(sink, CLOSE_SESSION_REVOKED, "unauthenticated").await;
+            return None;
+        }
+    };
+    let reject = |id, code: ErrorCode, message: String| error_frame(id, code, message, None);
+    let frame = match decode_request(&first) {
+        Ok(Request { id, body: RequestBody::Hello { token, protocol } }) => {
+            if protocol != PROTOCOL_VERSION {
+                let m = format!("server speaks protocol {PROTOCOL_VERSION}, client {protocol}");
+                Err(reject(Some(id), ErrorCode::UnsupportedProtocol, m))
+            } else {
+                match state.service.store.session(&auth::token_hash(&token)).await {
+                    Ok(Some(s)) => Ok((id, s)),
+                    Ok(None) => Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into())),
+                    Err(e) => Err(reject(Some(id), e.code, e.message)),
+                }
+            }
+        }
+        Ok(req) => Err(reject(Some(req.id), ErrorCode::Unauthenticated, "the first frame must be `hello`".into())),
+        Err(e) => Err(reject(e.id, e.code, e.message)),
+    };
+    match frame {
+        Ok((id, session)) => Some((Caller { user: session.user, username: session.username }, session.id, id)),
+        Err(f) => {
+            let _ = sink.send(Message::Text(f.as_ref().into())).await;
+            close(sink, CLOSE_SESSION_REVOKED, "unauthenticated").await;
+            None
+        }
+    }
+}
+
+async fn read_loop(
+    stream: &mut SplitStream<WebSocket>,
+    state: &AppState,
+    caller: &Caller,
+    tx: &mpsc::Sender<Arc<str>>,
+    mut kicked: watch::Receiver<Option<Kick>>,
+    kick: &watch::Sender<Option<Kick>>,
+) {
+    let idle = state.limits.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            next = timeout(idle, stream.next()) => next,
+            _ = kicked.changed() => return,
+        };
+        let text = match next {
+            Err(_) => {
+                tracing::debug!(user = %caller.user, "no traffic within the idle timeout: dropping a dead link");
+                return;
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Err(e))) => {
+                if is_too_big(&e) {
+                    kick.send_replace(Some(Kick { code: CLOSE_TOO_BIG, reason: "frame_too_large" }));
+                }
+                return;
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                let f = error_frame(None, ErrorCode::MalformedJson, "binary frames are not supported; send JSON text".into(), None);
+                if tx.send(f).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Some(Ok(Message::Text(text)))) => text,
+        };
+        let reply = handle_text(state, caller, text.as_str()).await;
+        if tx.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> {
+    let req = match decode_request(text) {
+        Ok(req) => req,
+        Err(e) => return error_frame(e.id, e.code, e.message, None),
+    };
+    if let Err(not_until) = state.request_limiter.check_key(&caller.user) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let ms = wait.as_millis().max(1) as u64;
+        return error_frame(Some(req.id), ErrorCode::RateLimited, format!("too many requests; retry in {ms} ms"), Some(ms));
+    }
+    match state.service.handle(caller, req.body).await {
+        Ok(result) => encode(&ServerFrame::Result { id: req.id, result }),
+        Err(e) => error_frame(Some(req.id), e.code, e.message, e.retry_after_ms),
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Arc<str>>,
+    mut kicked: watch::Receiver<Option<Kick>>,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = kicked.changed() => {
+                let kick = *kicked.borrow();
+                if let Some(k) = kick {
+                    close(&mut sink, k.code, k.reason).await;
+                }
+                return;
+            }
+            frame = rx.recv() => match frame {
+                Some(f) => {
+                    if sink.send(Message::Text(f.as_ref().into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = sink.close().await;
+                    return;
+                }
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
