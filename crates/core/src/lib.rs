@@ -1,1 +1,414 @@
+//! Confab's client core: one async API and one event stream for the CLI, the
+//! app and the tests. No UI dependency.
+//!
+//! - [`connection`]: the link, with heartbeat and reconnect (backoff + full jitter).
+//! - [`sync`]: gap-free, exactly-once application of server events to the cache.
+//! - [`outbox`]: persist-first sending with client ids, surviving restarts.
+//! - [`cache`]: the SQLite cache the views are read from.
+//!
+//! ```no_run
+//! # async fn demo() -> confab_core::Result<()> {
+//! let client = confab_core::Client::open("/tmp/alice".as_ref()).await?;
+//! client.login("http://127.0.0.1:7313", "alice", "correct horse").await?;
+//! client.start().await?;
+//! let conv = client.open_direct("bob").await?;
+//! client.send(conv, "hi bob").await?; // queued: sent as soon as possible
+//! # Ok(()) }
+//! ```
 
+mod backoff;
+pub mod cache;
+pub mod connection;
+mod error;
+mod outbox;
+mod sync;
+mod types;
+
+pub use backoff::Backoff;
+pub use connection::LinkConfig;
+pub use error::{Error, Result};
+pub use types::*;
+
+use cache::{Cache, StoredSession};
+use confab_protocol::{AuthRequest, AuthResponse, ClientId, ConversationId, HttpError, Reply, RequestBody, UserId};
+use connection::Link;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// A signed-in client on one profile directory.
+pub struct Client {
+    profile: PathBuf,
+    cache: Cache,
+    events: broadcast::Sender<ClientEvent>,
+    link_config: LinkConfig,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+struct Running {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// State shared by the background tasks of a started client.
+pub(crate) struct Inner {
+    pub(crate) cache: Cache,
+    pub(crate) me: UserId,
+    link: Mutex<Option<Link>>,
+    events: broadcast::Sender<ClientEvent>,
+    pub(crate) outbox_wakeup: Notify,
+}
+
+impl Inner {
+    pub(crate) fn link(&self) -> Link {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("link is set before tasks start")
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        // No subscriber is fine: events are also in the cache.
+        let _ = self.events.send(event);
+    }
+}
+
+/// What happened to one sent message, for [`Client::wait_sent`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendOutcome {
+    Sent { seq: i64 },
+    Failed(SendError),
+}
+
+impl Client {
+    /// Opens (creating if needed) the profile at `profile`: its cache and
+    /// saved session.
+    pub async fn open(profile: &Path) -> Result<Client> {
+        std::fs::create_dir_all(profile)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The profile holds the session token.
+            let _ = std::fs::set_permissions(profile, std::fs::Permissions::from_mode(0o700));
+        }
+        let cache = Cache::open(&profile.join("cache.db")).await?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Client { profile: profile.to_owned(), cache, events, link_config: LinkConfig::default(), running: Default::default() })
+    }
+
+    pub fn with_link_config(mut self, config: LinkConfig) -> Self {
+        self.link_config = config;
+        self
+    }
+
+    pub fn profile(&self) -> &Path {
+        &self.profile
+    }
+
+    pub async fn session(&self) -> Result<Option<StoredSession>> {
+        self.cache.session().await
+    }
+
+    /// The saved server URL, if any.
+    pub async fn server(&self) -> Result<Option<String>> {
+        self.cache.meta("server").await
+    }
+
+    async fn auth(&self, server: &str, path: &str, username: &str, password: &str) -> Result<()> {
+        connection::ws_url(server)?;
+        let server = server.trim_end_matches('/').to_owned();
+        let username = username.trim().to_lowercase();
+        let body = AuthRequest {
+            username: username.clone(),
+            password: password.to_owned(),
+            device: Some(format!("confab-core on {}", std::env::consts::OS)),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Unreachable(e.to_string()))?;
+        let resp = http
+            .post(format!("{server}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(format!("{server}: {e}")))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(match resp.json::<HttpError>().await {
+                Ok(err) => Error::server(err.code, err.message),
+                Err(_) => Error::Protocol(format!("HTTP {status} from {server}")),
+            });
+        }
+        let auth: AuthResponse = resp.json().await.map_err(|e| Error::Protocol(e.to_string()))?;
+        self.cache
+            .save_session(&StoredSession { server, token: auth.token, user: auth.user, username: auth.username })
+            .await
+    }
+
+    /// Creates an account and signs this profile in.
+    pub async fn register(&self, server: &str, username: &str, password: &str) -> Result<()> {
+        self.auth(server, "/v1/register", username, password).await
+    }
+
+    /// Signs this profile in.
+    pub async fn login(&self, server: &str, username: &str, password: &str) -> Result<()> {
+        self.auth(server, "/v1/login", username, password).await
+    }
+
+    /// Revokes this device's session on the server and forgets the token.
+    pub async fn logout(&self) -> Result<()> {
+        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        self.stop().await;
+        let http = reqwest::Client::new();
+        let result = http
+            .post(format!("{}/v1/logout", session.server))
+            .bearer_auth(&session.token)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        // Forget the token even if the server is unreachable: the user asked
+        // to sign out of this device.
+        self.cache.clear_token().await?;
+        result.map_err(|e| Error::Unreachable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Starts the background tasks: connection, sync and outbox. Idempotent.
+    pub async fn start(&self) -> Result<()> {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return Ok(());
+        }
+        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let inner = Arc::new(Inner {
+            cache: self.cache.clone(),
+            me: session.user,
+            link: Mutex::new(None),
+            events: self.events.clone(),
+            outbox_wakeup: Notify::new(),
+        });
+        let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+        let (link, mut state, link_task) =
+            connection::spawn(session.server.clone(), session.token.clone(), self.link_config.clone(), inbound_tx);
+        *inner.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+        let events = self.events.clone();
+        let state_task = tokio::spawn(async move {
+            loop {
+                let s = state.borrow_and_update().clone();
+                let _ = events.send(ClientEvent::Connection { state: s });
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let tasks = vec![
+            link_task,
+            state_task,
+            tokio::spawn(sync::run(inner.clone(), inbound_rx)),
+            tokio::spawn(outbox::run(inner.clone())),
+        ];
+        *running = Some(Running { inner, tasks });
+        Ok(())
+    }
+
+    /// Stops the background tasks (the outbox keeps its entries).
+    pub async fn stop(&self) {
+        if let Some(running) = self.running.lock().await.take() {
+            for t in running.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    async fn inner(&self) -> Result<Arc<Inner>> {
+        self.running.lock().await.as_ref().map(|r| r.inner.clone()).ok_or(Error::NotSignedIn)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events.subscribe()
+    }
+
+    pub async fn connection_state(&self) -> Result<watch::Receiver<ConnectionState>> {
+        Ok(self.inner().await?.link().state())
+    }
+
+    /// Waits until connected (or fails after `limit`).
+    pub async fn wait_connected(&self, limit: Duration) -> Result<()> {
+        self.inner().await?.link().wait_connected(limit).await
+    }
+
+    /// Sends a request over the connection, waiting up to the request
+    /// timeout for a connection first.
+    async fn request(&self, body: RequestBody) -> Result<Reply> {
+        let link = self.inner().await?.link();
+        link.wait_connected(self.link_config.request_timeout).await?;
+        link.request(body).await
+    }
+
+    fn conversation_of(reply: Reply) -> Result<ConversationId> {
+        match reply {
+            Reply::Conversation { conversation } => Ok(conversation.id),
+            other => Err(Error::Protocol(format!("expected a conversation, got {other:?}"))),
+        }
+    }
+
+    /// Opens (or creates) the direct conversation with `username`.
+    pub async fn open_direct(&self, username: &str) -> Result<ConversationId> {
+        Self::conversation_of(self.request(RequestBody::OpenDirect { username: username.trim().to_lowercase() }).await?)
+    }
+
+    pub async fn create_group(&self, name: &str, members: &[String]) -> Result<ConversationId> {
+        let members = members.iter().map(|m| m.trim().to_lowercase()).collect();
+        Self::conversation_of(self.request(RequestBody::CreateGroup { name: name.to_owned(), members }).await?)
+    }
+
+    pub async fn add_member(&self, conversation: ConversationId, username: &str) -> Result<()> {
+        self.request(RequestBody::AddMember { conversation, username: username.trim().to_lowercase() }).await.map(drop)
+    }
+
+    pub async fn remove_member(&self, conversation: ConversationId, username: &str) -> Result<()> {
+        self.request(RequestBody::RemoveMember { conversation, username: username.trim().to_lowercase() }).await.map(drop)
+    }
+
+    pub async fn rename_group(&self, conversation: ConversationId, name: &str) -> Result<()> {
+        self.request(RequestBody::RenameGroup { conversation, name: name.to_owned() }).await.map(drop)
+    }
+
+    pub async fn set_admin(&self, conversation: ConversationId, username: &str, admin: bool) -> Result<()> {
+        let username = username.trim().to_lowercase();
+        self.request(RequestBody::SetAdmin { conversation, username, admin }).await.map(drop)
+    }
+
+    /// Queues a message: it is saved locally and sent as soon as possible,
+    /// surviving restarts. Returns its client id at once.
+    pub async fn send(&self, conversation: ConversationId, text: &str) -> Result<ClientId> {
+        confab_protocol::validate_text(text)
+            .map_err(|code| Error::Invalid(code.describe().to_owned()))?;
+        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let client_id = self.cache.enqueue(conversation, session.user, text).await?;
+        if let Ok(Some(message)) = self.cache.message(session.user, client_id).await {
+            let _ = self.events.send(ClientEvent::MessageUpdated { message });
+        }
+        if let Ok(inner) = self.inner().await {
+            inner.outbox_wakeup.notify_one();
+        }
+        Ok(client_id)
+    }
+
+    /// Puts a failed message back in the outbox.
+    pub async fn retry(&self, client_id: ClientId) -> Result<bool> {
+        let queued = self.cache.retry(client_id).await?;
+        if let Ok(inner) = self.inner().await {
+            inner.outbox_wakeup.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Waits until each message has left the outbox: accepted or refused.
+    pub async fn wait_sent(&self, ids: &[ClientId]) -> Result<Vec<SendOutcome>> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        let mut events = self.subscribe();
+        loop {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(m) = self.cache.message(me, *id).await? else {
+                    return Err(Error::Invalid(format!("unknown message {id}")));
+                };
+                match (m.status, m.seq, m.error) {
+                    (MessageStatus::Failed, _, Some(e)) => out.push(SendOutcome::Failed(e)),
+                    (MessageStatus::Queued | MessageStatus::Failed, _, _) => break,
+                    (_, Some(seq), _) => out.push(SendOutcome::Sent { seq }),
+                    _ => break,
+                }
+            }
+            if out.len() == ids.len() {
+                return Ok(out);
+            }
+            // Re-check on any event, or every so often regardless.
+            let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        }
+    }
+
+    pub async fn outbox_len(&self) -> Result<i64> {
+        self.cache.outbox_len().await
+    }
+
+    pub async fn edit(&self, conversation: ConversationId, seq: i64, text: &str) -> Result<()> {
+        self.request(RequestBody::Edit { conversation, seq, text: text.to_owned() }).await.map(drop)
+    }
+
+    pub async fn delete(&self, conversation: ConversationId, seq: i64) -> Result<()> {
+        self.request(RequestBody::Delete { conversation, seq }).await.map(drop)
+    }
+
+    pub async fn react(&self, conversation: ConversationId, seq: i64, emoji: &str, add: bool) -> Result<()> {
+        self.request(RequestBody::React { conversation, seq, emoji: emoji.to_owned(), add }).await.map(drop)
+    }
+
+    pub async fn pin(&self, conversation: ConversationId, seq: i64, pinned: bool) -> Result<()> {
+        self.request(RequestBody::Pin { conversation, seq, pinned }).await.map(drop)
+    }
+
+    /// Marks messages up to `seq` as read.
+    pub async fn mark_read(&self, conversation: ConversationId, seq: i64) -> Result<()> {
+        self.request(RequestBody::Read { conversation, seq }).await.map(drop)
+    }
+
+    /// Tells the others this user is typing (throttled by the server).
+    pub async fn typing(&self, conversation: ConversationId) -> Result<()> {
+        self.inner().await?.link().send_and_forget(RequestBody::Typing { conversation });
+        Ok(())
+    }
+
+    /// Conversations from the cache, most recent first.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        self.cache.conversations(me).await
+    }
+
+    pub async fn message(&self, client_id: ClientId) -> Result<Option<ChatMessage>> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        self.cache.message(me, client_id).await
+    }
+
+    /// A page of history, oldest first: the newest `limit` messages before
+    /// `before` (plus unsent ones when `before` is `None`). Served from the
+    /// cache; when the cache runs out and the server is reachable, older
+    /// messages are fetched, cached, and served.
+    pub async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<ChatMessage>> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        let page = self.cache.messages(me, conversation, before, limit).await?;
+        let have = page.iter().filter(|m| m.seq.is_some()).count() as u32;
+        let oldest = self.cache.oldest_seq(conversation).await?;
+        let more_on_server = oldest.is_none_or(|s| s > 1);
+        let online = match self.inner().await {
+            Ok(inner) => inner.link().is_connected(),
+            Err(_) => false,
+        };
+        if have >= limit || !more_on_server || !online {
+            return Ok(page);
+        }
+        let from = match (before, oldest) {
+            (Some(b), Some(o)) => Some(b.min(o)),
+            (b, o) => o.or(b),
+        };
+        let reply = self.request(RequestBody::History { conversation, before: from, limit: limit - have }).await?;
+        let Reply::Messages { messages, .. } = reply else {
+            return Err(Error::Protocol("expected messages".into()));
+        };
+        self.cache.store_history(&messages).await?;
+        self.cache.messages(me, conversation, before, limit).await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.try_lock() {
+            if let Some(r) = running.take() {
+                for t in r.tasks {
+                    t.abort();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The link to the server: connect, authenticate, heartbeat, detect dead
+//! links, reconnect with backoff and full jitter. The one home of reconnect.
+//!
+//! One task owns the socket. Requests reach it through a channel and get
+//! their reply through a oneshot, matched by request id; server events go,
+//! in arrival order, to the sync task's channel, each connection's events
+//! preceded by [`Inbound::Connected`] so the sync task knows to resume.
+//!
+//! While disconnected, requests fail at once with [`Error::Disconnected`]
+//! (callers that must not lose anything, like the outbox, persist first and
+//! retry).
+
+use crate::backoff::Backoff;
+use crate::types::ConnectionState;
+use crate::{Error, Result};
+use confab_protocol::{
+    decode_server_frame, ConvEvent, ConversationId, ErrorCode, Millis, Reply, Request, RequestBody, ServerFrame,
+    UserId, PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Timings of the link. The defaults suit phones and desktops alike.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub connect_timeout: Duration,
+    /// How often to ping the server.
+    pub ping_interval: Duration,
+    /// No frame at all from the server for this long means the link is dead.
+    pub dead_after: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            dead_after: Duration::from_secs(45),
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the connection task hands to the sync task, in order.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A new connection is authenticated; what follows belongs to it.
+    Connected,
+    Event(ConvEvent),
+    Typing { conversation: ConversationId, user: UserId, ttl_ms: u32 },
+    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+}
+
+struct Command {
+    body: RequestBody,
+    /// `None`: fire and forget (the reply is logged if it is an error).
+    reply: Option<oneshot::Sender<Result<Reply>>>,
+}
+
+/// A cheap handle for sending requests over the current connection.
+#[derive(Clone)]
+pub(crate) struct Link {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnectionState>,
+    request_timeout: Duration,
+}
+
+impl Link {
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.state.borrow() == ConnectionState::Connected
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn request(&self, body: RequestBody) -> Result<Reply> {
+        if !self.is_connected() {
+            return Err(Error::Disconnected);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command { body, reply: Some(tx) }).await.map_err(|_| Error::Disconnected)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Disconnected),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Sends a request whose reply nobody waits for (receipts, typing).
+    pub fn send_and_forget(&self, body: RequestBody) {
+        if self.is_connected() {
+            let _ = self.commands.try_send(Command { body, reply: None });
+        }
+    }
+
+    /// Waits until connected, up to `limit`.
+    pub async fn wait_connected(&self, limit: Duration) -> Result<()> {
+        let mut state = self.state.clone();
+        let wait = async {
+            state
+                .wait_for(|s| matches!(s, ConnectionState::Connected | ConnectionState::SignedOut))
+                .await
+                .map(|s| s.clone())
+        };
+        let result = tokio::time::timeout(limit, wait).await;
+        match result {
+            Ok(Ok(ConnectionState::Connected)) => Ok(()),
+            Ok(Ok(_)) => Err(Error::server(ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe())),
+            Ok(Err(_)) => Err(Error::Disconnected),
+            Err(_) => Err(Error::Unreachable("timed out waiting for a connection".into())),
+        }
+    }
+}
+
+/// Turns `http(s)://host:port[/base]` into the WebSocket endpoint.
+pub fn ws_url(server: &str) -> Result<String> {
+    let server = server.trim_end_matches('/');
+    let rest = if let Some(r) = server.strip_prefix("https://") {
+        format!("wss://{r}")
+    } else if let Some(r) = server.strip_prefix("http://") {
+        format!("ws://{r}")
+    } else {
+        return Err(Error::Invalid(format!("server URL must start with http:// or https://, got `{server}`")));
+    };
+    Ok(format!("{rest}/v1/ws"))
+}
+
+pub(crate) fn spawn(
+    server: String,
+    token: String,
+    config: LinkConfig,
+    inbound: mpsc::Sender<Inbound>,
+) -> (Link, watch::Receiver<ConnectionState>, tokio::task::JoinHandle<()>) {
+    let (commands, rx) = mpsc::channel(256);
+    let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
+    let link = Link { commands, state: state.clone(), request_timeout: config.request_timeout };
+    let task = tokio::spawn(run(server, token, config, rx, state_tx, inbound));
+    (link, state, task)
+}
+
+enum Ended {
+    /// Reconnect after a delay.
+    Retry(String),
+    /// The token is no longer valid: stop.
+    SignedOut,
+    /// Every handle was dropped: the client is shutting down.
+    Shutdown,
+}
+
+async fn run(
+    server: String,
+    token: String,
+    config: LinkConfig,
+    mut commands: mpsc::Receiver<Command>,
+    state: watch::Sender<ConnectionState>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    loop {
+        state.send_replace(ConnectionState::Connecting { attempt: backoff.attempt() });
+        let ended = match connect(&server, &token, &config).await {
+            Ok(ws) => {
+                backoff.reset();
+                if inbound.send(Inbound::Connected).await.is_err() {
+                    return;
+                }
+                state.send_replace(ConnectionState::Connected);
+                session(ws, &config, &mut commands, &inbound).await
+            }
+            Err(Error::Server { code: ErrorCode::InvalidToken, .. }) => Ended::SignedOut,
+            Err(e) => Ended::Retry(e.to_string()),
+        };
+        let reason = match ended {
+            Ended::Retry(reason) => reason,
+            Ended::SignedOut => {
+                state.send_replace(ConnectionState::SignedOut);
+                // Answer requests until the client is dropped.
+                while let Some(cmd) = commands.recv().await {
+                    if let Some(reply) = cmd.reply {
+                        let _ = reply.send(Err(Error::server(ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe())));
+                    }
+                }
+                return;
+            }
+            Ended::Shutdown => return,
+        };
+        let delay = backoff.next_delay();
+        tracing::debug!(%reason, ?delay, "disconnected; reconnecting");
+        state.send_replace(ConnectionState::Offline { retry_in_ms: delay.as_millis() as u64, reason });
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => if let Some(reply) = cmd.reply { let _ = reply.send(Err(Error::Disconnected)); },
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and authenticates; returns the socket after `welcome`.
+async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<Ws> {
+    let url = ws_url(server)?;
+    // Small frames both ways; do not reserve 128 KiB per socket.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 * 1024 * 1024));
+    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
+    let (mut ws, _) = tokio::time::timeout(config.connect_timeout, connecting)
+        .await
+        .map_err(|_| Error::Unreachable("connection timed out".into()))?
+        .map_err(|e| Error::Unreachable(e.to_string()))?;
+    let hello = Request { id: 0, body: RequestBody::Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION } };
+    let text = serde_json::to_string(&hello).map_err(|e| Error::Protocol(e.to_string()))?;
+    ws.send(WsMessage::text(text)).await.map_err(|e| Error::Unreachable(e.to_string()))?;
+    let answer = tokio::time::timeout(config.connect_timeout, async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(WsMessage::Text(t)) => return Ok(t),
+                Ok(WsMessage::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(Error::Unreachable(e.to_string())),
+            }
+        }
+        Err(Error::Unreachable("closed during hello".into()))
+    })
+    .await
+    .map_err(|_| Error::Unreachable("no answer to hello".into()))??;
+    match decode_server_frame(answer.as_str()) {
+        Ok(ServerFrame::Result { result: Reply::Welcome { .. }, .. }) => Ok(ws),
+        Ok(ServerFrame::Error { code, message, retry_after_ms, .. }) => Err(Error::Server { code, message, retry_after_ms }),
+        Ok(other) => Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
+        Err(e) => Err(Error::Protocol(e.to_string())),
+    }
+}
+
+/// Runs one authenticated connection until it ends.
+async fn session(
+    ws: Ws,
+    config: &LinkConfig,
+    commands: &mut mpsc::Receiver<Command>,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Ended {
+    let (mut sink, mut stream) = ws.split();
+    let mut pending: HashMap<u64, oneshot::Sender<Result<Reply>>> = HashMap::new();
+    let mut next_id: u64 = 1;
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.tick().await;
+    let ended = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let text = match msg {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                        break Ended::Retry(format!("server closed the connection {why}").trim().to_owned());
+                    }
+                    Some(Ok(_)) => { last_heard = Instant::now(); continue; }
+                    Some(Err(e)) => break Ended::Retry(e.to_string()),
+                    None => break Ended::Retry("connection closed".into()),
+                };
+                last_heard = Instant::now();
+                let frame = match decode_server_frame(text.as_str()) {
+                    Ok(f) => f,
+                    Err(e) => { tracing::warn!(%e, "skipping an undecodable frame"); continue; }
+                };
+                let forward = match frame {
+                    ServerFrame::Result { id, result } => {
+                        if let Some(tx) = pending.remove(&id) { let _ = tx.send(Ok(result)); }
+                        None
+                    }
+                    ServerFrame::Error { id, code, message, retry_after_ms } => {
+                        match id.and_then(|id| pending.remove(&id)) {
+                            Some(tx) => { let _ = tx.send(Err(Error::Server { code, message, retry_after_ms })); }
+                            None => tracing::debug!(?code, %message, "error for a request nobody waits for"),
+                        }
+                        None
+                    }
+                    ServerFrame::Event { event } => Some(Inbound::Event(event)),
+                    ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
+                    ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
+                };
+                // Waiting here is deliberate backpressure: if the sync task
+                // falls behind, we stop reading, the server's queue for us
+                // fills, it drops us, and we resume from our position.
+                if let Some(f) = forward {
+                    if inbound.send(f).await.is_err() { break Ended::Shutdown; }
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break Ended::Shutdown };
+                let id = next_id;
+                next_id += 1;
+                let text = match serde_json::to_string(&Request { id, body: cmd.body }) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if let Some(r) = cmd.reply { let _ = r.send(Err(Error::Protocol(e.to_string()))); }
+                        continue;
+                    }
+                };
+                if let Some(reply) = cmd.reply { pending.insert(id, reply); }
+                if let Err(e) = sink.send(WsMessage::text(text)).await {
+                    break Ended::Retry(e.to_string());
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > config.dead_after {
+                    break Ended::Retry(format!("no answer from the server for {}s", config.dead_after.as_secs()));
+                }
+                if let Err(e) = sink.send(WsMessage::Ping(Default::default())).await {
+                    break Ended::Retry(e.to_string());
+                }
+            }
+        }
+    };
+    for (_, tx) in pending.drain() {
+        let _ = tx.send(Err(Error::Disconnected));
+    }
+    ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(ws_url("http://127.0.0.1:7313").unwrap(), "ws://127.0.0.1:7313/v1/ws");
+        assert_eq!(ws_url("https://chat.example/").unwrap(), "wss://chat.example/v1/ws");
+        assert!(ws_url("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! What the core reports to its users (CLI, app, tests): views of cached
+//! state and the one event stream.
+
+use confab_protocol::{ClientId, ConvKind, ConversationId, ErrorCode, Millis, Reaction, UserId};
+use serde::{Deserialize, Serialize};
+use specta::Type;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ConnectionState {
+    Connecting { attempt: u32 },
+    Connected,
+    /// Waiting `retry_in_ms` before the next attempt.
+    Offline { retry_in_ms: u64, reason: String },
+    /// The session was revoked or expired; sign in again.
+    SignedOut,
+}
+
+/// Where a message stands, from this user's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Own message, saved locally, waiting to be accepted by the server.
+    Queued,
+    /// Own message, accepted by the server.
+    Sent,
+    /// Own message, received by every other member's device.
+    Delivered,
+    /// Own message, read by every other member.
+    Read,
+    /// Own message the server refused for good (see `error`).
+    Failed,
+    /// Someone else's message.
+    Received,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ChatMessage {
+    pub conversation: ConversationId,
+    pub client_id: ClientId,
+    /// Assigned by the server; `None` while queued or failed.
+    pub seq: Option<i64>,
+    pub sender: UserId,
+    pub sender_name: String,
+    /// Empty when deleted.
+    pub text: String,
+    pub ts: Millis,
+    pub edited_at: Option<Millis>,
+    pub deleted: bool,
+    pub pinned: bool,
+    pub status: MessageStatus,
+    pub error: Option<SendError>,
+    pub reactions: Vec<Reaction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct SendError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct MemberView {
+    pub user: UserId,
+    pub username: String,
+    pub admin: bool,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ConversationSummary {
+    pub id: ConversationId,
+    pub kind: ConvKind,
+    /// The group's name, or the other member's username.
+    pub title: String,
+    pub members: Vec<MemberView>,
+    pub last_message: Option<ChatMessage>,
+    /// Messages from others after this user's read position.
+    pub unread: i64,
+    /// True once this user was removed; history stays readable.
+    pub left: bool,
+}
+
+/// Everything the core tells its user, in one stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientEvent {
+    Connection { state: ConnectionState },
+    /// A message this device had not seen before arrived from the server.
+    MessageAdded { message: ChatMessage },
+    /// A known message changed: edit, delete, reaction, pin, or its status.
+    MessageUpdated { message: ChatMessage },
+    Receipt { conversation: ConversationId, user: UserId, delivered_seq: i64, read_seq: i64 },
+    /// Created, renamed, members changed, or reloaded from a snapshot.
+    ConversationUpdated { conversation: ConversationId },
+    Typing { conversation: ConversationId, user: UserId, username: String, ttl_ms: u32 },
+    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    /// Caught up with the server after (re)connecting.
+    SyncCompleted,
+}
