@@ -1,0 +1,176 @@
+//! How the CLI prints things: one JSON object per line with `--json`, short
+//! lines for people otherwise.
+
+use confab_core::{ChatMessage, Client, ClientEvent, ConnectionState, ConversationSummary};
+use confab_protocol::UserId;
+use serde_json::{json, Value};
+
+/// Prints one line to stdout. A closed stdout (`confab listen | head`) ends
+/// the process quietly instead of panicking.
+pub fn line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+fn print_json(v: Value) {
+    line(&v.to_string());
+}
+
+fn short(id: &impl ToString) -> String {
+    id.to_string().chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect()
+}
+
+fn message_json(kind: &str, m: &ChatMessage) -> Value {
+    json!({
+        "type": kind,
+        "conversation": m.conversation,
+        "seq": m.seq,
+        "sender": m.sender_name,
+        "text": m.text,
+        "client_id": m.client_id,
+        "ts": m.ts,
+        "status": m.status,
+        "edited": m.edited_at.is_some(),
+        "deleted": m.deleted,
+        "pinned": m.pinned,
+        "reactions": m.reactions.iter().map(|r| json!({"emoji": r.emoji, "count": r.users.len()})).collect::<Vec<_>>(),
+        "error": m.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
+    })
+}
+
+fn message_line(m: &ChatMessage) -> String {
+    let seq = m.seq.map(|s| format!("#{s}")).unwrap_or_else(|| "#-".into());
+    let body = if m.deleted { "(deleted)".to_owned() } else { m.text.clone() };
+    let mut line = format!("{seq} {}: {body}", m.sender_name);
+    if m.edited_at.is_some() && !m.deleted {
+        line.push_str(" (edited)");
+    }
+    if m.pinned {
+        line.push_str(" [pinned]");
+    }
+    for r in &m.reactions {
+        line.push_str(&format!(" {}×{}", r.emoji, r.users.len()));
+    }
+    line
+}
+
+/// A message in `history`.
+pub fn message(m: &ChatMessage, json: bool) {
+    if json {
+        print_json(message_json("message", m));
+    } else {
+        line(&format!("{}", message_line(m)));
+    }
+}
+
+pub fn conversation(c: &ConversationSummary, json: bool) {
+    if json {
+        print_json(json!({
+            "id": c.id,
+            "kind": c.kind,
+            "title": c.title,
+            "members": c.members.iter().map(|m| &m.username).collect::<Vec<_>>(),
+            "unread": c.unread,
+            "left": c.left,
+        }));
+    } else {
+        line(&format!("{}  {}  ({} unread)", c.id, c.title, c.unread));
+    }
+}
+
+pub struct Printer<'a> {
+    client: &'a Client,
+    json: bool,
+}
+
+impl<'a> Printer<'a> {
+    pub fn new(client: &'a Client, json: bool) -> Self {
+        Printer { client, json }
+    }
+
+    async fn username(&self, conversation: confab_protocol::ConversationId, user: UserId) -> String {
+        let convs = self.client.conversations().await.unwrap_or_default();
+        convs
+            .iter()
+            .filter(|c| c.id == conversation)
+            .flat_map(|c| c.members.iter())
+            .find(|m| m.user == user)
+            .map(|m| m.username.clone())
+            .unwrap_or_else(|| user.to_string())
+    }
+
+    pub async fn print(&self, ev: &ClientEvent) {
+        match ev {
+            ClientEvent::MessageAdded { message: m } => {
+                if self.json {
+                    print_json(message_json("message", m));
+                } else {
+                    line(&format!("[{}] {}", short(&m.conversation), message_line(m)));
+                }
+            }
+            ClientEvent::MessageUpdated { message: m } => {
+                if self.json {
+                    print_json(message_json("message_updated", m));
+                } else {
+                    line(&format!("[{}] updated {} ({:?})", short(&m.conversation), message_line(m), m.status));
+                }
+            }
+            ClientEvent::Receipt { conversation, user, delivered_seq, read_seq } => {
+                let name = self.username(*conversation, *user).await;
+                if self.json {
+                    print_json(json!({"type": "receipt", "conversation": conversation, "user": name,
+                        "delivered_seq": delivered_seq, "read_seq": read_seq}));
+                } else {
+                    line(&format!("[{}] {name} received up to #{delivered_seq}, read up to #{read_seq}", short(conversation)));
+                }
+            }
+            ClientEvent::ConversationUpdated { conversation } => {
+                if self.json {
+                    print_json(json!({"type": "conversation", "conversation": conversation}));
+                }
+            }
+            ClientEvent::Typing { conversation, username, ttl_ms, .. } => {
+                if self.json {
+                    print_json(json!({"type": "typing", "conversation": conversation, "user": username, "ttl_ms": ttl_ms}));
+                } else {
+                    line(&format!("[{}] {username} is typing…", short(conversation)));
+                }
+            }
+            ClientEvent::Presence { user, online, last_seen } => {
+                let convs = self.client.conversations().await.unwrap_or_default();
+                let name = convs
+                    .iter()
+                    .flat_map(|c| c.members.iter())
+                    .find(|m| m.user == *user)
+                    .map(|m| m.username.clone())
+                    .unwrap_or_else(|| user.to_string());
+                if self.json {
+                    print_json(json!({"type": "presence", "user": name, "online": online, "last_seen": last_seen}));
+                } else {
+                    line(&format!("{name} is {}", if *online { "online" } else { "offline" }));
+                }
+            }
+            ClientEvent::Connection { state } => {
+                if self.json {
+                    print_json(json!({"type": "connection", "state": state}));
+                } else {
+                    match state {
+                        ConnectionState::Connected => eprintln!("connected"),
+                        ConnectionState::Offline { retry_in_ms, reason } => {
+                            eprintln!("offline ({reason}); reconnecting in {:.1}s", *retry_in_ms as f64 / 1000.0)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ClientEvent::SyncCompleted => {
+                if self.json {
+                    print_json(json!({"type": "synced"}));
+                }
+            }
+        }
+    }
+}
