@@ -103,7 +103,10 @@ impl Cache {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            // NORMAL in WAL mode: a commit survives the app being killed;
+            // only a power cut can lose the last moments. FULL would fsync on
+            // every receipt and message applied.
+            .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
         // One connection: the client's writes are small and serial, and two
@@ -225,6 +228,21 @@ impl Cache {
             .fetch_optional(&self.pool)
             .await?
             .is_some())
+    }
+
+    /// Where an own message stands: (status, seq, error), cheaply.
+    pub async fn send_state(&self, client_id: ClientId) -> Result<Option<(String, Option<i64>, Option<SendError>)>> {
+        let row = sqlx::query("SELECT status, seq, error_code, error_message FROM messages WHERE client_id = ?")
+            .bind(client_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| {
+            let error = r.get::<Option<String>, _>("error_code").map(|code| SendError {
+                code: serde_json::from_value(serde_json::Value::String(code)).unwrap_or(ErrorCode::Internal),
+                message: r.get::<Option<String>, _>("error_message").unwrap_or_default(),
+            });
+            (r.get("status"), r.get("seq"), error)
+        }))
     }
 
     pub async fn bump_attempts(&self, entry: i64) -> Result<()> {

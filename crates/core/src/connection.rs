@@ -222,7 +222,8 @@ async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<Ws> {
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(16 * 1024 * 1024));
-    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
+    // disable_nagle: small request/reply frames must not wait for ACKs.
+    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
     let (mut ws, _) = tokio::time::timeout(config.connect_timeout, connecting)
         .await
         .map_err(|_| Error::Unreachable("connection timed out".into()))?

@@ -306,27 +306,28 @@ impl Client {
 
     /// Waits until each message has left the outbox: accepted or refused.
     pub async fn wait_sent(&self, ids: &[ClientId]) -> Result<Vec<SendOutcome>> {
-        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
         let mut events = self.subscribe();
-        loop {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let Some(m) = self.cache.message(me, *id).await? else {
-                    return Err(Error::Invalid(format!("unknown message {id}")));
-                };
-                match (m.status, m.seq, m.error) {
-                    (MessageStatus::Failed, _, Some(e)) => out.push(SendOutcome::Failed(e)),
-                    (MessageStatus::Queued | MessageStatus::Failed, _, _) => break,
-                    (_, Some(seq), _) => out.push(SendOutcome::Sent { seq }),
-                    _ => break,
+        let mut out = Vec::with_capacity(ids.len());
+        // The outbox is FIFO, so messages settle in order: resume checking
+        // from the first unsettled one.
+        while out.len() < ids.len() {
+            let id = ids[out.len()];
+            let state = self.cache.send_state(id).await?;
+            let settled = match state {
+                None => return Err(Error::Invalid(format!("unknown message {id}"))),
+                Some((status, _, Some(err))) if status == "failed" => Some(SendOutcome::Failed(err)),
+                Some((status, Some(seq), _)) if status != "queued" && status != "failed" => Some(SendOutcome::Sent { seq }),
+                Some(_) => None,
+            };
+            match settled {
+                Some(outcome) => out.push(outcome),
+                // Re-check on the next event, or after a while regardless.
+                None => {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
                 }
             }
-            if out.len() == ids.len() {
-                return Ok(out);
-            }
-            // Re-check on any event, or every so often regardless.
-            let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
         }
+        Ok(out)
     }
 
     pub async fn outbox_len(&self) -> Result<i64> {

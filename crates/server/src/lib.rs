@@ -19,6 +19,7 @@ pub mod store;
 mod ws;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use service::Service;
@@ -173,6 +174,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             // shutdown; tell them ourselves.
             service.hub.kick_all();
         };
+        // Chat frames are small and latency-bound: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router).with_graceful_shutdown(shutdown).await
     });
     Ok(Server { addr, state, stop: Some(stop), task })
