@@ -1,1 +1,5 @@
+//! End-to-end tests: the real `confab-server` and `confab` processes on
+//! loopback, real SQLite files, killed the hard way where the test says so.
 
+mod chat;
+mod delivery;

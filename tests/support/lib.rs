@@ -1,1 +1,322 @@
+//! Helpers for the end-to-end tests: the real `confab-server` and `confab`
+//! binaries as processes, on loopback, with real SQLite files in temporary
+//! directories. Build the binaries first (`cargo build --workspace --bins`;
+//! `scripts/test` does).
 
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Path of a workspace binary, next to the test executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Waits until `check` holds, polling; false on timeout.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// A `confab-server` process.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port with its database in `dir`.
+    /// The per-user rate limit is lifted, since tests stream thousands of
+    /// messages; the `rate_limit` tests set their own.
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, 0, &["--rate-limit", "1000000", "--rate-burst", "1000000"])
+    }
+
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log");
+        let mut child = Command::new(bin("confab-server"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--db")
+            .arg(dir.join("server.db"))
+            .args(extra)
+            .env("RUST_LOG", "info,tower_http=warn,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn confab-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its address");
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in url");
+        Server { child: Some(child), url, port, dir: dir.to_owned(), extra: extra.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        false
+    }
+
+    /// Starts again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        // The port was just released; retry briefly if it is not free yet.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let attempt = std::panic::catch_unwind(|| Server::start_with(&self.dir, self.port, &extra));
+            match attempt {
+                Ok(mut s) => {
+                    self.child = s.child.take();
+                    return;
+                }
+                Err(e) if Instant::now() > deadline => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("server.db")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A CLI profile (one device of one user).
+#[derive(Clone)]
+pub struct Profile {
+    pub dir: PathBuf,
+    pub server: String,
+    pub username: String,
+}
+
+impl Profile {
+    pub fn new(root: &Path, server: &str, username: &str) -> Profile {
+        Profile { dir: root.join(format!("profile-{username}")), server: server.to_owned(), username: username.to_owned() }
+    }
+
+    /// Registers the user with a fresh profile.
+    pub fn register(root: &Path, server: &str, username: &str) -> Profile {
+        let p = Profile::new(root, server, username);
+        p.ok(&["register", username]);
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("confab"));
+        c.arg("--profile")
+            .arg(&self.dir)
+            .arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .env("CONFAB_PASSWORD", PASSWORD)
+            .env("CONFAB_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run confab")
+    }
+
+    /// Runs a command that must succeed; returns its trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "confab {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "confab {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts `confab send <conv>` with `lines` on stdin.
+    pub fn send_lines(&self, conversation: &str, lines: &[String]) -> Child {
+        let mut child = self
+            .cmd(&["send", conversation])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn send");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let text = lines.join("\n") + "\n";
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
+        child
+    }
+
+    /// `history --json`, as parsed objects.
+    pub fn history(&self, conversation: &str, limit: usize) -> Vec<Value> {
+        let out = self.ok(&["history", conversation, "--json", "--limit", &limit.to_string()]);
+        out.lines().map(|l| serde_json::from_str(l).expect("history line is JSON")).collect()
+    }
+
+    pub fn listen(&self) -> Listener {
+        let mut child = self
+            .cmd(&["listen", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn listen");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => sink.lock().expect("lines").push(v),
+                    Err(e) => panic!("listen printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        Listener { child, lines }
+    }
+}
+
+/// A running `confab listen --json`.
+pub struct Listener {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Listener {
+    pub fn events(&self) -> Vec<Value> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    pub fn of_type(&self, kind: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        self.of_type("message")
+    }
+
+    /// Waits until `check` holds over everything printed so far.
+    pub fn wait(&self, timeout: Duration, mut check: impl FnMut(&[Value]) -> bool) -> bool {
+        wait_until(timeout, || check(&self.lines.lock().expect("lines")))
+    }
+
+    pub fn wait_messages(&self, n: usize, timeout: Duration) -> bool {
+        self.wait(timeout, |evs| evs.iter().filter(|e| e["type"] == "message").count() >= n)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for a child with a deadline; kills it and panics on timeout.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("process did not finish within {timeout:?}; stderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts `texts` (in arrival order) contain each of `expected` exactly
+/// once and in the same relative order.
+pub fn assert_exactly_once_in_order(texts: &[String], expected: &[String]) {
+    let mut counts = std::collections::HashMap::new();
+    for t in texts {
+        *counts.entry(t.as_str()).or_insert(0) += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(t, n)| format!("{t}×{n}")).collect();
+    assert!(dups.is_empty(), "duplicates: {:?}", &dups[..dups.len().min(10)]);
+    let missing: Vec<_> = expected.iter().filter(|e| !counts.contains_key(e.as_str())).collect();
+    assert!(missing.is_empty(), "{} missing, first: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let wanted: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let seen: Vec<&str> = texts.iter().map(String::as_str).filter(|t| wanted.contains(t)).collect();
+    let expected_order: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(seen, expected_order, "order differs");
+}
+
+/// A temporary directory kept on failure for inspection when
+/// `CONFAB_KEEP_TEST_DIRS` is set.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(&format!("confab-{name}-")).tempdir().expect("tempdir");
+    if std::env::var_os("CONFAB_KEEP_TEST_DIRS").is_some() {
+        eprintln!("test dir: {}", dir.path().display());
+    }
+    dir
+}

@@ -378,27 +378,34 @@ impl Client {
     /// messages are fetched, cached, and served.
     pub async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<ChatMessage>> {
         let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
-        let page = self.cache.messages(me, conversation, before, limit).await?;
-        let have = page.iter().filter(|m| m.seq.is_some()).count() as u32;
-        let oldest = self.cache.oldest_seq(conversation).await?;
-        let more_on_server = oldest.is_none_or(|s| s > 1);
-        let online = match self.inner().await {
-            Ok(inner) => inner.link().is_connected(),
-            Err(_) => false,
-        };
-        if have >= limit || !more_on_server || !online {
-            return Ok(page);
+        loop {
+            let page = self.cache.messages(me, conversation, before, limit).await?;
+            let have = page.iter().filter(|m| m.seq.is_some()).count() as u32;
+            let oldest = self.cache.oldest_seq(conversation).await?;
+            // The cache holds a contiguous run of the newest messages, so it
+            // is complete once it reaches seq 1.
+            let more_on_server = oldest.is_none_or(|s| s > 1);
+            let online = match self.inner().await {
+                Ok(inner) => inner.link().is_connected(),
+                Err(_) => false,
+            };
+            if have >= limit || !more_on_server || !online {
+                return Ok(page);
+            }
+            let from = match (before, oldest) {
+                (Some(b), Some(o)) => Some(b.min(o)),
+                (b, o) => o.or(b),
+            };
+            let want = (limit - have).min(confab_protocol::MAX_PAGE);
+            let reply = self.request(RequestBody::History { conversation, before: from, limit: want }).await?;
+            let Reply::Messages { messages, .. } = reply else {
+                return Err(Error::Protocol("expected messages".into()));
+            };
+            if messages.is_empty() {
+                return Ok(page);
+            }
+            self.cache.store_history(&messages).await?;
         }
-        let from = match (before, oldest) {
-            (Some(b), Some(o)) => Some(b.min(o)),
-            (b, o) => o.or(b),
-        };
-        let reply = self.request(RequestBody::History { conversation, before: from, limit: limit - have }).await?;
-        let Reply::Messages { messages, .. } = reply else {
-            return Err(Error::Protocol("expected messages".into()));
-        };
-        self.cache.store_history(&messages).await?;
-        self.cache.messages(me, conversation, before, limit).await
     }
 }
 
