@@ -5,7 +5,7 @@
 //! database keeps only their SHA-256, and logout deletes the row and closes
 //! that session's live sockets.
 
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ApiJson, Result};
 use crate::AppState;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -62,7 +62,7 @@ fn device(req: &AuthRequest) -> Option<&str> {
     req.device.as_deref().map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100)
 }
 
-pub async fn register(State(state): State<AppState>, Json(req): Json<AuthRequest>) -> Result<(StatusCode, Json<AuthResponse>)> {
+pub async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<AuthRequest>) -> Result<(StatusCode, Json<AuthResponse>)> {
     validate_username(&req.username)?;
     if req.password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ErrorCode::WeakPassword.into());
@@ -83,7 +83,7 @@ pub async fn register(State(state): State<AppState>, Json(req): Json<AuthRequest
     Ok((StatusCode::CREATED, Json(AuthResponse { user, username: req.username, token })))
 }
 
-pub async fn login(State(state): State<AppState>, Json(req): Json<AuthRequest>) -> Result<Json<AuthResponse>> {
+pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<AuthRequest>) -> Result<Json<AuthResponse>> {
     if let Err(not_until) = state.login_limiter.check_key(&req.username) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::rate_limited(wait.as_millis() as u64));

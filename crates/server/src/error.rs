@@ -66,3 +66,25 @@ impl IntoResponse for ApiError {
         (status, Json(HttpError { code: self.code, message: self.message })).into_response()
     }
 }
+
+/// `Json<T>` whose rejection is an [`ApiError`], so a bad body gets the same
+/// `{code, message}` shape as every other error.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(ErrorCode::MalformedJson, e.body_text())),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::from(ErrorCode::FrameTooLarge)),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, e.body_text())),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The server over real loopback sockets and a real SQLite file: protocol,
+//! authorization, resume and limits, spoken as raw frames.
+
+mod auth;
+mod limits;
+mod protocol;
+mod support;

@@ -1,0 +1,201 @@
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_retried_send_with_the_same_client_id_is_committed_once() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    let id = client_id();
+    let req = json!({"type": "send", "conversation": conv, "client_id": id, "text": "once"});
+    let first = alice.ok(req.clone()).await;
+    let second = alice.ok(req.clone()).await;
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(second["duplicate"], true);
+    assert_eq!((first["seq"].clone(), first["pos"].clone()), (second["seq"].clone(), second["pos"].clone()));
+    let history = bob.ok(json!({"type": "history", "conversation": conv, "limit": 10})).await;
+    assert_eq!(history["messages"].as_array().expect("messages").len(), 1);
+    // Reusing the id in another conversation is refused, not merged.
+    s.register("carol").await;
+    let other = dm(&mut alice, "carol").await;
+    let code = alice.err(json!({"type": "send", "conversation": other, "client_id": id, "text": "x"})).await;
+    assert_eq!(code, "invalid_request");
+}
+
+#[tokio::test]
+async fn messages_get_gap_free_seqs_and_reach_every_member_in_order() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let mut carol = s.user("carol").await;
+    let g = alice.ok(json!({"type": "create_group", "name": "trio", "members": ["bob", "carol"]})).await;
+    let conv = g["conversation"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(g["conversation"]["members"].as_array().expect("members").len(), 3);
+    for i in 1..=20 {
+        let sender = if i % 2 == 0 { &mut alice } else { &mut bob };
+        let r = send(sender, &conv, &format!("m{i}")).await;
+        assert_eq!(r["seq"], i);
+    }
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        let mut last_pos = 1; // pos 1 is the group's creation
+        for i in 1..=20 {
+            let ev = ws.event("message").await;
+            assert_eq!(ev["body"]["seq"], i);
+            assert_eq!(ev["body"]["text"], format!("m{i}"));
+            assert_eq!(ev["pos"], last_pos + 1);
+            last_pos += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_every_kind_of_change_in_order_and_paged() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    for t in ["one", "two", "three"] {
+        send(&mut alice, &conv, t).await;
+    }
+    alice.ok(json!({"type": "edit", "conversation": conv, "seq": 1, "text": "one!"})).await;
+    bob.ok(json!({"type": "react", "conversation": conv, "seq": 2, "emoji": "🎉", "add": true})).await;
+    bob.ok(json!({"type": "pin", "conversation": conv, "seq": 3, "pinned": true})).await;
+    alice.ok(json!({"type": "delete", "conversation": conv, "seq": 2})).await;
+    bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 3})).await;
+    bob.ok(json!({"type": "read", "conversation": conv, "seq": 2})).await;
+
+    // A reconnecting client at position 0 gets everything, paged.
+    let mut after = 0;
+    let mut kinds = Vec::new();
+    loop {
+        let r = bob.ok(json!({"type": "events", "conversation": conv, "after": after, "limit": 3})).await;
+        for ev in r["events"].as_array().expect("events") {
+            assert_eq!(ev["pos"], after + 1, "gap-free");
+            after += 1;
+            kinds.push(ev["body"]["type"].as_str().expect("type").to_owned());
+        }
+        if r["has_more"] == false {
+            assert_eq!(r["last_pos"], after);
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["created", "message", "message", "message", "edited", "reaction", "pinned", "deleted", "receipt", "receipt"]
+    );
+
+    // The current state agrees.
+    let h = bob.ok(json!({"type": "history", "conversation": conv, "limit": 10})).await;
+    let msgs = h["messages"].as_array().expect("messages");
+    assert_eq!(msgs[0]["seq"], 3);
+    assert_eq!(msgs[0]["pinned"], true);
+    assert_eq!(msgs[1]["deleted"], true);
+    assert_eq!(msgs[1]["text"], "");
+    assert_eq!(msgs[2]["text"], "one!");
+    assert!(msgs[2]["edited_at"].is_i64());
+
+    // Asking from beyond the end is answered explicitly, never silently.
+    let code = bob.err(json!({"type": "events", "conversation": conv, "after": after + 5, "limit": 3})).await;
+    assert_eq!(code, "replay_unavailable");
+    let code = bob.err(json!({"type": "events", "conversation": conv, "after": -1, "limit": 3})).await;
+    assert_eq!(code, "invalid_request");
+}
+
+#[tokio::test]
+async fn receipts_only_move_forward_and_reach_the_sender_live() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    for i in 0..5 {
+        send(&mut alice, &conv, &format!("m{i}")).await;
+    }
+    let r = bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 4})).await;
+    assert!(r["pos"].is_i64());
+    let ev = alice.event("receipt").await;
+    assert_eq!((ev["body"]["delivered_seq"].clone(), ev["body"]["read_seq"].clone()), (json!(4), json!(0)));
+    // Going back is a no-op.
+    let r = bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 2})).await;
+    assert!(r["pos"].is_null());
+    // Read implies delivered, and is clamped to the newest message.
+    bob.ok(json!({"type": "read", "conversation": conv, "seq": 99})).await;
+    let ev = alice.event("receipt").await;
+    assert_eq!((ev["body"]["delivered_seq"].clone(), ev["body"]["read_seq"].clone()), (json!(5), json!(5)));
+}
+
+#[tokio::test]
+async fn non_members_are_refused_everything_and_nobody_acts_for_someone_else() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let mut carol = s.user("carol").await;
+    let conv = dm(&mut alice, "bob").await;
+    send(&mut alice, &conv, "private").await;
+
+    for body in [
+        json!({"type": "events", "conversation": conv, "after": 0, "limit": 10}),
+        json!({"type": "history", "conversation": conv, "limit": 10}),
+        json!({"type": "send", "conversation": conv, "client_id": client_id(), "text": "hi"}),
+        json!({"type": "edit", "conversation": conv, "seq": 1, "text": "x"}),
+        json!({"type": "delete", "conversation": conv, "seq": 1}),
+        json!({"type": "react", "conversation": conv, "seq": 1, "emoji": "👀", "add": true}),
+        json!({"type": "pin", "conversation": conv, "seq": 1, "pinned": true}),
+        json!({"type": "delivered", "conversation": conv, "seq": 1}),
+        json!({"type": "read", "conversation": conv, "seq": 1}),
+        json!({"type": "typing", "conversation": conv}),
+        json!({"type": "add_member", "conversation": conv, "username": "carol"}),
+    ] {
+        assert_eq!(carol.err(body.clone()).await, "not_member", "{body}");
+    }
+    // A conversation that does not exist looks the same as one you are not in.
+    let missing = json!({"type": "history", "conversation": uuid::Uuid::now_v7(), "limit": 1});
+    assert_eq!(carol.err(missing).await, "not_member");
+    carol.quiet(Duration::from_millis(300), |f| f["type"] == "event").await;
+
+    // Bob is a member, but not the sender.
+    assert_eq!(bob.err(json!({"type": "edit", "conversation": conv, "seq": 1, "text": "mine now"})).await, "forbidden");
+    assert_eq!(bob.err(json!({"type": "delete", "conversation": conv, "seq": 1})).await, "forbidden");
+
+    // In a group, an admin may delete anyone's message; a member may not.
+    let g = alice.ok(json!({"type": "create_group", "name": "g", "members": ["bob", "carol"]})).await;
+    let group = g["conversation"]["id"].as_str().expect("id").to_owned();
+    send(&mut bob, &group, "from bob").await;
+    assert_eq!(carol.err(json!({"type": "delete", "conversation": group, "seq": 1})).await, "forbidden");
+    assert_eq!(carol.err(json!({"type": "rename_group", "conversation": group, "name": "mine"})).await, "forbidden");
+    assert_eq!(carol.err(json!({"type": "remove_member", "conversation": group, "username": "bob"})).await, "forbidden");
+    alice.ok(json!({"type": "delete", "conversation": group, "seq": 1})).await;
+    // Anyone may leave; then they are out.
+    carol.ok(json!({"type": "remove_member", "conversation": group, "username": "carol"})).await;
+    assert_eq!(carol.err(json!({"type": "history", "conversation": group, "limit": 1})).await, "not_member");
+}
+
+#[tokio::test]
+async fn typing_is_throttled_and_presence_follows_connections() {
+    let s = TestServer::start().await;
+    let token = s.register("alice").await;
+    let mut alice = s.connect(&token).await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    alice.ok(json!({"type": "typing", "conversation": conv})).await;
+    let t = bob.expect(|f| f["type"] == "typing").await;
+    assert_eq!(t["conversation"], conv.as_str());
+    assert!(t["ttl_ms"].as_u64().expect("ttl") > 0);
+    alice.ok(json!({"type": "typing", "conversation": conv})).await;
+    bob.quiet(Duration::from_millis(400), |f| f["type"] == "typing").await;
+
+    // A second device neither flaps presence on arrival nor on the first
+    // device leaving; the last one leaving makes alice offline.
+    let alice2 = s.connect(&token).await;
+    drop(alice);
+    bob.quiet(Duration::from_millis(400), |f| f["type"] == "presence").await;
+    drop(alice2);
+    let off = bob.expect(|f| f["type"] == "presence" && f["online"] == false).await;
+    assert!(off["last_seen"].is_i64());
+    let sync = bob.ok(json!({"type": "sync"})).await;
+    let members = sync["conversations"][0]["members"].as_array().expect("members").clone();
+    let alice_state = members.iter().find(|m| m["username"] == "alice").expect("alice");
+    assert_eq!(alice_state["online"], false);
+    assert!(alice_state["last_seen"].is_i64());
+}
