@@ -1,0 +1,244 @@
+//! The client core against an in-process server on a loopback port, with
+//! real SQLite files for both.
+
+use confab_core::{Client, ClientEvent, ConnectionState, LinkConfig, MessageStatus, SendOutcome};
+use confab_protocol::ErrorCode;
+use confab_server::{Config, Limits, Server};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+const T: Duration = Duration::from_secs(20);
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Option<Server>,
+    url: String,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = start_server(&dir.path().join("server.db"), 0).await;
+        let url = format!("http://{}", server.addr);
+        World { dir, server: Some(server), url }
+    }
+
+    fn profile(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn client(&self, profile: &str) -> Client {
+        let config = LinkConfig { backoff_base: Duration::from_millis(50), backoff_cap: Duration::from_millis(500), ..LinkConfig::default() };
+        Client::open(&self.profile(profile)).await.expect("open profile").with_link_config(config)
+    }
+
+    /// A registered, started client whose first sync is done.
+    async fn user(&self, name: &str) -> Client {
+        let c = self.client(name).await;
+        c.register(&self.url, name, PASSWORD).await.expect("register");
+        start_synced(&c).await;
+        c
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    async fn restart_server(&mut self) {
+        self.stop_server().await;
+        let port: u16 = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        self.server = Some(start_server(&self.dir.path().join("server.db"), port).await);
+    }
+}
+
+async fn start_server(db: &Path, port: u16) -> Server {
+    let mut config = Config::new(format!("127.0.0.1:{port}").parse().expect("addr"), db.to_owned());
+    config.limits = Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() };
+    confab_server::start(config).await.expect("server")
+}
+
+async fn start_synced(c: &Client) {
+    let mut events = c.subscribe();
+    c.start().await.expect("start");
+    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
+}
+
+async fn wait_for(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+    tokio::time::timeout(T, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("expected event within the timeout")
+}
+
+async fn status_of(c: &Client, id: uuid::Uuid) -> MessageStatus {
+    c.message(id).await.expect("cache").expect("message").status
+}
+
+#[tokio::test]
+async fn own_message_ticks_go_queued_sent_delivered_read() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    let mut events = alice.subscribe();
+    let id = alice.send(conv, "tick tock").await.expect("queued");
+    assert_eq!(alice.message(id).await.expect("cache").expect("message").seq, None);
+    let outcome = alice.wait_sent(&[id]).await.expect("sent");
+    assert_eq!(outcome, vec![SendOutcome::Sent { seq: 1 }]);
+    // Bob's device acknowledges delivery by itself.
+    wait_for(&mut events, |e| matches!(e, ClientEvent::Receipt { delivered_seq: 1, .. })).await;
+    assert_eq!(status_of(&alice, id).await, MessageStatus::Delivered);
+    bob.mark_read(conv, 1).await.expect("read");
+    wait_for(&mut events, |e| matches!(e, ClientEvent::Receipt { read_seq: 1, .. })).await;
+    assert_eq!(status_of(&alice, id).await, MessageStatus::Read);
+    let convs = bob.conversations().await.expect("list");
+    assert_eq!(convs[0].title, "alice");
+    assert_eq!(convs[0].unread, 0);
+    assert_eq!(convs[0].last_message.as_ref().map(|m| m.text.as_str()), Some("tick tock"));
+}
+
+#[tokio::test]
+async fn a_refused_message_is_marked_failed_with_its_reason_and_does_not_block_the_rest() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let _bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    let not_mine = uuid::Uuid::now_v7();
+    let refused = alice.send(not_mine, "into the void").await.expect("queued locally");
+    let fine = alice.send(conv, "this one works").await.expect("queued");
+    let outcomes = alice.wait_sent(&[refused, fine]).await.expect("settled");
+    match &outcomes[0] {
+        SendOutcome::Failed(e) => assert_eq!(e.code, ErrorCode::NotMember),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(outcomes[1], SendOutcome::Sent { seq: 1 });
+    assert_eq!(status_of(&alice, refused).await, MessageStatus::Failed);
+    assert_eq!(alice.outbox_len().await.expect("outbox"), 0);
+}
+
+#[tokio::test]
+async fn queued_messages_survive_a_client_restart_and_go_out_once_in_order() {
+    let mut w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    w.stop_server().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(alice.send(conv, &format!("offline {i}")).await.expect("queued"));
+    }
+    // The process "restarts": a new client on the same profile.
+    alice.stop().await;
+    drop(alice);
+    let alice = w.client("alice").await;
+    assert_eq!(alice.outbox_len().await.expect("outbox"), 20);
+    alice.start().await.expect("start");
+    w.restart_server().await;
+    let outcomes = alice.wait_sent(&ids).await.expect("sent");
+    let seqs: Vec<_> = outcomes.iter().map(|o| match o { SendOutcome::Sent { seq } => *seq, f => panic!("{f:?}") }).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    tokio::time::timeout(T, async {
+        loop {
+            if bob.history(conv, None, 50).await.expect("history").len() == 20 { break }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }).await.expect("bob catches up");
+    let texts: Vec<String> = bob.history(conv, None, 50).await.expect("history").into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, (0..20).map(|i| format!("offline {i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn history_pages_come_from_the_cache_then_the_server_and_work_offline() {
+    let mut w = World::new().await;
+    let alice = w.user("alice").await;
+    let _bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    let mut ids = Vec::new();
+    for i in 1..=1200 {
+        ids.push(alice.send(conv, &format!("m{i}")).await.expect("queued"));
+    }
+    alice.wait_sent(&ids).await.expect("sent");
+
+    // A new device of bob's starts empty and pages back through the server.
+    let bob2 = w.client("bob2").await;
+    bob2.login(&w.url, "bob", PASSWORD).await.expect("login");
+    start_synced(&bob2).await;
+    let newest = bob2.history(conv, None, 100).await.expect("page");
+    assert_eq!(newest.len(), 100);
+    assert_eq!(newest.last().map(|m| m.seq), Some(Some(1200)));
+    let mut before = newest[0].seq;
+    let mut all = newest.len();
+    while let Some(b) = before {
+        let page = bob2.history(conv, Some(b), 300).await.expect("older page");
+        if page.is_empty() { break }
+        assert_eq!(page.last().and_then(|m| m.seq), Some(b - 1), "contiguous pages");
+        all += page.len();
+        before = page[0].seq;
+    }
+    assert_eq!(all, 1200);
+
+    // Offline, the cache still answers.
+    w.stop_server().await;
+    let cached = bob2.history(conv, Some(50), 10).await.expect("cached page");
+    let seqs: Vec<_> = cached.iter().filter_map(|m| m.seq).collect();
+    assert_eq!(seqs, (40..50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_client_ahead_of_a_restored_server_is_told_so_and_refetches() {
+    let mut w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    let ids = vec![alice.send(conv, "kept").await.expect("q")];
+    alice.wait_sent(&ids).await.expect("sent");
+    tokio::time::timeout(T, async { while bob.history(conv, None, 10).await.expect("h").is_empty() { tokio::time::sleep(Duration::from_millis(20)).await } }).await.expect("bob has it");
+
+    // Back up the server, then let the conversation move on.
+    w.stop_server().await;
+    let backup = w.dir.path().join("backup");
+    std::fs::create_dir_all(&backup).expect("dir");
+    for f in ["server.db", "server.db-wal", "server.db-shm"] {
+        let _ = std::fs::copy(w.dir.path().join(f), backup.join(f));
+    }
+    w.restart_server().await;
+    let ids = vec![alice.send(conv, "lost in the restore").await.expect("q")];
+    alice.wait_sent(&ids).await.expect("sent");
+    tokio::time::timeout(T, async { while bob.history(conv, None, 10).await.expect("h").len() < 2 { tokio::time::sleep(Duration::from_millis(20)).await } }).await.expect("bob has both");
+
+    // Restore the backup: the server now knows less than bob's device.
+    w.stop_server().await;
+    for f in ["server.db", "server.db-wal", "server.db-shm"] {
+        let _ = std::fs::remove_file(w.dir.path().join(f));
+        let _ = std::fs::copy(backup.join(f), w.dir.path().join(f));
+    }
+    let mut events = bob.subscribe();
+    w.restart_server().await;
+    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
+    let texts: Vec<String> = bob.history(conv, None, 10).await.expect("h").into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, vec!["kept".to_owned()], "bob's cache was reset to the server's state");
+}
+
+#[tokio::test]
+async fn connection_state_reports_offline_with_a_retry_delay_and_recovers() {
+    let mut w = World::new().await;
+    let alice = w.user("alice").await;
+    let mut events = alice.subscribe();
+    w.stop_server().await;
+    let offline = wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Offline { .. } })).await;
+    let ClientEvent::Connection { state: ConnectionState::Offline { retry_in_ms, .. } } = offline else { unreachable!() };
+    assert!(retry_in_ms <= 500);
+    w.restart_server().await;
+    wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Connected })).await;
+    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
+}
