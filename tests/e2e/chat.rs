@@ -23,7 +23,10 @@ fn two_users_exchange_messages_with_receipts_edits_deletes_reactions_and_pins() 
     let a = alice.listen();
     let b = bob.listen();
     alice.ok(&["send", &conv, "hello", "bob"]);
-    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message" && v["text"] == "hello bob" && v["sender"] == "alice" && v["seq"] == 1)));
+    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message"
+        && v["text"] == "hello bob"
+        && v["sender"] == "alice"
+        && v["seq"] == 1)));
 
     // Bob's device acknowledged delivery; alice sees the receipt live.
     assert!(a.wait(T, |e| has(e, |v| v["type"] == "receipt" && v["user"] == "bob" && v["delivered_seq"] == 1)));
@@ -33,15 +36,24 @@ fn two_users_exchange_messages_with_receipts_edits_deletes_reactions_and_pins() 
     assert_eq!(h[0]["status"], "read");
 
     bob.ok(&["send", &conv, "hi alice"]);
-    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message" && v["text"] == "hi alice" && v["sender"] == "bob" && v["seq"] == 2)));
+    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message"
+        && v["text"] == "hi alice"
+        && v["sender"] == "bob"
+        && v["seq"] == 2)));
 
     alice.ok(&["edit", &conv, "1", "hello bob (fixed)"]);
-    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message_updated" && v["text"] == "hello bob (fixed)" && v["edited"] == true)));
+    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message_updated"
+        && v["text"] == "hello bob (fixed)"
+        && v["edited"] == true)));
 
     bob.ok(&["react", &conv, "1", "👍"]);
-    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message_updated" && v["seq"] == 1 && v["reactions"][0]["emoji"] == "👍")));
+    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message_updated"
+        && v["seq"] == 1
+        && v["reactions"][0]["emoji"] == "👍")));
     bob.ok(&["react", &conv, "1", "👍", "--remove"]);
-    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message_updated" && v["seq"] == 1 && v["reactions"].as_array().is_some_and(|r| r.is_empty()))));
+    assert!(a.wait(T, |e| has(e, |v| v["type"] == "message_updated"
+        && v["seq"] == 1
+        && v["reactions"].as_array().is_some_and(|r| r.is_empty()))));
 
     alice.ok(&["pin", &conv, "2"]);
     assert!(b.wait(T, |e| has(e, |v| v["type"] == "message_updated" && v["seq"] == 2 && v["pinned"] == true)));
@@ -50,7 +62,10 @@ fn two_users_exchange_messages_with_receipts_edits_deletes_reactions_and_pins() 
     let err = bob.fails(&["edit", &conv, "1", "not mine"]);
     assert!(err.contains("sender"), "{err}");
     alice.ok(&["delete", &conv, "1"]);
-    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message_updated" && v["seq"] == 1 && v["deleted"] == true && v["text"] == "")));
+    assert!(b.wait(T, |e| has(e, |v| v["type"] == "message_updated"
+        && v["seq"] == 1
+        && v["deleted"] == true
+        && v["text"] == "")));
     let h = bob.history(&conv, 10);
     assert_eq!(h.len(), 2);
     assert_eq!(h[0]["deleted"], true);
@@ -82,13 +97,22 @@ fn typing_and_presence_reach_only_people_who_share_a_conversation() {
     let mut a = alice.listen();
     assert!(b.wait(T, |e| has(e, |v| v["type"] == "presence" && v["user"] == "alice" && v["online"] == true)));
     alice.ok(&["typing", &conv]);
-    assert!(b.wait(T, |e| has(e, |v| v["type"] == "typing" && v["user"] == "alice" && v["conversation"] == conv.as_str())));
+    assert!(
+        b.wait(T, |e| has(e, |v| v["type"] == "typing" && v["user"] == "alice" && v["conversation"] == conv.as_str()))
+    );
     a.kill();
-    assert!(b.wait(T, |e| has(e, |v| v["type"] == "presence" && v["user"] == "alice" && v["online"] == false && v["last_seen"].is_i64())));
+    assert!(b.wait(T, |e| has(e, |v| v["type"] == "presence"
+        && v["user"] == "alice"
+        && v["online"] == false
+        && v["last_seen"].is_i64())));
 
     // Carol shares nothing with alice: she saw none of it.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!has(&c.events(), |v| v["type"] == "typing" || (v["type"] == "presence" && v["user"] == "alice")), "{:?}", c.events());
+    assert!(
+        !has(&c.events(), |v| v["type"] == "typing" || (v["type"] == "presence" && v["user"] == "alice")),
+        "{:?}",
+        c.events()
+    );
 }
 
 #[test]

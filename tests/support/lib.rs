@@ -78,7 +78,13 @@ impl Server {
         });
         let url = rx.recv_timeout(Duration::from_secs(30)).expect("server printed its address");
         let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in url");
-        Server { child: Some(child), url, port, dir: dir.to_owned(), extra: extra.iter().map(|s| s.to_string()).collect() }
+        Server {
+            child: Some(child),
+            url,
+            port,
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     /// SIGKILL: no graceful anything.
@@ -144,7 +150,11 @@ pub struct Profile {
 
 impl Profile {
     pub fn new(root: &Path, server: &str, username: &str) -> Profile {
-        Profile { dir: root.join(format!("profile-{username}")), server: server.to_owned(), username: username.to_owned() }
+        Profile {
+            dir: root.join(format!("profile-{username}")),
+            server: server.to_owned(),
+            username: username.to_owned(),
+        }
     }
 
     /// Registers the user with a fresh profile.
@@ -214,12 +224,8 @@ impl Profile {
     }
 
     pub fn listen(&self) -> Listener {
-        let mut child = self
-            .cmd(&["listen", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn listen");
+        let mut child =
+            self.cmd(&["listen", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn listen");
         let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();

@@ -88,10 +88,22 @@ enum Command {
 #[derive(Subcommand)]
 enum GroupCommand {
     /// Create a group with you as admin; prints its id.
-    Create { name: String, members: Vec<String> },
-    Add { conversation: String, username: String },
-    Remove { conversation: String, username: String },
-    Rename { conversation: String, name: String },
+    Create {
+        name: String,
+        members: Vec<String>,
+    },
+    Add {
+        conversation: String,
+        username: String,
+    },
+    Remove {
+        conversation: String,
+        username: String,
+    },
+    Rename {
+        conversation: String,
+        name: String,
+    },
 }
 
 fn default_profile() -> PathBuf {
@@ -130,9 +142,7 @@ fn explain(err: &CoreError) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -345,7 +355,12 @@ async fn history(client: &Client, conversation: ConversationId, json: bool, limi
     let known = client.conversations().await?.into_iter().any(|c| c.id == conversation);
     if !known {
         if online {
-            return Err(CoreError::Server { code: ErrorCode::NotMember, message: ErrorCode::NotMember.describe().into(), retry_after_ms: None }.into());
+            return Err(CoreError::Server {
+                code: ErrorCode::NotMember,
+                message: ErrorCode::NotMember.describe().into(),
+                retry_after_ms: None,
+            }
+            .into());
         }
         bail!("this device has nothing cached for that conversation and the server is unreachable");
     }

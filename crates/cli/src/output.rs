@@ -62,7 +62,7 @@ pub fn message(m: &ChatMessage, json: bool) {
     if json {
         print_json(message_json("message", m));
     } else {
-        line(&format!("{}", message_line(m)));
+        line(&message_line(m));
     }
 }
 
@@ -124,7 +124,10 @@ impl<'a> Printer<'a> {
                     print_json(json!({"type": "receipt", "conversation": conversation, "user": name,
                         "delivered_seq": delivered_seq, "read_seq": read_seq}));
                 } else {
-                    line(&format!("[{}] {name} received up to #{delivered_seq}, read up to #{read_seq}", short(conversation)));
+                    line(&format!(
+                        "[{}] {name} received up to #{delivered_seq}, read up to #{read_seq}",
+                        short(conversation)
+                    ));
                 }
             }
             ClientEvent::ConversationUpdated { conversation } => {
@@ -134,7 +137,9 @@ impl<'a> Printer<'a> {
             }
             ClientEvent::Typing { conversation, username, ttl_ms, .. } => {
                 if self.json {
-                    print_json(json!({"type": "typing", "conversation": conversation, "user": username, "ttl_ms": ttl_ms}));
+                    print_json(
+                        json!({"type": "typing", "conversation": conversation, "user": username, "ttl_ms": ttl_ms}),
+                    );
                 } else {
                     line(&format!("[{}] {username} is typing…", short(conversation)));
                 }

@@ -57,19 +57,25 @@ pub enum Applied {
 /// the caller (which can read the message views).
 #[derive(Debug, Clone)]
 pub enum Effect {
-    NewMessage { client_id: ClientId, from_other: bool },
-    MessageChanged { client_id: ClientId },
-    Receipt { user: UserId, delivered_seq: i64, read_seq: i64 },
+    NewMessage {
+        client_id: ClientId,
+        from_other: bool,
+    },
+    MessageChanged {
+        client_id: ClientId,
+    },
+    Receipt {
+        user: UserId,
+        delivered_seq: i64,
+        read_seq: i64,
+    },
     ConversationChanged,
     /// We were removed from the conversation.
     Left,
 }
 
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 fn id(s: &str) -> Result<Uuid> {
@@ -91,7 +97,8 @@ fn kind_str(k: ConvKind) -> &'static str {
     }
 }
 
-const MESSAGE_COLUMNS: &str = "m.client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
+const MESSAGE_COLUMNS: &str =
+    "m.client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
      m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message";
 
 impl Cache {
@@ -125,11 +132,13 @@ impl Cache {
     }
 
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -158,12 +167,19 @@ impl Cache {
                 sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
             }
         }
-        for (k, v) in [("server", s.server.clone()), ("token", s.token.clone()), ("user_id", s.user.to_string()), ("username", s.username.clone())] {
-            sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
+        for (k, v) in [
+            ("server", s.server.clone()),
+            ("token", s.token.clone()),
+            ("user_id", s.user.to_string()),
+            ("username", s.username.clone()),
+        ] {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(k)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
         }
         upsert_user(&mut tx, s.user, &s.username).await?;
         tx.commit().await?;
@@ -319,7 +335,10 @@ impl Cache {
 
     /// We are no longer a member: keep the history, stop syncing.
     pub async fn mark_left(&self, conversation: ConversationId) -> Result<()> {
-        sqlx::query("UPDATE conversations SET left = 1 WHERE id = ?").bind(conversation.to_string()).execute(&self.pool).await?;
+        sqlx::query("UPDATE conversations SET left = 1 WHERE id = ?")
+            .bind(conversation.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -357,7 +376,10 @@ impl Cache {
         let mut tx = self.pool.begin().await?;
         if reset {
             // Keep our own unsent messages: they are still in the outbox.
-            sqlx::query("DELETE FROM messages WHERE conversation_id = ? AND seq IS NOT NULL").bind(&conv).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM messages WHERE conversation_id = ? AND seq IS NOT NULL")
+                .bind(&conv)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM reactions WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
         }
         sqlx::query(
@@ -375,14 +397,16 @@ impl Cache {
         sqlx::query("DELETE FROM members WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
         for m in &info.members {
             upsert_user(&mut tx, m.user, &m.username).await?;
-            sqlx::query("INSERT INTO members (conversation_id, user_id, admin, delivered_seq, read_seq) VALUES (?, ?, ?, ?, ?)")
-                .bind(&conv)
-                .bind(m.user.to_string())
-                .bind(m.admin)
-                .bind(m.delivered_seq)
-                .bind(m.read_seq)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO members (conversation_id, user_id, admin, delivered_seq, read_seq) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&conv)
+            .bind(m.user.to_string())
+            .bind(m.admin)
+            .bind(m.delivered_seq)
+            .bind(m.read_seq)
+            .execute(&mut *tx)
+            .await?;
         }
         for m in messages {
             store_message(&mut tx, m).await?;
@@ -420,7 +444,10 @@ impl Cache {
     }
 
     pub async fn username(&self, user: UserId) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT username FROM users WHERE id = ?").bind(user.to_string()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT username FROM users WHERE id = ?")
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get("username")))
     }
 
@@ -472,7 +499,13 @@ impl Cache {
         Ok(out)
     }
 
-    fn view(&self, me: UserId, r: &SqliteRow, members: &[MemberView], reactions: &mut HashMap<i64, Vec<Reaction>>) -> Result<ChatMessage> {
+    fn view(
+        &self,
+        me: UserId,
+        r: &SqliteRow,
+        members: &[MemberView],
+        reactions: &mut HashMap<i64, Vec<Reaction>>,
+    ) -> Result<ChatMessage> {
         let sender = id(r.get("sender"))?;
         let seq: Option<i64> = r.get("seq");
         let stored: String = r.get("status");
@@ -524,7 +557,12 @@ impl Cache {
         Ok(Some(self.view(me, &row, &members, &mut reactions)?))
     }
 
-    pub async fn message_by_seq(&self, me: UserId, conversation: ConversationId, seq: i64) -> Result<Option<ChatMessage>> {
+    pub async fn message_by_seq(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        seq: i64,
+    ) -> Result<Option<ChatMessage>> {
         let row = sqlx::query("SELECT client_id FROM messages WHERE conversation_id = ? AND seq = ?")
             .bind(conversation.to_string())
             .bind(seq)
@@ -538,7 +576,13 @@ impl Cache {
 
     /// Messages oldest first: the newest `limit` with `seq < before`, and,
     /// when `before` is `None`, this user's unsent messages after them.
-    pub async fn messages(&self, me: UserId, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<ChatMessage>> {
+    pub async fn messages(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>> {
         let conv = conversation.to_string();
         let mut rows = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender
@@ -637,11 +681,13 @@ fn own_status(me: UserId, seq: i64, members: &[MemberView]) -> MessageStatus {
 }
 
 async fn upsert_user(tx: &mut Transaction<'_, Sqlite>, user: UserId, username: &str) -> Result<()> {
-    sqlx::query("INSERT INTO users (id, username) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET username = excluded.username")
-        .bind(user.to_string())
-        .bind(username)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO users (id, username) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET username = excluded.username",
+    )
+    .bind(user.to_string())
+    .bind(username)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -680,7 +726,11 @@ async fn store_message(tx: &mut Transaction<'_, Sqlite>, m: &Message) -> Result<
     .execute(&mut **tx)
     .await?;
     let conv = m.conversation.to_string();
-    sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?").bind(&conv).bind(m.seq).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+        .bind(&conv)
+        .bind(m.seq)
+        .execute(&mut **tx)
+        .await?;
     for r in &m.reactions {
         for u in &r.users {
             sqlx::query("INSERT OR IGNORE INTO reactions (conversation_id, seq, user_id, emoji) VALUES (?, ?, ?, ?)")
@@ -706,7 +756,8 @@ async fn client_id_at(tx: &mut Transaction<'_, Sqlite>, conv: &str, seq: i64) ->
 
 async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent) -> Result<Vec<Effect>> {
     let conv = ev.conversation.to_string();
-    let changed = |c: Option<ClientId>| c.map(|client_id| Effect::MessageChanged { client_id }).into_iter().collect::<Vec<_>>();
+    let changed =
+        |c: Option<ClientId>| c.map(|client_id| Effect::MessageChanged { client_id }).into_iter().collect::<Vec<_>>();
     Ok(match &ev.body {
         EventBody::Created { kind, name, members } => {
             sqlx::query(
@@ -745,11 +796,16 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             if ev.actor == me {
                 // Ours, maybe from another device: mark it sent, and remove a
                 // still-pending outbox entry (its reply was lost).
-                sqlx::query("UPDATE messages SET status = 'sent', error_code = NULL, error_message = NULL WHERE client_id = ?")
+                sqlx::query(
+                    "UPDATE messages SET status = 'sent', error_code = NULL, error_message = NULL WHERE client_id = ?",
+                )
+                .bind(client_id.to_string())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM outbox WHERE client_id = ?")
                     .bind(client_id.to_string())
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query("DELETE FROM outbox WHERE client_id = ?").bind(client_id.to_string()).execute(&mut **tx).await?;
             }
             sqlx::query("UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?")
                 .bind(seq)
@@ -763,13 +819,15 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             }
         }
         EventBody::Edited { seq, text } => {
-            sqlx::query("UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0")
-                .bind(text)
-                .bind(ev.ts)
-                .bind(&conv)
-                .bind(seq)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0",
+            )
+            .bind(text)
+            .bind(ev.ts)
+            .bind(&conv)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
             changed(client_id_at(tx, &conv, *seq).await?)
         }
         EventBody::Deleted { seq } => {
@@ -778,7 +836,11 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 .bind(seq)
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?").bind(&conv).bind(seq).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+                .bind(&conv)
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
             changed(client_id_at(tx, &conv, *seq).await?)
         }
         EventBody::Reaction { seq, emoji, added } => {
@@ -820,7 +882,11 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             }
         }
         EventBody::Renamed { name } => {
-            sqlx::query("UPDATE conversations SET name = ? WHERE id = ?").bind(name).bind(&conv).execute(&mut **tx).await?;
+            sqlx::query("UPDATE conversations SET name = ? WHERE id = ?")
+                .bind(name)
+                .bind(&conv)
+                .execute(&mut **tx)
+                .await?;
             vec![Effect::ConversationChanged]
         }
         EventBody::AdminChanged { user, admin } => {

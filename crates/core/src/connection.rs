@@ -56,8 +56,16 @@ pub(crate) enum Inbound {
     /// A new connection is authenticated; what follows belongs to it.
     Connected,
     Event(ConvEvent),
-    Typing { conversation: ConversationId, user: UserId, ttl_ms: u32 },
-    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        ttl_ms: u32,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: Option<Millis>,
+    },
 }
 
 struct Command {
@@ -188,7 +196,8 @@ async fn run(
                 // Answer requests until the client is dropped.
                 while let Some(cmd) = commands.recv().await {
                     if let Some(reply) = cmd.reply {
-                        let _ = reply.send(Err(Error::server(ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe())));
+                        let _ =
+                            reply.send(Err(Error::server(ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe())));
                     }
                 }
                 return;
@@ -246,7 +255,9 @@ async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<Ws> {
     .map_err(|_| Error::Unreachable("no answer to hello".into()))??;
     match decode_server_frame(answer.as_str()) {
         Ok(ServerFrame::Result { result: Reply::Welcome { .. }, .. }) => Ok(ws),
-        Ok(ServerFrame::Error { code, message, retry_after_ms, .. }) => Err(Error::Server { code, message, retry_after_ms }),
+        Ok(ServerFrame::Error { code, message, retry_after_ms, .. }) => {
+            Err(Error::Server { code, message, retry_after_ms })
+        }
         Ok(other) => Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
         Err(e) => Err(Error::Protocol(e.to_string())),
     }

@@ -92,7 +92,13 @@ impl Client {
         }
         let cache = Cache::open(&profile.join("cache.db")).await?;
         let (events, _) = broadcast::channel(4096);
-        Ok(Client { profile: profile.to_owned(), cache, events, link_config: LinkConfig::default(), running: Default::default() })
+        Ok(Client {
+            profile: profile.to_owned(),
+            cache,
+            events,
+            link_config: LinkConfig::default(),
+            running: Default::default(),
+        })
     }
 
     pub fn with_link_config(mut self, config: LinkConfig) -> Self {
@@ -267,7 +273,9 @@ impl Client {
     }
 
     pub async fn remove_member(&self, conversation: ConversationId, username: &str) -> Result<()> {
-        self.request(RequestBody::RemoveMember { conversation, username: username.trim().to_lowercase() }).await.map(drop)
+        self.request(RequestBody::RemoveMember { conversation, username: username.trim().to_lowercase() })
+            .await
+            .map(drop)
     }
 
     pub async fn rename_group(&self, conversation: ConversationId, name: &str) -> Result<()> {
@@ -282,8 +290,7 @@ impl Client {
     /// Queues a message: it is saved locally and sent as soon as possible,
     /// surviving restarts. Returns its client id at once.
     pub async fn send(&self, conversation: ConversationId, text: &str) -> Result<ClientId> {
-        confab_protocol::validate_text(text)
-            .map_err(|code| Error::Invalid(code.describe().to_owned()))?;
+        confab_protocol::validate_text(text).map_err(|code| Error::Invalid(code.describe().to_owned()))?;
         let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
         let client_id = self.cache.enqueue(conversation, session.user, text).await?;
         if let Ok(Some(message)) = self.cache.message(session.user, client_id).await {
@@ -316,7 +323,9 @@ impl Client {
             let settled = match state {
                 None => return Err(Error::Invalid(format!("unknown message {id}"))),
                 Some((status, _, Some(err))) if status == "failed" => Some(SendOutcome::Failed(err)),
-                Some((status, Some(seq), _)) if status != "queued" && status != "failed" => Some(SendOutcome::Sent { seq }),
+                Some((status, Some(seq), _)) if status != "queued" && status != "failed" => {
+                    Some(SendOutcome::Sent { seq })
+                }
                 Some(_) => None,
             };
             match settled {
@@ -376,7 +385,12 @@ impl Client {
     /// `before` (plus unsent ones when `before` is `None`). Served from the
     /// cache; when the cache runs out and the server is reachable, older
     /// messages are fetched, cached, and served.
-    pub async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<ChatMessage>> {
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>> {
         let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
         loop {
             let page = self.cache.messages(me, conversation, before, limit).await?;

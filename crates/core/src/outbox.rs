@@ -40,7 +40,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 continue;
             }
         };
-        let request = RequestBody::Send { conversation: entry.conversation, client_id: entry.client_id, text: entry.text.clone() };
+        let request = RequestBody::Send {
+            conversation: entry.conversation,
+            client_id: entry.client_id,
+            text: entry.text.clone(),
+        };
         let result = inner.link().request(request).await;
         let outcome = match result {
             Ok(Reply::Sent { seq, ts, .. }) => {

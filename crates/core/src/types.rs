@@ -8,10 +8,15 @@ use specta::Type;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnectionState {
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     Connected,
     /// Waiting `retry_in_ms` before the next attempt.
-    Offline { retry_in_ms: u64, reason: String },
+    Offline {
+        retry_in_ms: u64,
+        reason: String,
+    },
     /// The session was revoked or expired; sign in again.
     SignedOut,
 }
@@ -88,16 +93,38 @@ pub struct ConversationSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {
-    Connection { state: ConnectionState },
+    Connection {
+        state: ConnectionState,
+    },
     /// A message this device had not seen before arrived from the server.
-    MessageAdded { message: ChatMessage },
+    MessageAdded {
+        message: ChatMessage,
+    },
     /// A known message changed: edit, delete, reaction, pin, or its status.
-    MessageUpdated { message: ChatMessage },
-    Receipt { conversation: ConversationId, user: UserId, delivered_seq: i64, read_seq: i64 },
+    MessageUpdated {
+        message: ChatMessage,
+    },
+    Receipt {
+        conversation: ConversationId,
+        user: UserId,
+        delivered_seq: i64,
+        read_seq: i64,
+    },
     /// Created, renamed, members changed, or reloaded from a snapshot.
-    ConversationUpdated { conversation: ConversationId },
-    Typing { conversation: ConversationId, user: UserId, username: String, ttl_ms: u32 },
-    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    ConversationUpdated {
+        conversation: ConversationId,
+    },
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        username: String,
+        ttl_ms: u32,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: Option<Millis>,
+    },
     /// Caught up with the server after (re)connecting.
     SyncCompleted,
 }

@@ -29,7 +29,11 @@ impl World {
     }
 
     async fn client(&self, profile: &str) -> Client {
-        let config = LinkConfig { backoff_base: Duration::from_millis(50), backoff_cap: Duration::from_millis(500), ..LinkConfig::default() };
+        let config = LinkConfig {
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(500),
+            ..LinkConfig::default()
+        };
         Client::open(&self.profile(profile)).await.expect("open profile").with_link_config(config)
     }
 
@@ -66,7 +70,10 @@ async fn start_synced(c: &Client) {
     wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
 }
 
-async fn wait_for(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+async fn wait_for(
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
     tokio::time::timeout(T, async {
         loop {
             match events.recv().await {
@@ -145,14 +152,24 @@ async fn queued_messages_survive_a_client_restart_and_go_out_once_in_order() {
     alice.start().await.expect("start");
     w.restart_server().await;
     let outcomes = alice.wait_sent(&ids).await.expect("sent");
-    let seqs: Vec<_> = outcomes.iter().map(|o| match o { SendOutcome::Sent { seq } => *seq, f => panic!("{f:?}") }).collect();
+    let seqs: Vec<_> = outcomes
+        .iter()
+        .map(|o| match o {
+            SendOutcome::Sent { seq } => *seq,
+            f => panic!("{f:?}"),
+        })
+        .collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     tokio::time::timeout(T, async {
         loop {
-            if bob.history(conv, None, 50).await.expect("history").len() == 20 { break }
+            if bob.history(conv, None, 50).await.expect("history").len() == 20 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }).await.expect("bob catches up");
+    })
+    .await
+    .expect("bob catches up");
     let texts: Vec<String> = bob.history(conv, None, 50).await.expect("history").into_iter().map(|m| m.text).collect();
     assert_eq!(texts, (0..20).map(|i| format!("offline {i}")).collect::<Vec<_>>());
 }
@@ -180,7 +197,9 @@ async fn history_pages_come_from_the_cache_then_the_server_and_work_offline() {
     let mut all = newest.len();
     while let Some(b) = before {
         let page = bob2.history(conv, Some(b), 300).await.expect("older page");
-        if page.is_empty() { break }
+        if page.is_empty() {
+            break;
+        }
         assert_eq!(page.last().and_then(|m| m.seq), Some(b - 1), "contiguous pages");
         all += page.len();
         before = page[0].seq;
@@ -202,7 +221,13 @@ async fn a_client_ahead_of_a_restored_server_is_told_so_and_refetches() {
     let conv = alice.open_direct("bob").await.expect("dm");
     let ids = vec![alice.send(conv, "kept").await.expect("q")];
     alice.wait_sent(&ids).await.expect("sent");
-    tokio::time::timeout(T, async { while bob.history(conv, None, 10).await.expect("h").is_empty() { tokio::time::sleep(Duration::from_millis(20)).await } }).await.expect("bob has it");
+    tokio::time::timeout(T, async {
+        while bob.history(conv, None, 10).await.expect("h").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await
+        }
+    })
+    .await
+    .expect("bob has it");
 
     // Back up the server, then let the conversation move on.
     w.stop_server().await;
@@ -214,7 +239,13 @@ async fn a_client_ahead_of_a_restored_server_is_told_so_and_refetches() {
     w.restart_server().await;
     let ids = vec![alice.send(conv, "lost in the restore").await.expect("q")];
     alice.wait_sent(&ids).await.expect("sent");
-    tokio::time::timeout(T, async { while bob.history(conv, None, 10).await.expect("h").len() < 2 { tokio::time::sleep(Duration::from_millis(20)).await } }).await.expect("bob has both");
+    tokio::time::timeout(T, async {
+        while bob.history(conv, None, 10).await.expect("h").len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await
+        }
+    })
+    .await
+    .expect("bob has both");
 
     // Restore the backup: the server now knows less than bob's device.
     w.stop_server().await;
@@ -235,8 +266,12 @@ async fn connection_state_reports_offline_with_a_retry_delay_and_recovers() {
     let alice = w.user("alice").await;
     let mut events = alice.subscribe();
     w.stop_server().await;
-    let offline = wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Offline { .. } })).await;
-    let ClientEvent::Connection { state: ConnectionState::Offline { retry_in_ms, .. } } = offline else { unreachable!() };
+    let offline =
+        wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Offline { .. } }))
+            .await;
+    let ClientEvent::Connection { state: ConnectionState::Offline { retry_in_ms, .. } } = offline else {
+        unreachable!()
+    };
     assert!(retry_in_ms <= 500);
     w.restart_server().await;
     wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Connected })).await;

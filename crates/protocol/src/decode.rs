@@ -21,13 +21,14 @@ impl FrameError {
 /// fields apart, so the client gets the right [`ErrorCode`].
 pub fn decode_request(text: &str) -> Result<Request, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
-        return Err(FrameError::new(None, ErrorCode::FrameTooLarge, format!(
-            "frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}",
-            text.len()
-        )));
+        return Err(FrameError::new(
+            None,
+            ErrorCode::FrameTooLarge,
+            format!("frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}", text.len()),
+        ));
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| FrameError::new(None, ErrorCode::MalformedJson, e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| FrameError::new(None, ErrorCode::MalformedJson, e.to_string()))?;
     let Some(obj) = value.as_object() else {
         return Err(FrameError::new(None, ErrorCode::InvalidRequest, "a frame must be a JSON object"));
     };
@@ -59,14 +60,14 @@ mod tests {
 
     #[test]
     fn tells_errors_apart() {
-        assert_eq!(decode_request("{not json").unwrap_err().code, ErrorCode::MalformedJson);
-        assert_eq!(decode_request("[1,2]").unwrap_err().code, ErrorCode::InvalidRequest);
-        let e = decode_request(r#"{"id":3,"type":"teleport"}"#).unwrap_err();
+        assert_eq!(decode_request("{not json").expect_err("must be rejected").code, ErrorCode::MalformedJson);
+        assert_eq!(decode_request("[1,2]").expect_err("must be rejected").code, ErrorCode::InvalidRequest);
+        let e = decode_request(r#"{"id":3,"type":"teleport"}"#).expect_err("must be rejected");
         assert_eq!((e.id, e.code), (Some(3), ErrorCode::UnknownType));
-        let e = decode_request(r#"{"id":4,"type":"send","text":"x"}"#).unwrap_err();
+        let e = decode_request(r#"{"id":4,"type":"send","text":"x"}"#).expect_err("must be rejected");
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::InvalidRequest));
         let big = format!(r#"{{"id":1,"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
-        assert_eq!(decode_request(&big).unwrap_err().code, ErrorCode::FrameTooLarge);
+        assert_eq!(decode_request(&big).expect_err("must be rejected").code, ErrorCode::FrameTooLarge);
         let ok = decode_request(r#"{"id":5,"type":"ping"}"#).expect("ping decodes");
         assert_eq!(ok.id, 5);
     }

@@ -60,37 +60,94 @@ pub struct Request {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestBody {
     /// Must be the first frame on a socket. Reply: [`Reply::Welcome`].
-    Hello { token: String, protocol: u32 },
+    Hello {
+        token: String,
+        protocol: u32,
+    },
     /// Lists the caller's conversations with their latest positions.
     /// Reply: [`Reply::Conversations`].
     Sync {},
     /// Events of one conversation after position `after`, oldest first.
     /// Reply: [`Reply::Events`], or error `replay_unavailable`.
-    Events { conversation: ConversationId, after: i64, limit: u32 },
+    Events {
+        conversation: ConversationId,
+        after: i64,
+        limit: u32,
+    },
     /// Current state of messages (newest first) with `seq < before`.
     /// Reply: [`Reply::Messages`].
-    History { conversation: ConversationId, before: Option<i64>, limit: u32 },
+    History {
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+    },
     /// Opens (or creates) the one direct conversation with `username`.
     /// Reply: [`Reply::Conversation`].
-    OpenDirect { username: String },
+    OpenDirect {
+        username: String,
+    },
     /// Creates a group; the caller becomes its admin. Reply: [`Reply::Conversation`].
-    CreateGroup { name: String, members: Vec<String> },
-    AddMember { conversation: ConversationId, username: String },
-    RemoveMember { conversation: ConversationId, username: String },
-    RenameGroup { conversation: ConversationId, name: String },
-    SetAdmin { conversation: ConversationId, username: String, admin: bool },
+    CreateGroup {
+        name: String,
+        members: Vec<String>,
+    },
+    AddMember {
+        conversation: ConversationId,
+        username: String,
+    },
+    RemoveMember {
+        conversation: ConversationId,
+        username: String,
+    },
+    RenameGroup {
+        conversation: ConversationId,
+        name: String,
+    },
+    SetAdmin {
+        conversation: ConversationId,
+        username: String,
+        admin: bool,
+    },
     /// Reply: [`Reply::Sent`], after the message is committed.
-    Send { conversation: ConversationId, client_id: ClientId, text: String },
-    Edit { conversation: ConversationId, seq: i64, text: String },
-    Delete { conversation: ConversationId, seq: i64 },
-    React { conversation: ConversationId, seq: i64, emoji: String, add: bool },
-    Pin { conversation: ConversationId, seq: i64, pinned: bool },
+    Send {
+        conversation: ConversationId,
+        client_id: ClientId,
+        text: String,
+    },
+    Edit {
+        conversation: ConversationId,
+        seq: i64,
+        text: String,
+    },
+    Delete {
+        conversation: ConversationId,
+        seq: i64,
+    },
+    React {
+        conversation: ConversationId,
+        seq: i64,
+        emoji: String,
+        add: bool,
+    },
+    Pin {
+        conversation: ConversationId,
+        seq: i64,
+        pinned: bool,
+    },
     /// "This device has received messages up to `seq`."
-    Delivered { conversation: ConversationId, seq: i64 },
+    Delivered {
+        conversation: ConversationId,
+        seq: i64,
+    },
     /// "The user has read messages up to `seq`."
-    Read { conversation: ConversationId, seq: i64 },
+    Read {
+        conversation: ConversationId,
+        seq: i64,
+    },
     /// The user is typing; renew at most every few seconds.
-    Typing { conversation: ConversationId },
+    Typing {
+        conversation: ConversationId,
+    },
     Ping {},
 }
 
@@ -98,9 +155,25 @@ impl RequestBody {
     /// The `type` tag of every request, for telling unknown types from
     /// malformed known ones.
     pub const TYPES: &'static [&'static str] = &[
-        "hello", "sync", "events", "history", "open_direct", "create_group", "add_member",
-        "remove_member", "rename_group", "set_admin", "send", "edit", "delete", "react", "pin",
-        "delivered", "read", "typing", "ping",
+        "hello",
+        "sync",
+        "events",
+        "history",
+        "open_direct",
+        "create_group",
+        "add_member",
+        "remove_member",
+        "rename_group",
+        "set_admin",
+        "send",
+        "edit",
+        "delete",
+        "react",
+        "pin",
+        "delivered",
+        "read",
+        "typing",
+        "ping",
     ];
 }
 
@@ -141,16 +214,41 @@ pub enum ServerFrame {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    Welcome { user: UserId, username: String, server_time: Millis },
-    Conversations { conversations: Vec<ConversationInfo> },
-    Conversation { conversation: ConversationInfo },
-    Events { conversation: ConversationId, events: Vec<ConvEvent>, last_pos: i64, has_more: bool },
-    Messages { conversation: ConversationId, messages: Vec<Message> },
+    Welcome {
+        user: UserId,
+        username: String,
+        server_time: Millis,
+    },
+    Conversations {
+        conversations: Vec<ConversationInfo>,
+    },
+    Conversation {
+        conversation: ConversationInfo,
+    },
+    Events {
+        conversation: ConversationId,
+        events: Vec<ConvEvent>,
+        last_pos: i64,
+        has_more: bool,
+    },
+    Messages {
+        conversation: ConversationId,
+        messages: Vec<Message>,
+    },
     /// The message is committed. `duplicate` is true when this client id had
     /// already been accepted (a retry).
-    Sent { conversation: ConversationId, client_id: ClientId, seq: i64, pos: i64, ts: Millis, duplicate: bool },
+    Sent {
+        conversation: ConversationId,
+        client_id: ClientId,
+        seq: i64,
+        pos: i64,
+        ts: Millis,
+        duplicate: bool,
+    },
     /// The change was committed at `pos` (or was a no-op and `pos` is `None`).
-    Done { pos: Option<i64> },
+    Done {
+        pos: Option<i64>,
+    },
     Pong {},
 }
 
@@ -206,18 +304,51 @@ pub struct ConvEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
-    Created { kind: ConvKind, name: Option<String>, members: Vec<Member> },
-    Message { seq: i64, client_id: ClientId, text: String },
-    Edited { seq: i64, text: String },
-    Deleted { seq: i64 },
-    Reaction { seq: i64, emoji: String, added: bool },
-    Pinned { seq: i64, pinned: bool },
-    MemberAdded { member: Member },
-    MemberRemoved { user: UserId },
-    Renamed { name: String },
-    AdminChanged { user: UserId, admin: bool },
+    Created {
+        kind: ConvKind,
+        name: Option<String>,
+        members: Vec<Member>,
+    },
+    Message {
+        seq: i64,
+        client_id: ClientId,
+        text: String,
+    },
+    Edited {
+        seq: i64,
+        text: String,
+    },
+    Deleted {
+        seq: i64,
+    },
+    Reaction {
+        seq: i64,
+        emoji: String,
+        added: bool,
+    },
+    Pinned {
+        seq: i64,
+        pinned: bool,
+    },
+    MemberAdded {
+        member: Member,
+    },
+    MemberRemoved {
+        user: UserId,
+    },
+    Renamed {
+        name: String,
+    },
+    AdminChanged {
+        user: UserId,
+        admin: bool,
+    },
     /// A member's receipt watermarks moved forward.
-    Receipt { user: UserId, delivered_seq: i64, read_seq: i64 },
+    Receipt {
+        user: UserId,
+        delivered_seq: i64,
+        read_seq: i64,
+    },
 }
 
 /// A message as it is now (after edits, deletes and reactions).
@@ -269,9 +400,7 @@ pub fn validate_emoji(emoji: &str) -> Result<(), ErrorCode> {
 /// letter or digit. Compared as given (clients lowercase before sending).
 pub fn validate_username(name: &str) -> Result<(), ErrorCode> {
     let ok_len = (3..=32).contains(&name.len());
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
     let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok_len && ok_chars && ok_start {
         Ok(())
@@ -288,11 +417,7 @@ mod tests {
     fn request_round_trips_with_flat_type_tag() {
         let req = Request {
             id: 7,
-            body: RequestBody::Send {
-                conversation: Uuid::nil(),
-                client_id: Uuid::nil(),
-                text: "hi".into(),
-            },
+            body: RequestBody::Send { conversation: Uuid::nil(), client_id: Uuid::nil(), text: "hi".into() },
         };
         let json = serde_json::to_value(&req).expect("serialize");
         assert_eq!(json["type"], "send");

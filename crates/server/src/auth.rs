@@ -62,7 +62,10 @@ fn device(req: &AuthRequest) -> Option<&str> {
     req.device.as_deref().map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100)
 }
 
-pub async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<AuthRequest>) -> Result<(StatusCode, Json<AuthResponse>)> {
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<AuthRequest>,
+) -> Result<(StatusCode, Json<AuthResponse>)> {
     validate_username(&req.username)?;
     if req.password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ErrorCode::WeakPassword.into());

@@ -160,7 +160,9 @@ impl Server {
 
 /// Opens the database, binds `config.listen` and serves in the background.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let store = SqliteStore::open(&config.db).await.map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
+    let store = SqliteStore::open(&config.db)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
     let state = AppState::new(Arc::new(store), config.limits).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -10,8 +10,8 @@ use crate::error::{ApiError, Result};
 use crate::hub::Hub;
 use crate::store::{AppendOutcome, Membership, Store};
 use confab_protocol::{
-    validate_emoji, validate_text, validate_username, ConvKind, ConversationId, ConversationInfo, ErrorCode,
-    EventBody, Member, Reply, RequestBody, ServerFrame, UserId, MAX_GROUP_NAME_CHARS, MAX_PAGE, TYPING_TTL_MS,
+    validate_emoji, validate_text, validate_username, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody,
+    Member, Reply, RequestBody, ServerFrame, UserId, MAX_GROUP_NAME_CHARS, MAX_PAGE, TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -83,7 +83,8 @@ impl Service {
     }
 
     async fn user_named(&self, username: &str) -> Result<UserId> {
-        validate_username(username).map_err(|_| ApiError::new(ErrorCode::UnknownUser, format!("no user named `{username}`")))?;
+        validate_username(username)
+            .map_err(|_| ApiError::new(ErrorCode::UnknownUser, format!("no user named `{username}`")))?;
         self.store
             .user_by_name(username)
             .await?
@@ -137,10 +138,8 @@ impl Service {
                     return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
                 }
             }
-            EventBody::Pinned { seq, .. } => {
-                if message(*seq).await?.deleted {
-                    return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
-                }
+            EventBody::Pinned { seq, .. } if message(*seq).await?.deleted => {
+                return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
             }
             EventBody::Receipt { .. } => {}
             // Member management is checked by its handlers.
@@ -189,7 +188,10 @@ impl Service {
             RequestBody::OpenDirect { username } => {
                 let other = self.user_named(&username).await?;
                 if other == caller.user {
-                    return Err(ApiError::new(ErrorCode::InvalidRequest, "you cannot open a direct conversation with yourself"));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "you cannot open a direct conversation with yourself",
+                    ));
                 }
                 let me = Member { user: caller.user, username: caller.username.clone(), admin: false };
                 let them = Member { user: other, username, admin: false };
@@ -210,7 +212,10 @@ impl Service {
                     }
                 }
                 if list.len() > MAX_GROUP_MEMBERS {
-                    return Err(ApiError::new(ErrorCode::InvalidRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members")));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+                    ));
                 }
                 let outcome = self.store.create_group(&name, list, caller.user).await?;
                 let AppendOutcome::Appended { event, .. } = &outcome else {
@@ -266,7 +271,8 @@ impl Service {
                 if self.store.membership(conversation, user).await?.is_none() {
                     return Err(ApiError::new(ErrorCode::NotMember, format!("{username} is not a member")));
                 }
-                let outcome = self.store.append(conversation, caller.user, EventBody::AdminChanged { user, admin }).await?;
+                let outcome =
+                    self.store.append(conversation, caller.user, EventBody::AdminChanged { user, admin }).await?;
                 Ok(Reply::Done { pos: self.publish(&outcome)? })
             }
             RequestBody::Send { conversation, client_id, text } => {
@@ -293,7 +299,9 @@ impl Service {
             RequestBody::Edit { conversation, seq, text } => {
                 self.change(caller, conversation, EventBody::Edited { seq, text }).await
             }
-            RequestBody::Delete { conversation, seq } => self.change(caller, conversation, EventBody::Deleted { seq }).await,
+            RequestBody::Delete { conversation, seq } => {
+                self.change(caller, conversation, EventBody::Deleted { seq }).await
+            }
             RequestBody::React { conversation, seq, emoji, add } => {
                 self.change(caller, conversation, EventBody::Reaction { seq, emoji, added: add }).await
             }

@@ -78,7 +78,9 @@ async fn connection(socket: WebSocket, state: AppState) {
     let service = state.service.clone();
     let Some(reg) = service.hub.register(caller.user, session) else {
         let msg = format!("at most {} connections per account", limits.max_connections_per_user);
-        let _ = sink.send(Message::Text(error_frame(Some(0), ErrorCode::TooManyConnections, msg, None).as_ref().into())).await;
+        let _ = sink
+            .send(Message::Text(error_frame(Some(0), ErrorCode::TooManyConnections, msg, None).as_ref().into()))
+            .await;
         close(&mut sink, 4029, "too_many_connections").await;
         return;
     };
@@ -151,7 +153,9 @@ async fn authenticate(
             } else {
                 match state.service.store.session(&auth::token_hash(&token)).await {
                     Ok(Some(s)) => Ok((id, s)),
-                    Ok(None) => Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into())),
+                    Ok(None) => {
+                        Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into()))
+                    }
                     Err(e) => Err(reject(Some(id), e.code, e.message)),
                 }
             }
@@ -197,7 +201,12 @@ async fn read_loop(
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
-                let f = error_frame(None, ErrorCode::MalformedJson, "binary frames are not supported; send JSON text".into(), None);
+                let f = error_frame(
+                    None,
+                    ErrorCode::MalformedJson,
+                    "binary frames are not supported; send JSON text".into(),
+                    None,
+                );
                 if tx.send(f).await.is_err() {
                     return;
                 }
@@ -220,7 +229,12 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
     if let Err(not_until) = state.request_limiter.check_key(&caller.user) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         let ms = wait.as_millis().max(1) as u64;
-        return error_frame(Some(req.id), ErrorCode::RateLimited, format!("too many requests; retry in {ms} ms"), Some(ms));
+        return error_frame(
+            Some(req.id),
+            ErrorCode::RateLimited,
+            format!("too many requests; retry in {ms} ms"),
+            Some(ms),
+        );
     }
     match state.service.handle(caller, req.body).await {
         Ok(result) => encode(&ServerFrame::Result { id: req.id, result }),

@@ -13,8 +13,7 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use async_trait::async_trait;
 use confab_protocol::{
-    ConvEvent, ConvKind, ConversationId, ConversationInfo, EventBody, Member, Message,
-    Millis, UserId,
+    ConvEvent, ConvKind, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
 };
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -22,10 +21,7 @@ use uuid::Uuid;
 pub type SessionId = Uuid;
 
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 #[derive(Clone, Debug)]
@@ -89,7 +85,8 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;
 
     /// Events with `pos > after`, oldest first, and the newest position.
-    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32) -> Result<(Vec<ConvEvent>, i64)>;
+    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32)
+        -> Result<(Vec<ConvEvent>, i64)>;
     /// Messages with `seq < before` (all if `None`), newest first.
     async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<Message>>;
     async fn message(&self, conversation: ConversationId, seq: i64) -> Result<Option<MessageMeta>>;

@@ -7,8 +7,8 @@ use super::{now_ms, AppendOutcome, Membership, MessageMeta, Session, SessionId, 
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
-    ConvEvent, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody, Member, MemberState,
-    Message, Millis, Reaction, UserId,
+    ConvEvent, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody, Member, MemberState, Message, Millis,
+    Reaction, UserId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -38,8 +38,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs migrations.
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ApiError::internal("cannot create the database directory", e))?;
+            std::fs::create_dir_all(dir).map_err(|e| ApiError::internal("cannot create the database directory", e))?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -158,14 +157,16 @@ async fn apply_change(
     let now = now_ms();
     let changed = match body {
         EventBody::Edited { seq, text } => {
-            sqlx::query("UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0")
-                .bind(&*text)
-                .bind(now)
-                .bind(conv)
-                .bind(*seq)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0",
+            )
+            .bind(&*text)
+            .bind(now)
+            .bind(conv)
+            .bind(*seq)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
                 > 0
         }
         EventBody::Deleted { seq } => {
@@ -204,14 +205,16 @@ async fn apply_change(
                 > 0
         }
         EventBody::Pinned { seq, pinned } => {
-            sqlx::query("UPDATE messages SET pinned = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0 AND pinned != ?")
-                .bind(*pinned)
-                .bind(conv)
-                .bind(*seq)
-                .bind(*pinned)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE messages SET pinned = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0 AND pinned != ?",
+            )
+            .bind(*pinned)
+            .bind(conv)
+            .bind(*seq)
+            .bind(*pinned)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
                 > 0
         }
         EventBody::MemberAdded { member } => {
@@ -351,10 +354,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {
-        let row = sqlx::query("SELECT id FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT id FROM users WHERE username = ?").bind(username).fetch_optional(&self.read).await?;
         row.map(|r| parse_id(r.get("id"))).transpose()
     }
 
@@ -497,11 +498,12 @@ impl Store for SqliteStore {
         let mut tx = self.write.begin().await?;
         let is_message = matches!(body, EventBody::Message { .. });
         if let EventBody::Message { client_id, text, .. } = &body {
-            let dup = sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
-                .bind(actor.to_string())
-                .bind(client_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let dup =
+                sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
+                    .bind(actor.to_string())
+                    .bind(client_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if let Some(r) = dup {
                 let dup_conv = parse_id(r.get("conversation_id"))?;
                 if dup_conv != conversation {
@@ -548,7 +550,12 @@ impl Store for SqliteStore {
         Ok(AppendOutcome::Appended { event, recipients })
     }
 
-    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32) -> Result<(Vec<ConvEvent>, i64)> {
+    async fn events_after(
+        &self,
+        conversation: ConversationId,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<ConvEvent>, i64)> {
         let conv = conversation.to_string();
         // One read transaction, so the page and last_pos agree.
         let mut tx = self.read.begin().await?;
@@ -572,7 +579,13 @@ impl Store for SqliteStore {
             .map(|r| {
                 let body: EventBody = serde_json::from_str(r.get("body"))
                     .map_err(|e| ApiError::internal("corrupt event in database", e))?;
-                Ok(ConvEvent { conversation, pos: r.get("pos"), ts: r.get("ts"), actor: parse_id(r.get("actor"))?, body })
+                Ok(ConvEvent {
+                    conversation,
+                    pos: r.get("pos"),
+                    ts: r.get("ts"),
+                    actor: parse_id(r.get("actor"))?,
+                    body,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((events, last_pos))

@@ -25,7 +25,10 @@ async fn bad_frames_get_stable_codes_and_the_connection_survives() {
         (json!({"type": "ping"}).to_string(), "invalid_request"),
         (json!({"id": 5, "type": "teleport"}).to_string(), "unknown_type"),
         (json!({"id": 6, "type": "send", "text": "no conversation"}).to_string(), "invalid_request"),
-        (json!({"id": 7, "type": "send", "conversation": conv, "client_id": "not-a-uuid", "text": "x"}).to_string(), "invalid_request"),
+        (
+            json!({"id": 7, "type": "send", "conversation": conv, "client_id": "not-a-uuid", "text": "x"}).to_string(),
+            "invalid_request",
+        ),
         (json!({"id": 8, "type": "ping", "pad": "x".repeat(100 * 1024)}).to_string(), "frame_too_large"),
     ];
     for (frame, code) in cases {
@@ -62,7 +65,24 @@ async fn arbitrary_frames_never_break_the_server() {
         state ^= state << 17;
         state
     };
-    let pieces = ["{", "}", "\"type\"", ":", "\"send\"", ",", "\"id\"", "1", "-1", "null", "[", "]", "\"\\u0000\"", "1e309", "\"conversation\"", "true"];
+    let pieces = [
+        "{",
+        "}",
+        "\"type\"",
+        ":",
+        "\"send\"",
+        ",",
+        "\"id\"",
+        "1",
+        "-1",
+        "null",
+        "[",
+        "]",
+        "\"\\u0000\"",
+        "1e309",
+        "\"conversation\"",
+        "true",
+    ];
     for _ in 0..300 {
         let len = (next() % 24) as usize;
         let frame: String = (0..len).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect();
@@ -111,7 +131,8 @@ async fn flooding_is_rate_limited_per_user_and_others_keep_chatting() {
 
 #[tokio::test]
 async fn connections_per_user_are_capped() {
-    let limits = Limits { max_connections_per_user: 2, requests_per_sec: 1000, request_burst: 1000, ..Limits::default() };
+    let limits =
+        Limits { max_connections_per_user: 2, requests_per_sec: 1000, request_burst: 1000, ..Limits::default() };
     let s = TestServer::with_limits(limits).await;
     let token = s.register("gina").await;
     let _a = s.connect(&token).await;

@@ -44,7 +44,8 @@ impl TestServer {
 
     /// Registers `name` and returns its token.
     pub async fn register(&self, name: &str) -> String {
-        let (status, body) = self.post("/v1/register", &json!({"username": name, "password": PASSWORD}).to_string(), None).await;
+        let (status, body) =
+            self.post("/v1/register", &json!({"username": name, "password": PASSWORD}).to_string(), None).await;
         assert_eq!(status, 201, "{body}");
         body["token"].as_str().expect("token").to_owned()
     }
