@@ -91,15 +91,8 @@ impl<'a> Printer<'a> {
         Printer { client, json }
     }
 
-    async fn username(&self, conversation: confab_protocol::ConversationId, user: UserId) -> String {
-        let convs = self.client.conversations().await.unwrap_or_default();
-        convs
-            .iter()
-            .filter(|c| c.id == conversation)
-            .flat_map(|c| c.members.iter())
-            .find(|m| m.user == user)
-            .map(|m| m.username.clone())
-            .unwrap_or_else(|| user.to_string())
+    async fn username(&self, user: UserId) -> String {
+        self.client.username(user).await.ok().flatten().unwrap_or_else(|| user.to_string())
     }
 
     pub async fn print(&self, ev: &ClientEvent) {
@@ -119,7 +112,7 @@ impl<'a> Printer<'a> {
                 }
             }
             ClientEvent::Receipt { conversation, user, delivered_seq, read_seq } => {
-                let name = self.username(*conversation, *user).await;
+                let name = self.username(*user).await;
                 if self.json {
                     print_json(json!({"type": "receipt", "conversation": conversation, "user": name,
                         "delivered_seq": delivered_seq, "read_seq": read_seq}));
@@ -145,13 +138,7 @@ impl<'a> Printer<'a> {
                 }
             }
             ClientEvent::Presence { user, online, last_seen } => {
-                let convs = self.client.conversations().await.unwrap_or_default();
-                let name = convs
-                    .iter()
-                    .flat_map(|c| c.members.iter())
-                    .find(|m| m.user == *user)
-                    .map(|m| m.username.clone())
-                    .unwrap_or_else(|| user.to_string());
+                let name = self.username(*user).await;
                 if self.json {
                     print_json(json!({"type": "presence", "user": name, "online": online, "last_seen": last_seen}));
                 } else {

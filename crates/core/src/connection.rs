@@ -180,10 +180,12 @@ async fn run(
         let ended = match connect(&server, &token, &config).await {
             Ok(ws) => {
                 backoff.reset();
+                // Connected first, so the sync task's requests go through
+                // when it sees the marker.
+                state.send_replace(ConnectionState::Connected);
                 if inbound.send(Inbound::Connected).await.is_err() {
                     return;
                 }
-                state.send_replace(ConnectionState::Connected);
                 session(ws, &config, &mut commands, &inbound).await
             }
             Err(Error::Server { code: ErrorCode::InvalidToken, .. }) => Ended::SignedOut,

@@ -91,7 +91,9 @@ impl Client {
             let _ = std::fs::set_permissions(profile, std::fs::Permissions::from_mode(0o700));
         }
         let cache = Cache::open(&profile.join("cache.db")).await?;
-        let (events, _) = broadcast::channel(4096);
+        // Large enough that a consumer printing a burst of thousands of
+        // messages does not lag behind.
+        let (events, _) = broadcast::channel(16 * 1024);
         Ok(Client {
             profile: profile.to_owned(),
             cache,
@@ -374,6 +376,11 @@ impl Client {
     pub async fn conversations(&self) -> Result<Vec<ConversationSummary>> {
         let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
         self.cache.conversations(me).await
+    }
+
+    /// A user's name, as far as this device knows it.
+    pub async fn username(&self, user: UserId) -> Result<Option<String>> {
+        self.cache.username(user).await
     }
 
     pub async fn message(&self, client_id: ClientId) -> Result<Option<ChatMessage>> {

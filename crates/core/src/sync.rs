@@ -46,7 +46,21 @@ struct Sync {
 impl Sync {
     async fn handle(&mut self, inbound: Inbound) {
         let result = match inbound {
-            Inbound::Connected => self.full_sync().await,
+            Inbound::Connected => {
+                // Retry while the link stays up (a timed-out page, say); if
+                // it drops, the next connection starts over anyway.
+                let mut attempt = 0;
+                loop {
+                    match self.full_sync().await {
+                        Err(e) if e.is_transient() && self.inner.link().is_connected() && attempt < 5 => {
+                            attempt += 1;
+                            tracing::warn!(%e, attempt, "sync failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                        }
+                        other => break other,
+                    }
+                }
+            }
             Inbound::Event(ev) => self.on_event(ev).await,
             Inbound::Typing { conversation, user, ttl_ms } => {
                 let username = self.inner.cache.username(user).await.ok().flatten().unwrap_or_default();

@@ -99,7 +99,12 @@ async fn own_message_ticks_go_queued_sent_delivered_read() {
     let conv = alice.open_direct("bob").await.expect("dm");
     let mut events = alice.subscribe();
     let id = alice.send(conv, "tick tock").await.expect("queued");
-    assert_eq!(alice.message(id).await.expect("cache").expect("message").seq, None);
+    // The first word about the message is that it is queued, with no seq.
+    let first =
+        wait_for(&mut events, |e| matches!(e, ClientEvent::MessageUpdated { message } if message.client_id == id))
+            .await;
+    let ClientEvent::MessageUpdated { message } = first else { unreachable!() };
+    assert_eq!((message.status, message.seq), (MessageStatus::Queued, None));
     let outcome = alice.wait_sent(&[id]).await.expect("sent");
     assert_eq!(outcome, vec![SendOutcome::Sent { seq: 1 }]);
     // Bob's device acknowledges delivery by itself.

@@ -79,7 +79,7 @@ async fn connection(socket: WebSocket, state: AppState) {
     let Some(reg) = service.hub.register(caller.user, session) else {
         let msg = format!("at most {} connections per account", limits.max_connections_per_user);
         let _ = sink
-            .send(Message::Text(error_frame(Some(0), ErrorCode::TooManyConnections, msg, None).as_ref().into()))
+            .send(Message::Text(error_frame(Some(hello_id), ErrorCode::TooManyConnections, msg, None).as_ref().into()))
             .await;
         close(&mut sink, 4029, "too_many_connections").await;
         return;
@@ -127,7 +127,15 @@ async fn authenticate(
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
 ) -> Option<(Caller, uuid::Uuid, u64)> {
-    let first = match timeout(state.limits.hello_timeout, stream.next()).await {
+    let next_data = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    };
+    let first = match timeout(state.limits.hello_timeout, next_data).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(Some(Ok(_))) => {
             let f = error_frame(None, ErrorCode::Unauthenticated, "the first frame must be `hello`".into(), None);
