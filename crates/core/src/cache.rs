@@ -238,14 +238,6 @@ impl Cache {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM outbox").fetch_one(&self.pool).await?.get("n"))
     }
 
-    pub async fn outbox_contains(&self, client_id: ClientId) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 FROM outbox WHERE client_id = ?")
-            .bind(client_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
-    }
-
     /// Where an own message stands: (status, seq, error), cheaply.
     pub async fn send_state(&self, client_id: ClientId) -> Result<Option<(String, Option<i64>, Option<SendError>)>> {
         let row = sqlx::query("SELECT status, seq, error_code, error_message FROM messages WHERE client_id = ?")

@@ -282,3 +282,77 @@ async fn connection_state_reports_offline_with_a_retry_delay_and_recovers() {
     wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Connected })).await;
     wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
 }
+
+/// A loopback TCP proxy that can black-hole its current connections without
+/// closing them: the link looks alive to the kernel but nothing gets through.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Blackhole {
+    async fn start(target: std::net::SocketAddr) -> Blackhole {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let born = current.load(Ordering::SeqCst);
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut r, mut w) in [(ri, wo), (ro, wi)] {
+                    let current = current.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Frozen: swallow the bytes, keep the socket open.
+                            if current.load(Ordering::SeqCst) == born && w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Blackhole { addr, generation }
+    }
+
+    fn freeze_current_connections(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_silently_dead_link_is_detected_by_heartbeat_and_replaced() {
+    let w = World::new().await;
+    let server_addr = w.server.as_ref().expect("server").addr;
+    let proxy = Blackhole::start(server_addr).await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let config = LinkConfig {
+        ping_interval: Duration::from_millis(200),
+        dead_after: Duration::from_secs(1),
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(200),
+        ..LinkConfig::default()
+    };
+    let alice = Client::open(&w.profile("alice")).await.expect("open").with_link_config(config);
+    alice.register(&proxy_url, "alice", PASSWORD).await.expect("register");
+    start_synced(&alice).await;
+    let mut events = alice.subscribe();
+    proxy.freeze_current_connections();
+    let dead =
+        wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Offline { .. } }))
+            .await;
+    let ClientEvent::Connection { state: ConnectionState::Offline { reason, .. } } = dead else { unreachable!() };
+    assert!(reason.contains("no answer"), "{reason}");
+    wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Connected })).await;
+    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
+}

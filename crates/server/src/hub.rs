@@ -143,10 +143,6 @@ impl Hub {
         }
     }
 
-    pub fn connection_count(&self) -> usize {
-        lock(&self.conns).values().map(Vec::len).sum()
-    }
-
     /// Whether a typing notice from `user` in `conversation` should be
     /// forwarded now (throttled per pair).
     pub fn typing_allowed(&self, user: UserId, conversation: ConversationId) -> bool {

@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use confab_protocol::{
     ConvEvent, ConvKind, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
 };
-use std::collections::HashMap;
 use uuid::Uuid;
 
 pub type SessionId = Uuid;
@@ -67,7 +66,6 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, token_hash: &[u8]) -> Result<Option<SessionId>>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>>;
     async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()>;
-    async fn last_seen(&self, users: &[UserId]) -> Result<HashMap<UserId, Millis>>;
     /// Users who share at least one conversation with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
 

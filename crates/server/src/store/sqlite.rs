@@ -368,20 +368,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn last_seen(&self, users: &[UserId]) -> Result<HashMap<UserId, Millis>> {
-        let mut out = HashMap::new();
-        for user in users {
-            let row = sqlx::query("SELECT last_seen FROM users WHERE id = ?")
-                .bind(user.to_string())
-                .fetch_optional(&self.read)
-                .await?;
-            if let Some(ts) = row.and_then(|r| r.get::<Option<i64>, _>("last_seen")) {
-                out.insert(*user, ts);
-            }
-        }
-        Ok(out)
-    }
-
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
         let rows = sqlx::query(
             "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conversation_id = m.conversation_id

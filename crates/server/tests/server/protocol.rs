@@ -168,6 +168,12 @@ async fn non_members_are_refused_everything_and_nobody_acts_for_someone_else() {
         "forbidden"
     );
     alice.ok(json!({"type": "delete", "conversation": group, "seq": 1})).await;
+    // Admins can make admins, who can then manage the group.
+    alice.ok(json!({"type": "set_admin", "conversation": group, "username": "carol", "admin": true})).await;
+    carol.ok(json!({"type": "rename_group", "conversation": group, "name": "carol's"})).await;
+    assert_eq!(bob.event("renamed").await["body"]["name"], "carol's");
+    carol.ok(json!({"type": "set_admin", "conversation": group, "username": "carol", "admin": false})).await;
+    assert_eq!(carol.err(json!({"type": "rename_group", "conversation": group, "name": "x"})).await, "forbidden");
     // Anyone may leave; then they are out.
     carol.ok(json!({"type": "remove_member", "conversation": group, "username": "carol"})).await;
     assert_eq!(carol.err(json!({"type": "history", "conversation": group, "limit": 1})).await, "not_member");
