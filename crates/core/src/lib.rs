@@ -5,6 +5,7 @@
 //! - [`sync`]: gap-free, exactly-once application of server events to the cache.
 //! - [`outbox`]: persist-first sending with client ids, surviving restarts.
 //! - [`cache`]: the SQLite cache the views are read from.
+//! - [`notify`]: the notification policy, as plain logic.
 //!
 //! ```no_run
 //! # async fn demo() -> confab_core::Result<()> {
@@ -20,6 +21,7 @@ mod backoff;
 pub mod cache;
 pub mod connection;
 mod error;
+pub mod notify;
 mod outbox;
 mod sync;
 mod types;
