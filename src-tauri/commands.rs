@@ -1,0 +1,262 @@
+//! The typed commands the UI calls. Each is a thin call into the client
+//! core; errors reach the UI as [`AppError`] `{kind, message}`.
+
+use crate::error::{AppError, Result};
+use crate::settings::{self, Settings};
+use crate::shell::Shell;
+use confab_core::notify::Attention;
+use confab_core::{ChatMessage, ConnectionState, ConversationSummary};
+use confab_protocol::{ClientId, ConversationId, UserId};
+use serde::{Deserialize, Serialize};
+use specta::Type;
+use tauri::{AppHandle, State};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Type)]
+pub struct SessionInfo {
+    pub user: UserId,
+    pub username: String,
+    pub server: String,
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn session(_app: AppHandle, shell: State<'_, Shell>) -> Result<Option<SessionInfo>> {
+    let Ok(client) = shell.client().await else { return Ok(None) };
+    Ok(client.session().await?.map(|s| SessionInfo { user: s.user, username: s.username, server: s.server }))
+}
+
+/// Signs in (or, with `create`, registers) and starts syncing.
+#[tauri::command]
+#[specta::specta]
+pub async fn sign_in(
+    app: AppHandle,
+    shell: State<'_, Shell>,
+    server: String,
+    username: String,
+    password: String,
+    create: bool,
+) -> Result<SessionInfo> {
+    let server = server.trim().trim_end_matches('/').to_owned();
+    shell.deactivate().await;
+    let client = shell.open_profile().await?;
+    if create {
+        client.register(&server, &username, &password).await?;
+    } else {
+        client.login(&server, &username, &password).await?;
+    }
+    let session = client.session().await?.ok_or_else(|| AppError::new("internal", "no session after sign-in"))?;
+    let mut prefs = settings::load(&app);
+    prefs.server_url = server;
+    let _ = settings::save(&app, &prefs);
+    shell.activate(&app, client).await?;
+    Ok(SessionInfo { user: session.user, username: session.username, server: session.server })
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn sign_out(_app: AppHandle, shell: State<'_, Shell>) -> Result<()> {
+    if let Some(client) = shell.deactivate().await {
+        // Forget the token locally even if the server is unreachable.
+        if let Err(e) = client.logout().await {
+            tracing::info!(%e, "server not told about sign-out");
+        }
+    }
+    Ok(())
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn connection_state(_app: AppHandle, shell: State<'_, Shell>) -> Result<ConnectionState> {
+    let client = shell.client().await?;
+    let state = client.connection_state().await?;
+    let current = state.borrow().clone();
+    Ok(current)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn conversations(_app: AppHandle, shell: State<'_, Shell>) -> Result<Vec<ConversationSummary>> {
+    Ok(shell.client().await?.conversations().await?)
+}
+
+/// A page of messages, oldest first (see `Client::history`).
+#[tauri::command]
+#[specta::specta]
+pub async fn history(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<ChatMessage>> {
+    Ok(shell.client().await?.history(conversation, before, limit.min(500)).await?)
+}
+
+/// Queues a message; returns it in its queued state at once.
+#[tauri::command]
+#[specta::specta]
+pub async fn send_message(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    text: String,
+) -> Result<ChatMessage> {
+    let client = shell.client().await?;
+    let id = client.send(conversation, &text).await?;
+    client.message(id).await?.ok_or_else(|| AppError::new("internal", "the queued message vanished"))
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn retry_message(_app: AppHandle, shell: State<'_, Shell>, client_id: ClientId) -> Result<bool> {
+    Ok(shell.client().await?.retry(client_id).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn edit_message(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    seq: i64,
+    text: String,
+) -> Result<()> {
+    Ok(shell.client().await?.edit(conversation, seq, &text).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn delete_message(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    seq: i64,
+) -> Result<()> {
+    Ok(shell.client().await?.delete(conversation, seq).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn react(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    seq: i64,
+    emoji: String,
+    add: bool,
+) -> Result<()> {
+    Ok(shell.client().await?.react(conversation, seq, &emoji, add).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn pin(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    seq: i64,
+    pinned: bool,
+) -> Result<()> {
+    Ok(shell.client().await?.pin(conversation, seq, pinned).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn mark_read(_app: AppHandle, shell: State<'_, Shell>, conversation: ConversationId, seq: i64) -> Result<()> {
+    Ok(shell.client().await?.mark_read(conversation, seq).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn typing(_app: AppHandle, shell: State<'_, Shell>, conversation: ConversationId) -> Result<()> {
+    Ok(shell.client().await?.typing(conversation).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn open_direct(_app: AppHandle, shell: State<'_, Shell>, username: String) -> Result<ConversationId> {
+    Ok(shell.client().await?.open_direct(&username).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn create_group(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    name: String,
+    members: Vec<String>,
+) -> Result<ConversationId> {
+    Ok(shell.client().await?.create_group(&name, &members).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn add_member(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    username: String,
+) -> Result<()> {
+    Ok(shell.client().await?.add_member(conversation, &username).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn remove_member(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    username: String,
+) -> Result<()> {
+    Ok(shell.client().await?.remove_member(conversation, &username).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn rename_group(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    name: String,
+) -> Result<()> {
+    Ok(shell.client().await?.rename_group(conversation, &name).await?)
+}
+
+/// What the UI shows and where the user types, for the notification policy.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_attention(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    open_conversation: Option<ConversationId>,
+    typing_in: Option<ConversationId>,
+) -> Result<()> {
+    shell.set_attention(|a: &mut Attention| {
+        a.open_conversation = open_conversation;
+        a.typing_in = typing_in;
+    });
+    Ok(())
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn settings(app: AppHandle) -> Result<Settings> {
+    Ok(settings::load(&app))
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn save_settings(app: AppHandle, settings: Settings) -> Result<()> {
+    settings::save(&app, &settings).map_err(|e| AppError::new("internal", e))
+}
+
+/// Opens an http(s) link in the system browser.
+#[tauri::command]
+#[specta::specta]
+pub async fn open_link(app: AppHandle, url: String) -> Result<()> {
+    use tauri_plugin_opener::OpenerExt;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(AppError::new("invalid_input", "only web links can be opened"));
+    }
+    app.opener().open_url(url, None::<&str>).map_err(|e| AppError::new("internal", e.to_string()))
+}

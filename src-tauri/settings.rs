@@ -1,0 +1,63 @@
+//! User settings, kept with tauri-plugin-store in `settings.json` in the
+//! app's data directory.
+
+use confab_protocol::ConversationId;
+use serde::{Deserialize, Serialize};
+use specta::Type;
+use tauri::{AppHandle, Runtime};
+use tauri_plugin_store::StoreExt;
+
+const FILE: &str = "settings.json";
+const KEY: &str = "settings";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Theme {
+    #[default]
+    System,
+    Light,
+    Dark,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(default)]
+pub struct Settings {
+    pub server_url: String,
+    pub theme: Theme,
+    pub notifications: bool,
+    pub sound: bool,
+    pub muted: Vec<ConversationId>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server_url: "http://127.0.0.1:7313".into(),
+            theme: Theme::System,
+            notifications: true,
+            sound: true,
+            muted: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn notify_settings(&self) -> confab_core::notify::NotifySettings {
+        confab_core::notify::NotifySettings {
+            notifications: self.notifications,
+            sound: self.sound,
+            muted: self.muted.iter().copied().collect(),
+        }
+    }
+}
+
+pub fn load<R: Runtime>(app: &AppHandle<R>) -> Settings {
+    let stored = app.store(FILE).ok().and_then(|s| s.get(KEY));
+    stored.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+}
+
+pub fn save<R: Runtime>(app: &AppHandle<R>, settings: &Settings) -> Result<(), String> {
+    let store = app.store(FILE).map_err(|e| e.to_string())?;
+    store.set(KEY, serde_json::to_value(settings).map_err(|e| e.to_string())?);
+    store.save().map_err(|e| e.to_string())
+}

@@ -1,0 +1,199 @@
+//! The account's client core, event forwarding, notifications and the tray.
+
+use crate::error::{AppError, Result};
+use crate::settings;
+use confab_core::notify::{decide, Attention};
+use confab_core::{Client, ClientEvent};
+use confab_protocol::UserId;
+use serde::{Deserialize, Serialize};
+use specta::Type;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tauri::{AppHandle, Manager, Runtime};
+use tauri_plugin_notification::NotificationExt;
+use tauri_specta::Event;
+
+/// Every core event, forwarded to the UI as is.
+#[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
+pub struct CoreEvent(pub ClientEvent);
+
+/// Ask the UI to play the bundled notification sound.
+#[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
+pub struct PlaySound;
+
+pub struct Shell {
+    root: PathBuf,
+    account: tokio::sync::Mutex<Option<Account>>,
+    attention: Mutex<Attention>,
+}
+
+struct Account {
+    client: Arc<Client>,
+    forwarder: tauri::async_runtime::JoinHandle<()>,
+}
+
+impl Shell {
+    pub fn new(root: PathBuf) -> Self {
+        Shell { root, account: Default::default(), attention: Default::default() }
+    }
+
+    /// The profile directory of the (single, for now) account.
+    fn profile(&self) -> PathBuf {
+        self.root.join("profile")
+    }
+
+    pub async fn client(&self) -> Result<Arc<Client>> {
+        self.account
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.client.clone())
+            .ok_or_else(|| AppError::new("not_signed_in", "Sign in first"))
+    }
+
+    pub async fn open_profile(&self) -> Result<Client> {
+        Ok(Client::open(&self.profile()).await?)
+    }
+
+    pub fn attention(&self) -> Attention {
+        self.attention.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_attention(&self, f: impl FnOnce(&mut Attention)) {
+        f(&mut self.attention.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Starts the client and the forwarding of its events.
+    pub async fn activate<R: Runtime>(&self, app: &AppHandle<R>, client: Client) -> Result<()> {
+        let me = client.session().await?.ok_or_else(|| AppError::new("not_signed_in", "Sign in first"))?.user;
+        let client = Arc::new(client);
+        // Subscribe before starting, so no event is missed.
+        let events = client.subscribe();
+        client.start().await?;
+        let forwarder = tauri::async_runtime::spawn(forward(app.clone(), client.clone(), me, events));
+        if let Some(old) = self.account.lock().await.replace(Account { client, forwarder }) {
+            old.forwarder.abort();
+            old.client.stop().await;
+        }
+        Ok(())
+    }
+
+    pub async fn deactivate(&self) -> Option<Arc<Client>> {
+        let account = self.account.lock().await.take()?;
+        account.forwarder.abort();
+        account.client.stop().await;
+        Some(account.client)
+    }
+}
+
+/// On launch: start the saved session, if any.
+pub async fn resume<R: Runtime>(app: &AppHandle<R>) -> Result<()> {
+    let shell = app.state::<Shell>();
+    let client = shell.open_profile().await?;
+    if client.session().await?.is_some_and(|s| !s.token.is_empty()) {
+        shell.activate(app, client).await?;
+    }
+    Ok(())
+}
+
+async fn forward<R: Runtime>(
+    app: AppHandle<R>,
+    client: Arc<Client>,
+    me: UserId,
+    mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            // The UI reloads from the cache on SyncCompleted; tell it to.
+            Err(RecvError::Lagged(_)) => ClientEvent::SyncCompleted,
+            Err(RecvError::Closed) => return,
+        };
+        if let ClientEvent::MessageAdded { message } = &event {
+            let shell = app.state::<Shell>();
+            let prefs = settings::load(&app);
+            let decision = decide(me, message, &shell.attention(), &prefs.notify_settings());
+            if decision.notify {
+                let title = notification_title(&client, message).await;
+                let body = message.text.chars().take(200).collect::<String>();
+                if let Err(e) = app.notification().builder().title(title).body(body).show() {
+                    tracing::warn!(%e, "notification failed");
+                }
+            }
+            if decision.sound {
+                let _ = PlaySound.emit(&app);
+            }
+        }
+        if matches!(event, ClientEvent::MessageAdded { .. } | ClientEvent::Receipt { .. } | ClientEvent::SyncCompleted)
+        {
+            update_unread(&app, &client).await;
+        }
+        if let Err(e) = CoreEvent(event).emit(&app) {
+            tracing::warn!(%e, "cannot forward an event to the UI");
+        }
+    }
+}
+
+async fn notification_title(client: &Client, message: &confab_core::ChatMessage) -> String {
+    let conversation =
+        client.conversations().await.ok().and_then(|cs| cs.into_iter().find(|c| c.id == message.conversation));
+    match conversation {
+        Some(c) if c.kind == confab_protocol::ConvKind::Group => format!("{} in {}", message.sender_name, c.title),
+        _ => message.sender_name.clone(),
+    }
+}
+
+/// Unread total in the tray tooltip.
+async fn update_unread<R: Runtime>(app: &AppHandle<R>, client: &Client) {
+    #[cfg(desktop)]
+    {
+        let unread: i64 = client.conversations().await.map(|cs| cs.iter().map(|c| c.unread).sum()).unwrap_or(0);
+        if let Some(tray) = app.tray_by_id("main") {
+            let tip = if unread > 0 { format!("Confab — {unread} unread") } else { "Confab".to_owned() };
+            let _ = tray.set_tooltip(Some(tip));
+        }
+    }
+    #[cfg(not(desktop))]
+    let _ = (app, client);
+}
+
+pub fn window_focus_changed<R: Runtime>(app: &AppHandle<R>, focused: bool) {
+    if let Some(shell) = app.try_state::<Shell>() {
+        shell.set_attention(|a| a.window_focused = focused);
+    }
+}
+
+pub fn show_main_window<R: Runtime>(app: &AppHandle<R>) {
+    if let Some(w) = app.get_webview_window("main") {
+        let _ = w.show();
+        let _ = w.unminimize();
+        let _ = w.set_focus();
+    }
+}
+
+#[cfg(desktop)]
+pub fn setup_tray<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
+    use tauri::menu::{Menu, MenuItem};
+    use tauri::tray::TrayIconBuilder;
+    let show = MenuItem::with_id(app, "show", "Show Confab", true, None::<&str>)?;
+    let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
+    let menu = Menu::with_items(app, &[&show, &quit])?;
+    let mut tray =
+        TrayIconBuilder::with_id("main").tooltip("Confab").menu(&menu).on_menu_event(|app, event| {
+            match event.id.as_ref() {
+                "show" => show_main_window(app),
+                "quit" => app.exit(0),
+                _ => {}
+            }
+        });
+    if let Some(icon) = app.default_window_icon() {
+        tray = tray.icon(icon.clone());
+    }
+    // Without a tray host (some Linux desktops) the app still works; it
+    // just cannot hide to the tray.
+    if let Err(e) = tray.build(app) {
+        tracing::warn!(%e, "no system tray");
+    }
+    Ok(())
+}

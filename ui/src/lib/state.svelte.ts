@@ -1,0 +1,141 @@
+// App state: what the UI shows, kept in step with the core's events. The
+// core and its cache are the source of truth; this is a view of them.
+import { events } from "../bindings";
+import type { ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SessionInfo, Settings } from "../bindings";
+import { api } from "./api";
+
+export const PAGE = 50;
+
+type Typing = { user: string; username: string; until: number };
+
+export const app = $state({
+  ready: false,
+  session: null as SessionInfo | null,
+  settings: null as Settings | null,
+  connection: null as ConnectionState | null,
+  conversations: [] as ConversationSummary[],
+  openId: null as string | null,
+  messages: [] as ChatMessage[],
+  hasOlder: true,
+  typing: {} as Record<string, Typing[]>,
+  arrivals: 0,
+  ownArrival: false,
+});
+
+const sound = typeof Audio !== "undefined" ? new Audio("/notify.wav") : null;
+
+export async function refreshConversations() {
+  app.conversations = await api.conversations();
+}
+
+export async function openConversation(id: string | null) {
+  app.openId = id;
+  app.messages = [];
+  app.hasOlder = true;
+  await api.setAttention(id, null);
+  if (!id) return;
+  const page = await api.history(id, null, PAGE);
+  if (app.openId !== id) return;
+  app.messages = page;
+  app.hasOlder = page.filter((m) => m.seq !== null).length >= PAGE;
+  markRead();
+}
+
+export async function loadOlder() {
+  const id = app.openId;
+  const oldest = app.messages.find((m) => m.seq !== null)?.seq;
+  if (!id || !app.hasOlder || oldest == null) return 0;
+  const page = await api.history(id, oldest, PAGE);
+  if (app.openId !== id) return 0;
+  app.hasOlder = page.length >= PAGE;
+  app.messages = [...page, ...app.messages];
+  return page.length;
+}
+
+export function markRead() {
+  const id = app.openId;
+  if (!id || (typeof document !== "undefined" && !document.hasFocus())) return;
+  const newest = app.messages.reduce((n, m) => (m.seq !== null && m.seq > n ? m.seq : n), 0);
+  const conv = app.conversations.find((c) => c.id === id);
+  if (newest > 0 && conv && conv.unread > 0) api.markRead(id, newest).catch(() => {});
+}
+
+function upsert(message: ChatMessage) {
+  if (message.conversation !== app.openId) return false;
+  const i = app.messages.findIndex((m) => m.client_id === message.client_id);
+  if (i >= 0) {
+    app.messages[i] = message;
+    return false;
+  }
+  app.messages = [...app.messages, message].sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
+  return true;
+}
+
+function onEvent(e: ClientEvent) {
+  switch (e.type) {
+    case "connection":
+      app.connection = e.state;
+      break;
+    case "message_added":
+      if (upsert(e.message)) {
+        app.arrivals += 1;
+        app.ownArrival = e.message.sender === app.session?.user;
+        markRead();
+      }
+      clearTyping(e.message.conversation, e.message.sender);
+      refreshConversations();
+      break;
+    case "message_updated":
+      upsert(e.message);
+      refreshConversations();
+      break;
+    case "receipt":
+    case "conversation_updated":
+    case "sync_completed":
+      refreshConversations();
+      if (e.type === "sync_completed" && app.openId) reloadOpen();
+      if (e.type === "receipt" && app.openId === e.conversation) reloadOpen();
+      break;
+    case "typing": {
+      const list = (app.typing[e.conversation] ?? []).filter((t) => t.user !== e.user);
+      list.push({ user: e.user, username: e.username, until: Date.now() + e.ttl_ms });
+      app.typing[e.conversation] = list;
+      setTimeout(() => pruneTyping(), e.ttl_ms + 50);
+      break;
+    }
+    case "presence":
+      refreshConversations();
+      break;
+  }
+}
+
+async function reloadOpen() {
+  const id = app.openId;
+  if (!id) return;
+  const count = Math.max(PAGE, app.messages.filter((m) => m.seq !== null).length);
+  const page = await api.history(id, null, Math.min(count, 500));
+  if (app.openId === id) app.messages = page;
+}
+
+function clearTyping(conv: string, user: string) {
+  if (app.typing[conv]) app.typing[conv] = app.typing[conv].filter((t) => t.user !== user);
+}
+
+function pruneTyping() {
+  const now = Date.now();
+  for (const k of Object.keys(app.typing)) app.typing[k] = app.typing[k].filter((t) => t.until > now);
+}
+
+export async function start() {
+  await events.coreEvent.listen((ev) => onEvent(ev.payload));
+  await events.playSound.listen(() => {
+    sound?.play().catch(() => {});
+  });
+  app.settings = await api.settings();
+  app.session = await api.session();
+  if (app.session) {
+    app.connection = await api.connectionState().catch(() => null);
+    await refreshConversations();
+  }
+  app.ready = true;
+}
