@@ -283,7 +283,12 @@ async fn start_and_sync(client: &Client) -> bool {
 }
 
 async fn send(client: &Client, conversation: ConversationId, text: Vec<String>) -> anyhow::Result<ExitCode> {
-    start(client).await?;
+    // Only send: a `listen` on this profile is the one that applies and
+    // prints what arrives.
+    client.start_sending_only().await.map_err(|e| match e {
+        CoreError::NotSignedIn => anyhow!("not signed in: run `confab register` or `confab login` first"),
+        e => e.into(),
+    })?;
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(256);
     if text.is_empty() {
         // stdin is read on its own thread; each line is persisted as soon as

@@ -363,7 +363,13 @@ impl Cache {
     /// Replaces what the cache knows of a conversation with a server
     /// snapshot: its info (taken first) and its newest messages. Events after
     /// `info.last_pos` are then replayed on top; replaying is idempotent.
-    pub async fn load_snapshot(&self, info: &ConversationInfo, messages: &[Message], reset: bool) -> Result<()> {
+    pub async fn load_snapshot(
+        &self,
+        me: UserId,
+        info: &ConversationInfo,
+        messages: &[Message],
+        reset: bool,
+    ) -> Result<()> {
         let conv = info.id.to_string();
         let mut tx = self.pool.begin().await?;
         if reset {
@@ -401,17 +407,17 @@ impl Cache {
             .await?;
         }
         for m in messages {
-            store_message(&mut tx, m).await?;
+            store_message(&mut tx, me, m).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     /// Stores older messages fetched for history (no position change).
-    pub async fn store_history(&self, messages: &[Message]) -> Result<()> {
+    pub async fn store_history(&self, me: UserId, messages: &[Message]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for m in messages {
-            store_message(&mut tx, m).await?;
+            store_message(&mut tx, me, m).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -698,10 +704,11 @@ async fn upsert_member(tx: &mut Transaction<'_, Sqlite>, conv: &str, m: &Member)
 }
 
 /// Inserts or refreshes a message from the server, matched on client id.
-async fn store_message(tx: &mut Transaction<'_, Sqlite>, m: &Message) -> Result<()> {
+async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message) -> Result<()> {
+    let status = if m.sender == me { "sent" } else { "received" };
     sqlx::query(
         "INSERT INTO messages (client_id, conversation_id, seq, sender, text, ts, edited_at, deleted, pinned, status)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'received')
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(client_id) DO UPDATE SET seq = excluded.seq, text = excluded.text, ts = excluded.ts,
            edited_at = excluded.edited_at, deleted = excluded.deleted, pinned = excluded.pinned,
            status = CASE WHEN messages.status IN ('queued', 'failed') THEN 'sent' ELSE messages.status END",
@@ -715,6 +722,7 @@ async fn store_message(tx: &mut Transaction<'_, Sqlite>, m: &Message) -> Result<
     .bind(m.edited_at)
     .bind(m.deleted)
     .bind(m.pinned)
+    .bind(status)
     .execute(&mut **tx)
     .await?;
     let conv = m.conversation.to_string();
@@ -784,7 +792,7 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 pinned: false,
                 reactions: Vec::new(),
             };
-            store_message(tx, &m).await?;
+            store_message(tx, me, &m).await?;
             if ev.actor == me {
                 // Ours, maybe from another device: mark it sent, and remove a
                 // still-pending outbox entry (its reply was lost).

@@ -55,6 +55,9 @@ impl Default for LinkConfig {
 pub(crate) enum Inbound {
     /// A new connection is authenticated; what follows belongs to it.
     Connected,
+    /// Events were dropped because the sync task fell behind: compare every
+    /// conversation with the server again.
+    Resync,
     Event(ConvEvent),
     Typing {
         conversation: ConversationId,
@@ -276,6 +279,7 @@ async fn session(
     let mut pending: HashMap<u64, oneshot::Sender<Result<Reply>>> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut last_heard = Instant::now();
+    let mut resync = false;
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let ended = loop {
@@ -312,11 +316,19 @@ async fn session(
                     ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
                     ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
                 };
-                // Waiting here is deliberate backpressure: if the sync task
-                // falls behind, we stop reading, the server's queue for us
-                // fills, it drops us, and we resume from our position.
+                // Never wait on the sync task here: it may itself be waiting
+                // for a reply only this loop can deliver. If it falls behind,
+                // drop the event and ask for a resync once there is room —
+                // gap filling makes dropping safe.
                 if let Some(f) = forward {
-                    if inbound.send(f).await.is_err() { break Ended::Shutdown; }
+                    match inbound.try_send(f) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => resync = true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => break Ended::Shutdown,
+                    }
+                }
+                if resync && inbound.try_send(Inbound::Resync).is_ok() {
+                    resync = false;
                 }
             }
             cmd = commands.recv() => {
@@ -336,6 +348,9 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
+                if resync && inbound.try_send(Inbound::Resync).is_ok() {
+                    resync = false;
+                }
                 if last_heard.elapsed() > config.dead_after {
                     break Ended::Retry(format!("no answer from the server for {}s", config.dead_after.as_secs()));
                 }

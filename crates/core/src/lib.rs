@@ -185,6 +185,17 @@ impl Client {
 
     /// Starts the background tasks: connection, sync and outbox. Idempotent.
     pub async fn start(&self) -> Result<()> {
+        self.start_with(true).await
+    }
+
+    /// Starts only the connection and the outbox: for a process that sends
+    /// and exits (`confab send`) while another process on the same profile
+    /// (`confab listen`) is the one that applies and reports incoming events.
+    pub async fn start_sending_only(&self) -> Result<()> {
+        self.start_with(false).await
+    }
+
+    async fn start_with(&self, sync: bool) -> Result<()> {
         let mut running = self.running.lock().await;
         if running.is_some() {
             return Ok(());
@@ -211,12 +222,15 @@ impl Client {
                 }
             }
         });
-        let tasks = vec![
-            link_task,
-            state_task,
-            tokio::spawn(sync::run(inner.clone(), inbound_rx)),
-            tokio::spawn(outbox::run(inner.clone())),
-        ];
+        let incoming = if sync {
+            tokio::spawn(sync::run(inner.clone(), inbound_rx))
+        } else {
+            tokio::spawn(async move {
+                let mut inbound_rx = inbound_rx;
+                while inbound_rx.recv().await.is_some() {}
+            })
+        };
+        let tasks = vec![link_task, state_task, incoming, tokio::spawn(outbox::run(inner.clone()))];
         *running = Some(Running { inner, tasks });
         Ok(())
     }
@@ -427,7 +441,7 @@ impl Client {
             if messages.is_empty() {
                 return Ok(page);
             }
-            self.cache.store_history(&messages).await?;
+            self.cache.store_history(me, &messages).await?;
         }
     }
 }

@@ -46,7 +46,7 @@ struct Sync {
 impl Sync {
     async fn handle(&mut self, inbound: Inbound) {
         let result = match inbound {
-            Inbound::Connected => {
+            Inbound::Connected | Inbound::Resync => {
                 // Retry while the link stays up (a timed-out page, say); if
                 // it drops, the next connection starts over anyway.
                 let mut attempt = 0;
@@ -85,13 +85,21 @@ impl Sync {
             return Err(Error::Protocol("expected conversations".into()));
         };
         let known = self.inner.cache.known_conversations().await?;
+        // One conversation failing must not leave the others behind: finish
+        // the round, then report the first failure (and the caller retries).
+        let mut failure = None;
         for info in &conversations {
             self.inner.cache.set_presence_from(info).await?;
             let applied = known.iter().find(|k| k.0 == info.id).map(|k| k.1);
-            match applied {
-                None | Some(0) if info.last_pos > SNAPSHOT_THRESHOLD => self.snapshot(info, false).await?,
-                Some(p) if p > info.last_pos => self.snapshot(info, true).await?,
-                _ => self.catch_up(info.id, applied.unwrap_or(0)).await?,
+            let step = match applied {
+                None | Some(0) if info.last_pos > SNAPSHOT_THRESHOLD => self.snapshot(info, false).await,
+                Some(p) if p > info.last_pos => self.snapshot(info, true).await,
+                _ => self.catch_up(info.id, applied.unwrap_or(0)).await,
+            };
+            if let Err(e) = step {
+                tracing::warn!(%e, conversation = %info.id, "catching up failed");
+                failure.get_or_insert(e);
+                continue;
             }
             // Acknowledge anything a lost receipt left unacknowledged.
             let mine = info.members.iter().find(|m| m.user == self.inner.me);
@@ -108,6 +116,9 @@ impl Sync {
             }
         }
         self.flush_acks();
+        if let Some(e) = failure {
+            return Err(e);
+        }
         self.inner.emit(ClientEvent::SyncCompleted);
         Ok(())
     }
@@ -122,7 +133,7 @@ impl Sync {
         else {
             return Err(Error::Protocol("expected messages".into()));
         };
-        self.inner.cache.load_snapshot(info, &messages, reset).await?;
+        self.inner.cache.load_snapshot(self.inner.me, info, &messages, reset).await?;
         self.inner.emit(ClientEvent::ConversationUpdated { conversation: info.id });
         // Events after the snapshot's position (replaying is idempotent).
         self.catch_up(info.id, info.last_pos).await
@@ -174,6 +185,11 @@ impl Sync {
             let (applied, left) = self.inner.cache.applied_pos(ev.conversation).await?.unwrap_or((0, false));
             if left && !matches!(ev.body, confab_protocol::EventBody::MemberAdded { .. }) {
                 return Ok(());
+            }
+            if applied == 0 && ev.pos > SNAPSHOT_THRESHOLD {
+                // Just added to a long conversation: start from a snapshot.
+                let info = self.conversation_info(ev.conversation).await?;
+                return self.snapshot(&info, false).await;
             }
             self.catch_up(ev.conversation, applied).await?;
         }

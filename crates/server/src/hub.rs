@@ -83,20 +83,26 @@ impl Hub {
         }
     }
 
-    /// Registers a connection, or returns `None` when the user already has
-    /// the maximum number of connections.
-    pub fn register(&self, user: UserId, session: Uuid) -> Option<Registration> {
+    /// Registers a connection whose queue starts with `first` (the welcome,
+    /// so no event can overtake it), or returns `None` when the user already
+    /// has the maximum number of connections.
+    pub fn register(&self, user: UserId, session: Uuid, first: Arc<str>) -> Option<Registration> {
         let mut conns = lock(&self.conns);
         let list = conns.entry(user).or_default();
         if list.len() >= self.max_per_user {
+            if list.is_empty() {
+                conns.remove(&user);
+            }
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
+        // Cannot fail: the queue is new and has room.
+        let _ = tx.try_send(first);
         let (kick, kicked) = watch::channel(None);
-        let first = list.is_empty();
+        let is_first = list.is_empty();
         list.push(Conn { id, session, tx: tx.clone(), kick: kick.clone() });
-        Some(Registration { id, tx, rx, kick, kicked, first })
+        Some(Registration { id, tx, rx, kick, kicked, first: is_first })
     }
 
     /// Removes a connection; returns true if it was the user's last one.
@@ -175,8 +181,9 @@ mod tests {
     fn full_queue_kicks_only_the_slow_connection() {
         let hub = Hub::new(5, 2);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let ra = hub.register(a, Uuid::nil()).expect("room");
-        let mut rb = hub.register(b, Uuid::nil()).expect("room");
+        let ra = hub.register(a, Uuid::nil(), Arc::from("w")).expect("room");
+        let mut rb = hub.register(b, Uuid::nil(), Arc::from("w")).expect("room");
+        assert_eq!(rb.rx.try_recv().as_deref().ok(), Some("w"), "the first frame comes first");
         for i in 0..3 {
             hub.publish(&[a, b], Arc::from(format!("{i}")));
             // b keeps up, a does not.
@@ -190,11 +197,11 @@ mod tests {
     fn connection_limit_and_presence() {
         let hub = Hub::new(2, 8);
         let u = Uuid::now_v7();
-        let r1 = hub.register(u, Uuid::nil()).expect("first");
+        let r1 = hub.register(u, Uuid::nil(), Arc::from("w")).expect("first");
         assert!(r1.first);
-        let r2 = hub.register(u, Uuid::nil()).expect("second");
+        let r2 = hub.register(u, Uuid::nil(), Arc::from("w")).expect("second");
         assert!(!r2.first);
-        assert!(hub.register(u, Uuid::nil()).is_none());
+        assert!(hub.register(u, Uuid::nil(), Arc::from("w")).is_none());
         assert!(!hub.unregister(u, r1.id));
         assert!(hub.is_online(u));
         assert!(hub.unregister(u, r2.id));

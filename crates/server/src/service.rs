@@ -195,11 +195,15 @@ impl Service {
                 }
                 let me = Member { user: caller.user, username: caller.username.clone(), admin: false };
                 let them = Member { user: other, username, admin: false };
-                let (id, created) = self.store.open_direct(me, them).await?;
+                // Hold the new conversation's lock from creation to
+                // publication, so no send to it can be published first.
+                let new_id = uuid::Uuid::now_v7();
+                let guard = self.lock_for(new_id).lock().await;
+                let (id, created) = self.store.open_direct(new_id, me, them).await?;
                 if let Some(outcome) = created {
-                    let _guard = self.lock_for(id).lock().await;
                     self.publish(&outcome)?;
                 }
+                drop(guard);
                 self.conversation_reply(id).await
             }
             RequestBody::CreateGroup { name, members } => {
@@ -217,13 +221,10 @@ impl Service {
                         format!("a group has at most {MAX_GROUP_MEMBERS} members"),
                     ));
                 }
-                let outcome = self.store.create_group(&name, list, caller.user).await?;
-                let AppendOutcome::Appended { event, .. } = &outcome else {
-                    return Err(ApiError::internal("create_group", "no event"));
-                };
-                let id = event.conversation;
+                let id = uuid::Uuid::now_v7();
                 {
                     let _guard = self.lock_for(id).lock().await;
+                    let outcome = self.store.create_group(id, &name, list, caller.user).await?;
                     self.publish(&outcome)?;
                 }
                 self.conversation_reply(id).await
@@ -278,6 +279,16 @@ impl Service {
             RequestBody::Send { conversation, client_id, text } => {
                 validate_text(&text)?;
                 let _guard = self.lock_for(conversation).lock().await;
+                // A retry of a message already committed is acknowledged
+                // again even if the sender has since lost access: it was
+                // delivered, and must not be reported as failed.
+                if let Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) =
+                    self.store.sent_message(caller.user, client_id).await?
+                {
+                    if c == conversation {
+                        return Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate: true });
+                    }
+                }
                 self.member(conversation, caller.user).await?;
                 let body = EventBody::Message { seq: 0, client_id, text };
                 let outcome = self.store.append(conversation, caller.user, body).await?;

@@ -31,6 +31,10 @@ const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
 /// default 128 KiB each would be over a gigabyte.
 const SOCKET_BUFFER: usize = 8 * 1024;
 const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
+/// A peer that does not take a frame within this long is gone (or hostile):
+/// drop it rather than hold its task and queue forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     ws.read_buffer_size(SOCKET_BUFFER)
@@ -72,26 +76,10 @@ async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'st
 async fn connection(socket: WebSocket, state: AppState) {
     let (mut sink, mut stream) = socket.split();
     let limits = state.limits.clone();
-    let Some((caller, session, hello_id)) = authenticate(&mut sink, &mut stream, &state).await else {
+    let Some((caller, session, hello_id, token)) = authenticate(&mut sink, &mut stream, &state).await else {
         return;
     };
     let service = state.service.clone();
-    let Some(reg) = service.hub.register(caller.user, session) else {
-        let msg = format!("at most {} connections per account", limits.max_connections_per_user);
-        let _ = sink
-            .send(Message::Text(error_frame(Some(hello_id), ErrorCode::TooManyConnections, msg, None).as_ref().into()))
-            .await;
-        close(&mut sink, 4029, "too_many_connections").await;
-        return;
-    };
-    tracing::debug!(user = %caller.user, conn = reg.id, "connected");
-    let writer = tokio::spawn(write_loop(sink, reg.rx, reg.kicked.clone(), limits.ping_interval));
-    if reg.first {
-        if let Err(e) = service.announce_presence(caller.user, true, None).await {
-            tracing::warn!(%e, "presence announce failed");
-        }
-    }
-    // The welcome goes through the queue so it is ordered before any event.
     let welcome = ServerFrame::Result {
         id: hello_id,
         result: Reply::Welcome {
@@ -100,15 +88,33 @@ async fn connection(socket: WebSocket, state: AppState) {
             server_time: crate::store::now_ms(),
         },
     };
-    if reg.tx.send(encode(&welcome)).await.is_ok() {
-        read_loop(&mut stream, &state, &caller, &reg.tx, reg.kicked, &reg.kick).await;
+    let Some(reg) = service.hub.register(caller.user, session, encode(&welcome)) else {
+        let msg = format!("at most {} connections per account", limits.max_connections_per_user);
+        let f = error_frame(Some(hello_id), ErrorCode::TooManyConnections, msg, None);
+        let _ = sink.send(Message::Text(f.as_ref().into())).await;
+        close(&mut sink, CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections").await;
+        return;
+    };
+    tracing::debug!(user = %caller.user, conn = reg.id, "connected");
+    let writer = tokio::spawn(write_loop(sink, reg.rx, reg.kicked.clone(), limits.ping_interval));
+    // A logout that raced this hello (after the token check, before the
+    // registration) must still end this socket.
+    if !matches!(service.store.session(&auth::token_hash(&token)).await, Ok(Some(_))) {
+        reg.kick.send_replace(Some(Kick { code: CLOSE_SESSION_REVOKED, reason: "session_revoked" }));
     }
+    if reg.first {
+        if let Err(e) = service.announce_presence(caller.user, true, None).await {
+            tracing::warn!(%e, "presence announce failed");
+        }
+    }
+    read_loop(&mut stream, &state, &caller, &reg.tx, reg.kicked, &reg.kick).await;
     // Dropping our sender (the hub's goes with unregister) ends the writer
     // once it has flushed what is queued.
     let last = service.hub.unregister(caller.user, reg.id);
     drop(reg.tx);
     let _ = writer.await;
-    if last {
+    // Re-check: another device may have connected while this one wound down.
+    if last && !service.hub.is_online(caller.user) {
         let now = crate::store::now_ms();
         if let Err(e) = service.store.set_last_seen(caller.user, now).await {
             tracing::warn!(%e, "last_seen update failed");
@@ -126,7 +132,7 @@ async fn authenticate(
     sink: &mut SplitSink<WebSocket, Message>,
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
-) -> Option<(Caller, uuid::Uuid, u64)> {
+) -> Option<(Caller, uuid::Uuid, u64, String)> {
     let next_data = async {
         loop {
             match stream.next().await {
@@ -160,7 +166,7 @@ async fn authenticate(
                 Err(reject(Some(id), ErrorCode::UnsupportedProtocol, m))
             } else {
                 match state.service.store.session(&auth::token_hash(&token)).await {
-                    Ok(Some(s)) => Ok((id, s)),
+                    Ok(Some(s)) => Ok((id, s, token)),
                     Ok(None) => {
                         Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into()))
                     }
@@ -172,7 +178,9 @@ async fn authenticate(
         Err(e) => Err(reject(e.id, e.code, e.message)),
     };
     match frame {
-        Ok((id, session)) => Some((Caller { user: session.user, username: session.username }, session.id, id)),
+        Ok((id, session, token)) => {
+            Some((Caller { user: session.user, username: session.username }, session.id, id, token))
+        }
         Err(f) => {
             let _ = sink.send(Message::Text(f.as_ref().into())).await;
             close(sink, CLOSE_SESSION_REVOKED, "unauthenticated").await;
@@ -265,23 +273,25 @@ async fn write_loop(
             _ = kicked.changed() => {
                 let kick = *kicked.borrow();
                 if let Some(k) = kick {
-                    close(&mut sink, k.code, k.reason).await;
+                    let _ = timeout(WRITE_TIMEOUT, close(&mut sink, k.code, k.reason)).await;
                 }
                 return;
             }
             frame = rx.recv() => match frame {
                 Some(f) => {
-                    if sink.send(Message::Text(f.as_ref().into())).await.is_err() {
+                    let sent = timeout(WRITE_TIMEOUT, sink.send(Message::Text(f.as_ref().into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
                 }
                 None => {
-                    let _ = sink.close().await;
+                    let _ = timeout(WRITE_TIMEOUT, sink.close()).await;
                     return;
                 }
             },
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
             }

@@ -75,9 +75,24 @@ pub trait Store: Send + Sync + 'static {
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>>;
     async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>>;
 
-    /// Finds or creates the direct conversation of two distinct users.
-    async fn open_direct(&self, a: Member, b: Member) -> Result<(ConversationId, Option<AppendOutcome>)>;
-    async fn create_group(&self, name: &str, members: Vec<Member>, creator: UserId) -> Result<AppendOutcome>;
+    /// Finds the direct conversation of two distinct users, or creates it
+    /// with id `new_id`.
+    async fn open_direct(
+        &self,
+        new_id: ConversationId,
+        a: Member,
+        b: Member,
+    ) -> Result<(ConversationId, Option<AppendOutcome>)>;
+    async fn create_group(
+        &self,
+        id: ConversationId,
+        name: &str,
+        members: Vec<Member>,
+        creator: UserId,
+    ) -> Result<AppendOutcome>;
+    /// Where the message a (sender, client id) pair created went, if it exists.
+    async fn sent_message(&self, sender: UserId, client_id: confab_protocol::ClientId)
+        -> Result<Option<AppendOutcome>>;
     /// Applies one change and appends it to the log, atomically. For
     /// [`EventBody::Message`] the given `seq` is ignored and assigned here.
     async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;

@@ -430,7 +430,12 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn open_direct(&self, a: Member, b: Member) -> Result<(ConversationId, Option<AppendOutcome>)> {
+    async fn open_direct(
+        &self,
+        new_id: ConversationId,
+        a: Member,
+        b: Member,
+    ) -> Result<(ConversationId, Option<AppendOutcome>)> {
         let key = if a.user < b.user { format!("{}:{}", a.user, b.user) } else { format!("{}:{}", b.user, a.user) };
         let mut tx = self.write.begin().await?;
         let existing = sqlx::query("SELECT id FROM conversations WHERE direct_key = ?")
@@ -440,7 +445,7 @@ impl Store for SqliteStore {
         if let Some(row) = existing {
             return Ok((parse_id(row.get("id"))?, None));
         }
-        let id = Uuid::now_v7();
+        let id = new_id;
         let conv = id.to_string();
         sqlx::query("INSERT INTO conversations (id, kind, direct_key, created_at) VALUES (?, 'direct', ?, ?)")
             .bind(&conv)
@@ -459,8 +464,13 @@ impl Store for SqliteStore {
         Ok((id, Some(AppendOutcome::Appended { event, recipients })))
     }
 
-    async fn create_group(&self, name: &str, members: Vec<Member>, creator: UserId) -> Result<AppendOutcome> {
-        let id = Uuid::now_v7();
+    async fn create_group(
+        &self,
+        id: ConversationId,
+        name: &str,
+        members: Vec<Member>,
+        creator: UserId,
+    ) -> Result<AppendOutcome> {
         let conv = id.to_string();
         let mut tx = self.write.begin().await?;
         sqlx::query("INSERT INTO conversations (id, kind, name, created_at) VALUES (?, 'group', ?, ?)")
@@ -629,6 +639,27 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn sent_message(
+        &self,
+        sender: UserId,
+        client_id: confab_protocol::ClientId,
+    ) -> Result<Option<AppendOutcome>> {
+        let row = sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
+            .bind(sender.to_string())
+            .bind(client_id.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(AppendOutcome::Duplicate {
+                conversation: parse_id(r.get("conversation_id"))?,
+                seq: r.get("seq"),
+                pos: r.get("pos"),
+                ts: r.get("ts"),
+            })
+        })
+        .transpose()
     }
 
     async fn message(&self, conversation: ConversationId, seq: i64) -> Result<Option<MessageMeta>> {

@@ -17,6 +17,18 @@ async fn a_retried_send_with_the_same_client_id_is_committed_once() {
     assert_eq!((first["seq"].clone(), first["pos"].clone()), (second["seq"].clone(), second["pos"].clone()));
     let history = bob.ok(json!({"type": "history", "conversation": conv, "limit": 10})).await;
     assert_eq!(history["messages"].as_array().expect("messages").len(), 1);
+    // A retry after the sender lost access is still acknowledged, not
+    // reported as a failure: the message was delivered.
+    let g = alice.ok(json!({"type": "create_group", "name": "g", "members": ["bob"]})).await;
+    let group = g["conversation"]["id"].as_str().expect("id").to_owned();
+    let bobs = client_id();
+    let req = json!({"type": "send", "conversation": group, "client_id": bobs, "text": "bye"});
+    let first = bob.ok(req.clone()).await;
+    alice.ok(json!({"type": "remove_member", "conversation": group, "username": "bob"})).await;
+    let retry = bob.ok(req).await;
+    assert_eq!((retry["duplicate"].clone(), retry["seq"].clone()), (json!(true), first["seq"].clone()));
+    let fresh = json!({"type": "send", "conversation": group, "client_id": client_id(), "text": "again"});
+    assert_eq!(bob.err(fresh).await, "not_member");
     // Reusing the id in another conversation is refused, not merged.
     s.register("carol").await;
     let other = dm(&mut alice, "carol").await;
