@@ -54,11 +54,17 @@ export async function loadOlder() {
 
 export function markRead() {
   const id = app.openId;
-  if (!id || (typeof document !== "undefined" && !document.hasFocus())) return;
+  // Read means shown on screen: the conversation is open in a visible window.
+  if (!id || (typeof document !== "undefined" && document.visibilityState !== "visible")) return;
   const newest = app.messages.reduce((n, m) => (m.seq !== null && m.seq > n ? m.seq : n), 0);
-  const conv = app.conversations.find((c) => c.id === id);
-  if (newest > 0 && conv && conv.unread > 0) api.markRead(id, newest).catch(() => {});
+  // Only when it moves forward (the list's unread count may be stale here).
+  if (newest > (markedRead[id] ?? 0)) {
+    markedRead[id] = newest;
+    api.markRead(id, newest).then(refreshConversations, () => (markedRead[id] = 0));
+  }
 }
+
+const markedRead: Record<string, number> = {};
 
 function upsert(message: ChatMessage) {
   if (message.conversation !== app.openId) return false;

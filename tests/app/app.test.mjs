@@ -1,0 +1,189 @@
+// End-to-end in the real app: two Confab instances (separate data dirs and
+// D-Bus sessions) driven over WebDriver (tauri-driver + WebKitWebDriver)
+// under Xvfb, against a real confab-server. Screenshots of each step go to
+// test-artifacts/app/ for review.
+//
+// Run with: xvfb-run -a node --test tests/app/
+
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Driver, KEY } from "./webdriver.mjs";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const binDir = process.env.CONFAB_BIN_DIR ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug");
+const BIN = (name) => path.join(binDir, name);
+const artifacts = path.join(root, "test-artifacts", "app");
+fs.mkdirSync(artifacts, { recursive: true });
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "confab-app-e2e-"));
+const PASSWORD = "correct horse battery";
+const cleanup = [];
+after(async () => {
+  for (const f of cleanup.reverse()) await f();
+});
+
+function startServer(port = 0) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(BIN("confab-server"), ["--listen", `127.0.0.1:${port}`, "--db", path.join(tmp, "server.db")], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, RUST_LOG: "warn" },
+    });
+    let out = "";
+    proc.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/listening on (http:\/\/[\d.]+:(\d+))/);
+      if (m) resolve({ proc, url: m[1], port: Number(m[2]) });
+    });
+    proc.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
+  });
+}
+
+function cli(user, url, ...args) {
+  return execFileSync(BIN("confab"), ["--profile", path.join(tmp, `cli-${user}`), "--server", url, ...args], {
+    env: { ...process.env, CONFAB_PASSWORD: PASSWORD },
+  }).toString().trim();
+}
+
+async function startInstance(name, port) {
+  const data = path.join(tmp, name);
+  fs.mkdirSync(data, { recursive: true });
+  // Each instance gets its own D-Bus session: single-instance and
+  // notifications are per session, and we watch this one's notifications.
+  const [address, pid] = execFileSync("dbus-daemon", ["--session", "--fork", "--print-address=1", "--print-pid=1"])
+    .toString().trim().split("\n");
+  cleanup.push(() => { try { process.kill(Number(pid)); } catch {} });
+  const env = {
+    ...process.env,
+    DBUS_SESSION_BUS_ADDRESS: address,
+    XDG_DATA_HOME: path.join(data, "data"),
+    XDG_CONFIG_HOME: path.join(data, "config"),
+    XDG_CACHE_HOME: path.join(data, "cache"),
+    CONFAB_LOG: "warn",
+  };
+  let notifications = "";
+  const monitor = spawn("dbus-monitor", ["--address", address, "interface='org.freedesktop.Notifications'"], { env });
+  monitor.stdout.on("data", (d) => (notifications += d));
+  cleanup.push(() => monitor.kill());
+  const driverProc = spawn("tauri-driver", ["--port", String(port), "--native-port", String(port + 1)], {
+    env,
+    stdio: "ignore",
+  });
+  cleanup.push(() => driverProc.kill());
+  const d = new Driver(`http://127.0.0.1:${port}`);
+  await d.until("tauri-driver", async () => (await fetch(`http://127.0.0.1:${port}/status`)).ok, 20000);
+  await d.start(BIN("confab-app"));
+  cleanup.push(() => d.quit());
+  return { d, notifications: () => notifications };
+}
+
+let shot = 0;
+async function snap(d, label) {
+  // Let the page settle: screenshots can lag a repaint.
+  await new Promise((r) => setTimeout(r, 400));
+  fs.writeFileSync(path.join(artifacts, `${String(++shot).padStart(2, "0")}-${label}.png`), await d.screenshot());
+}
+
+async function signIn(d, url, username) {
+  await d.until("sign-in form", () => d.find("input[name=server]"));
+  await d.clear("input[name=server]");
+  await d.type("input[name=server]", url);
+  await d.type("input[name=username]", username);
+  await d.type("input[name=password]", PASSWORD);
+  await d.click("[data-testid=signin-submit]");
+  await d.until(`${username} signed in`, () => d.find("[data-testid=new-direct]"));
+}
+
+const texts = (d) => d.js("return [...document.querySelectorAll('[data-testid=message-text]')].map(e => e.textContent)");
+const lastOwnStatus = (d) =>
+  d.js("const own = [...document.querySelectorAll('.msg.own')]; return own.length ? own[own.length - 1].dataset.status : null");
+
+async function send(d, text) {
+  await d.type("[data-testid=composer]", text);
+  await d.type("[data-testid=composer]", KEY.enter);
+}
+
+test("two people chat in the real app: messages, ticks, edits, reactions, offline queue, notifications", async () => {
+  let server = await startServer();
+  cleanup.push(() => server.proc.kill());
+  cli("alice", server.url, "register", "alice");
+  cli("bob", server.url, "register", "bob");
+  cli("carol", server.url, "register", "carol");
+  const other = cli("carol", server.url, "dm", "bob");
+  cli("carol", server.url, "send", other, "hi bob, carol here");
+
+  const A = await startInstance("alice", 4444);
+  const B = await startInstance("bob", 4454);
+  await signIn(A.d, server.url, "alice");
+  await signIn(B.d, server.url, "bob");
+  await snap(A.d, "alice-signed-in");
+
+  // A opens a chat with bob and sends.
+  await A.d.click("[data-testid=new-direct]");
+  await A.d.type("[data-testid=new-direct-username]", "bob" + KEY.enter);
+  await A.d.until("conversation open", async () => (await A.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "bob");
+  await send(A.d, "hello bob");
+  await A.d.until("alice's message shown", async () => (await texts(A.d)).includes("hello bob"));
+  await snap(A.d, "alice-sent");
+
+  // B sees it arrive and opens the conversation.
+  await B.d.until("bob's list shows alice", async () => (await B.d.js("return [...document.querySelectorAll('[data-testid=conversation-row] .title')].map(e => e.textContent)")).includes("alice"));
+  await snap(B.d, "bob-list-with-unread");
+  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('alice')).click()");
+  await B.d.until("bob sees hello", async () => (await texts(B.d)).includes("hello bob"));
+
+  // A's tick goes to delivered, then read.
+  await A.d.until("read tick", async () => (await lastOwnStatus(A.d)) === "read");
+  await snap(A.d, "alice-read-ticks");
+
+  // B replies; A sees it.
+  await send(B.d, "hi alice");
+  await A.d.until("alice sees the reply", async () => (await texts(A.d)).includes("hi alice"));
+
+  // B edits the reply (Up edits your last message) and reacts to A's.
+  await B.d.type("[data-testid=composer]", KEY.up);
+  await B.d.until("editing", () => B.d.find(".editing"));
+  await B.d.js("const t = document.querySelector('[data-testid=composer]'); t.value=''; t.dispatchEvent(new Event('input'))");
+  await send(B.d, "hi alice (fixed)");
+  await A.d.until("alice sees the edit", async () => (await texts(A.d)).includes("hi alice (fixed)"));
+  await B.d.js("[...document.querySelectorAll('.msg')].find(m => m.textContent.includes('hello bob')).querySelector('[data-testid=message-menu]').click()");
+  await B.d.until("message menu", () => B.d.find(".menu .quick button"));
+  await B.d.js("document.querySelector('.menu .quick button').click()");
+  await A.d.until("alice sees the reaction", async () => await A.d.js("return !!document.querySelector('[data-testid=reactions]')"));
+  await snap(A.d, "alice-edit-and-reaction");
+  await snap(B.d, "bob-conversation");
+
+  // The server goes away: A sees the banner; a message typed now waits…
+  const port = server.port;
+  server.proc.kill("SIGKILL");
+  await A.d.until("offline banner", () => A.d.find("[data-testid=offline-banner]"), 60000);
+  await send(A.d, "sent while offline");
+  await A.d.until("queued", async () => (await lastOwnStatus(A.d)) === "queued");
+  await snap(A.d, "alice-offline-queued");
+  // …and goes out once the server is back.
+  server = await startServer(port);
+  cleanup.push(() => server.proc.kill());
+  await B.d.until("bob gets the queued message", async () => (await texts(B.d)).includes("sent while offline"), 60000);
+  await A.d.until("alice's banner gone", async () => !(await A.d.js("return !!document.querySelector('[data-testid=offline-banner]')")), 60000);
+  await snap(A.d, "alice-back-online");
+
+  // Notifications: B looks at another conversation; A's message notifies.
+  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('carol')).click()");
+  await B.d.until("carol's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "carol");
+  await send(A.d, "ping for a notification");
+  await B.d.until("a notification for bob", async () => B.notifications().includes("ping for a notification"), 20000);
+  assert.ok(B.notifications().includes("alice"), "titled with the sender");
+
+  // While B types in the conversation with A, A's messages do not notify.
+  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('alice')).click()");
+  await B.d.until("alice's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "alice");
+  await B.d.type("[data-testid=composer]", "I am typing");
+  await new Promise((r) => setTimeout(r, 500));
+  await send(A.d, "quiet while typing");
+  await B.d.until("bob sees it", async () => (await texts(B.d)).includes("quiet while typing"));
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(!B.notifications().includes("quiet while typing"), "no notification while typing there");
+  await snap(B.d, "bob-typing-no-notification");
+});
