@@ -187,3 +187,38 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   assert.ok(!B.notifications().includes("quiet while typing"), "no notification while typing there");
   await snap(B.d, "bob-typing-no-notification");
 });
+
+test("a long conversation opens at the newest message and keeps the DOM small while scrolling back", async () => {
+  const server = await startServer();
+  cleanup.push(() => server.proc.kill());
+  cli("dave", server.url, "register", "dave");
+  cli("erin", server.url, "register", "erin");
+  const conv = cli("dave", server.url, "dm", "erin");
+  const lines = Array.from({ length: 1200 }, (_, i) => `line ${i + 1}`).join("\n");
+  execFileSync(BIN("confab"), ["--profile", path.join(tmp, "cli-dave"), "--server", server.url, "send", conv], {
+    input: lines,
+    env: { ...process.env, CONFAB_PASSWORD: PASSWORD },
+  });
+
+  const E = await startInstance("erin", 4464);
+  await signIn(E.d, server.url, "erin");
+  await E.d.js("document.querySelector('[data-testid=conversation-row]').click()");
+  await E.d.until("newest shown", async () => (await texts(E.d)).includes("line 1200"));
+  const atBottom = () =>
+    E.d.js("const l = document.querySelector('[data-testid=messages]'); return l.scrollHeight - l.scrollTop - l.clientHeight < 60");
+  await E.d.until("opened at the bottom", atBottom);
+  await snap(E.d, "erin-long-conversation");
+
+  // Scroll back through many pages: history keeps loading, the DOM does not grow.
+  for (let i = 0; i < 15; i++) {
+    await E.d.js("document.querySelector('[data-testid=messages]').scrollTop = 0");
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const loaded = await E.d.js(
+    "return Math.min(...[...document.querySelectorAll('.msg')].map(m => Number(m.dataset.seq)))",
+  );
+  assert.ok(loaded < 1200 - 400, `older pages loaded (oldest rendered seq ${loaded})`);
+  const rendered = await E.d.js("return document.querySelectorAll('.msg').length");
+  assert.ok(rendered < 120, `only rows near the viewport are in the DOM (${rendered})`);
+  await snap(E.d, "erin-scrolled-back");
+});

@@ -1,10 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { groupByDay } from "./days";
+import { dayBreaks } from "./days";
 
 const at = (y: number, m: number, d: number, h: number) => new Date(y, m - 1, d, h).getTime();
 
-describe("groupByDay", () => {
-  it("splits at local midnight and labels today and yesterday", () => {
+describe("dayBreaks", () => {
+  it("starts a day at local midnight and labels today and yesterday", () => {
     const now = at(2026, 11, 22, 12);
     const msgs = [
       { ts: at(2026, 11, 20, 9) },
@@ -12,13 +12,13 @@ describe("groupByDay", () => {
       { ts: at(2026, 11, 22, 0) },
       { ts: at(2026, 11, 22, 11) },
     ];
-    const days = groupByDay(msgs, now);
-    expect(days.map((d) => d.items.length)).toEqual([1, 1, 2]);
-    expect(days[1].label).toBe("Yesterday");
-    expect(days[2].label).toBe("Today");
-    expect(days[0].label).not.toBe("Today");
+    const breaks = dayBreaks(msgs, now);
+    expect(breaks.map((b) => b !== null)).toEqual([true, true, true, false]);
+    expect(breaks[1]).toBe("Yesterday");
+    expect(breaks[2]).toBe("Today");
+    expect(breaks[0]).not.toBe("Today");
   });
   it("keeps an empty list empty", () => {
-    expect(groupByDay([])).toEqual([]);
+    expect(dayBreaks([])).toEqual([]);
   });
 });

@@ -1,6 +1,4 @@
-// Groups messages by calendar day (local time) for day separators.
-
-export type Day<T> = { key: string; label: string; items: T[] };
+// Calendar days (local time) for day separators and labels.
 
 function dayKey(d: Date): string {
   return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
@@ -17,16 +15,18 @@ export function dayLabel(ts: number, now: number = Date.now()): string {
   return d.toLocaleDateString(undefined, { weekday: "short", day: "numeric", month: "short", ...(sameYear ? {} : { year: "numeric" }) });
 }
 
-/** Consecutive messages of the same day, in the given order. */
-export function groupByDay<T extends { ts: number }>(items: T[], now: number = Date.now()): Day<T>[] {
-  const out: Day<T>[] = [];
-  for (const item of items) {
+/**
+ * For each item (in order), the label of its day if it starts a new day,
+ * else null: where the day separators go.
+ */
+export function dayBreaks<T extends { ts: number }>(items: T[], now: number = Date.now()): (string | null)[] {
+  let prev = "";
+  return items.map((item) => {
     const key = dayKey(new Date(item.ts));
-    const last = out[out.length - 1];
-    if (last && last.key === key) last.items.push(item);
-    else out.push({ key, label: dayLabel(item.ts, now), items: [item] });
-  }
-  return out;
+    const label = key === prev ? null : dayLabel(item.ts, now);
+    prev = key;
+    return label;
+  });
 }
 
 export function timeOfDay(ts: number): string {
