@@ -68,6 +68,13 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
         .invoke_handler(specta.invoke_handler())
         .setup(move |app| {
             specta.mount_events(app);
+            // Ask once, on first launch, where the platform asks at all.
+            {
+                use tauri_plugin_notification::{NotificationExt, PermissionState};
+                if !matches!(app.notification().permission_state(), Ok(PermissionState::Granted)) {
+                    let _ = app.notification().request_permission();
+                }
+            }
             let handle = app.handle().clone();
             let root = app.path().app_data_dir()?;
             app.manage(shell::Shell::new(root));

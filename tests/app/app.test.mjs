@@ -186,6 +186,19 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await new Promise((r) => setTimeout(r, 2000));
   assert.ok(!B.notifications().includes("quiet while typing"), "no notification while typing there");
   await snap(B.d, "bob-typing-no-notification");
+
+  // Muted: B mutes the conversation with A, looks elsewhere; A's message is silent.
+  await B.d.js("const t = document.querySelector('[data-testid=composer]'); t.value=''; t.dispatchEvent(new Event('input'))");
+  await B.d.click("[data-testid=details-toggle]");
+  await B.d.click("[data-testid=details] input[type=checkbox]");
+  await B.d.until("muted saved", async () => await B.d.js("return document.querySelector('[data-testid=details] input[type=checkbox]').checked"));
+  await snap(B.d, "bob-muted");
+  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('carol')).click()");
+  await B.d.until("carol's chat open again", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "carol");
+  await send(A.d, "muted message");
+  await B.d.until("bob's list shows it", async () => (await B.d.js("return document.querySelector('.sidebar').textContent")).includes("muted message"));
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.ok(!B.notifications().includes("muted message"), "no notification for a muted conversation");
 });
 
 test("a long conversation opens at the newest message and keeps the DOM small while scrolling back", async () => {

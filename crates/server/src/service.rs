@@ -55,6 +55,15 @@ impl Service {
             AppendOutcome::Appended { event, recipients } => {
                 let f = frame(&ServerFrame::Event { event: event.clone() })?;
                 self.hub.publish(recipients, f);
+                if matches!(event.body, EventBody::Created { .. } | EventBody::MemberAdded { .. }) {
+                    // New contacts: tell each who of the others is online now
+                    // (later changes reach them as usual).
+                    for user in recipients.iter().filter(|u| self.hub.is_online(**u)) {
+                        let others: Vec<UserId> = recipients.iter().filter(|u| *u != user).copied().collect();
+                        let f = frame(&ServerFrame::Presence { user: *user, online: true, last_seen: None })?;
+                        self.hub.publish(&others, f);
+                    }
+                }
                 Ok(Some(event.pos))
             }
             AppendOutcome::Duplicate { pos, .. } => Ok(Some(*pos)),

@@ -198,6 +198,9 @@ async fn typing_is_throttled_and_presence_follows_connections() {
     let mut alice = s.connect(&token).await;
     let mut bob = s.user("bob").await;
     let conv = dm(&mut alice, "bob").await;
+    // New contacts learn each other's presence when the conversation starts.
+    let on = bob.expect(|f| f["type"] == "presence" && f["online"] == true).await;
+    assert!(on["user"].is_string());
     alice.ok(json!({"type": "typing", "conversation": conv})).await;
     let t = bob.expect(|f| f["type"] == "typing").await;
     assert_eq!(t["conversation"], conv.as_str());
