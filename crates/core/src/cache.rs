@@ -246,7 +246,7 @@ impl Cache {
             .await?;
         Ok(row.map(|r| {
             let error = r.get::<Option<String>, _>("error_code").map(|code| SendError {
-                code: serde_json::from_value(serde_json::Value::String(code)).unwrap_or(ErrorCode::Internal),
+                code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
                 message: r.get::<Option<String>, _>("error_message").unwrap_or_default(),
             });
             (r.get("status"), r.get("seq"), error)
@@ -487,12 +487,7 @@ impl Cache {
         let mut out: HashMap<i64, Vec<Reaction>> = HashMap::new();
         for r in &rows {
             let list = out.entry(r.get("seq")).or_default();
-            let emoji: String = r.get("emoji");
-            let user = id(r.get("user_id"))?;
-            match list.iter_mut().find(|x| x.emoji == emoji) {
-                Some(x) => x.users.push(user),
-                None => list.push(Reaction { emoji, users: vec![user] }),
-            }
+            Reaction::add_to(list, r.get("emoji"), id(r.get("user_id"))?);
         }
         Ok(out)
     }
@@ -515,7 +510,7 @@ impl Cache {
         };
         let error = match (r.get::<Option<String>, _>("error_code"), r.get::<Option<String>, _>("error_message")) {
             (Some(code), message) => Some(SendError {
-                code: serde_json::from_value(serde_json::Value::String(code)).unwrap_or(ErrorCode::Internal),
+                code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
                 message: message.unwrap_or_default(),
             }),
             _ => None,

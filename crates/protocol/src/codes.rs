@@ -65,6 +65,11 @@ impl ErrorCode {
         matches!(self, ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::TooManyConnections)
     }
 
+    /// The code for its wire name, if it is one.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::MalformedJson => "malformed_json",
@@ -151,6 +156,7 @@ mod tests {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
             assert_eq!(code.to_string(), code.as_str());
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
     }
 }

@@ -374,6 +374,17 @@ pub struct Reaction {
     pub users: Vec<UserId>,
 }
 
+impl Reaction {
+    /// Adds `user`'s `emoji` to a message's reaction list, grouping by emoji
+    /// in first-seen order.
+    pub fn add_to(list: &mut Vec<Reaction>, emoji: String, user: UserId) {
+        match list.iter_mut().find(|r| r.emoji == emoji) {
+            Some(r) => r.users.push(user),
+            None => list.push(Reaction { emoji, users: vec![user] }),
+        }
+    }
+}
+
 /// Checks a message text: non-empty after trimming, at most
 /// [`MAX_MESSAGE_CHARS`] characters.
 pub fn validate_text(text: &str) -> Result<(), ErrorCode> {

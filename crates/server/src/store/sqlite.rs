@@ -614,12 +614,7 @@ impl Store for SqliteStore {
         let mut reactions: HashMap<i64, Vec<Reaction>> = HashMap::new();
         for r in &reaction_rows {
             let list = reactions.entry(r.get("seq")).or_default();
-            let emoji: String = r.get("emoji");
-            let user = parse_id(r.get("user_id"))?;
-            match list.iter_mut().find(|x| x.emoji == emoji) {
-                Some(x) => x.users.push(user),
-                None => list.push(Reaction { emoji, users: vec![user] }),
-            }
+            Reaction::add_to(list, r.get("emoji"), parse_id(r.get("user_id"))?);
         }
         rows.iter()
             .map(|r| {
