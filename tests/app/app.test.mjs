@@ -100,6 +100,13 @@ const texts = (d) => d.js("return [...document.querySelectorAll('[data-testid=me
 const lastOwnStatus = (d) =>
   d.js("const own = [...document.querySelectorAll('.msg.own')]; return own.length ? own[own.length - 1].dataset.status : null");
 
+/** Clicks the conversation whose row mentions `name`, once it is listed. */
+async function openRow(d, name) {
+  await d.until(`${name} listed`, () =>
+    d.js("const r = [...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes(arguments[0])); if (r) { r.click(); return true; } return false;", name),
+  );
+}
+
 async function send(d, text) {
   await d.type("[data-testid=composer]", text);
   await d.type("[data-testid=composer]", KEY.enter);
@@ -131,7 +138,7 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   // B sees it arrive and opens the conversation.
   await B.d.until("bob's list shows alice", async () => (await B.d.js("return [...document.querySelectorAll('[data-testid=conversation-row] .title')].map(e => e.textContent)")).includes("alice"));
   await snap(B.d, "bob-list-with-unread");
-  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('alice')).click()");
+  await openRow(B.d, "alice");
   await B.d.until("bob sees hello", async () => (await texts(B.d)).includes("hello bob"));
 
   // A's tick goes to delivered, then read.
@@ -170,14 +177,14 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await snap(A.d, "alice-back-online");
 
   // Notifications: B looks at another conversation; A's message notifies.
-  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('carol')).click()");
+  await openRow(B.d, "carol");
   await B.d.until("carol's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "carol");
   await send(A.d, "ping for a notification");
   await B.d.until("a notification for bob", async () => B.notifications().includes("ping for a notification"), 20000);
   assert.ok(B.notifications().includes("alice"), "titled with the sender");
 
   // While B types in the conversation with A, A's messages do not notify.
-  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('alice')).click()");
+  await openRow(B.d, "alice");
   await B.d.until("alice's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "alice");
   await B.d.type("[data-testid=composer]", "I am typing");
   await new Promise((r) => setTimeout(r, 500));
@@ -193,7 +200,7 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await B.d.click("[data-testid=details] input[type=checkbox]");
   await B.d.until("muted saved", async () => await B.d.js("return document.querySelector('[data-testid=details] input[type=checkbox]').checked"));
   await snap(B.d, "bob-muted");
-  await B.d.js("[...document.querySelectorAll('[data-testid=conversation-row]')].find(r => r.textContent.includes('carol')).click()");
+  await openRow(B.d, "carol");
   await B.d.until("carol's chat open again", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "carol");
   await send(A.d, "muted message");
   await B.d.until("bob's list shows it", async () => (await B.d.js("return document.querySelector('.sidebar').textContent")).includes("muted message"));
@@ -215,7 +222,8 @@ test("a long conversation opens at the newest message and keeps the DOM small wh
 
   const E = await startInstance("erin", 4464);
   await signIn(E.d, server.url, "erin");
-  await E.d.js("document.querySelector('[data-testid=conversation-row]').click()");
+  await E.d.until("erin's conversation listed", () => E.d.find("[data-testid=conversation-row]"));
+  await E.d.click("[data-testid=conversation-row]");
   await E.d.until("newest shown", async () => (await texts(E.d)).includes("line 1200"));
   const atBottom = () =>
     E.d.js("const l = document.querySelector('[data-testid=messages]'); return l.scrollHeight - l.scrollTop - l.clientHeight < 60");
@@ -223,14 +231,12 @@ test("a long conversation opens at the newest message and keeps the DOM small wh
   await snap(E.d, "erin-long-conversation");
 
   // Scroll back through many pages: history keeps loading, the DOM does not grow.
-  for (let i = 0; i < 15; i++) {
+  const oldestRendered = () =>
+    E.d.js("return Math.min(...[...document.querySelectorAll('.msg')].map(m => Number(m.dataset.seq)))");
+  await E.d.until("older pages loaded while scrolling up", async () => {
     await E.d.js("document.querySelector('[data-testid=messages]').scrollTop = 0");
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  const loaded = await E.d.js(
-    "return Math.min(...[...document.querySelectorAll('.msg')].map(m => Number(m.dataset.seq)))",
-  );
-  assert.ok(loaded < 1200 - 400, `older pages loaded (oldest rendered seq ${loaded})`);
+    return (await oldestRendered()) < 1200 - 400;
+  }, 60000);
   const rendered = await E.d.js("return document.querySelectorAll('.msg').length");
   assert.ok(rendered < 120, `only rows near the viewport are in the DOM (${rendered})`);
   await snap(E.d, "erin-scrolled-back");
