@@ -7,6 +7,7 @@
 
 pub mod commands;
 pub mod error;
+pub mod keychain;
 pub mod settings;
 pub mod shell;
 

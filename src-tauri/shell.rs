@@ -52,7 +52,7 @@ impl Shell {
     }
 
     pub async fn open_profile(&self) -> Result<Client> {
-        Ok(Client::open(&self.profile()).await?)
+        Ok(Client::open(&self.profile()).await?.with_secret_store(Arc::new(crate::keychain::Keychain)))
     }
 
     pub fn attention(&self) -> Attention {

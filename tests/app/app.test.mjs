@@ -55,14 +55,19 @@ async function startInstance(name, port) {
   const [address, pid] = execFileSync("dbus-daemon", ["--session", "--fork", "--print-address=1", "--print-pid=1"])
     .toString().trim().split("\n");
   cleanup.push(() => { try { process.kill(Number(pid)); } catch {} });
+  const runtime = path.join(data, "run");
+  fs.mkdirSync(runtime, { recursive: true, mode: 0o700 });
   const env = {
     ...process.env,
     DBUS_SESSION_BUS_ADDRESS: address,
     XDG_DATA_HOME: path.join(data, "data"),
     XDG_CONFIG_HOME: path.join(data, "config"),
     XDG_CACHE_HOME: path.join(data, "cache"),
+    XDG_RUNTIME_DIR: runtime,
     CONFAB_LOG: "warn",
   };
+  // A keychain (the Secret Service) in this session, unlocked.
+  execFileSync("gnome-keyring-daemon", ["--unlock", "--components=secrets"], { env, input: "test-keyring" });
   let notifications = "";
   const monitor = spawn("dbus-monitor", ["--address", address, "interface='org.freedesktop.Notifications'"], { env });
   monitor.stdout.on("data", (d) => (notifications += d));
@@ -76,7 +81,18 @@ async function startInstance(name, port) {
   await d.until("tauri-driver", async () => (await fetch(`http://127.0.0.1:${port}/status`)).ok, 20000);
   await d.start(BIN("confab-app"));
   cleanup.push(() => d.quit());
-  return { d, notifications: () => notifications };
+  const secrets = () => {
+    try {
+      return execFileSync("secret-tool", ["search", "--all", "service", "app.confab.desktop"], { env, stdio: ["ignore", "pipe", "ignore"] }).toString();
+    } catch {
+      return "";
+    }
+  };
+  const profileFiles = () => {
+    const dir = path.join(env.XDG_DATA_HOME, "app.confab.desktop", "profile");
+    return fs.existsSync(dir) ? fs.readdirSync(dir).map((f) => fs.readFileSync(path.join(dir, f))) : [];
+  };
+  return { d, notifications: () => notifications, secrets, profileFiles };
 }
 
 let shot = 0;
@@ -126,6 +142,11 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await signIn(A.d, server.url, "alice");
   await signIn(B.d, server.url, "bob");
   await snap(A.d, "alice-signed-in");
+
+  // The session token is in the keychain, not in the profile.
+  const token = A.secrets().match(/^secret = (.+)$/m)?.[1];
+  assert.ok(token && token.length > 20, `a token in the keychain: ${A.secrets()}`);
+  assert.ok(!A.profileFiles().some((b) => b.includes(token)), "the token is not in the profile");
 
   // A opens a chat with bob and sends.
   await A.d.click("[data-testid=new-direct]");

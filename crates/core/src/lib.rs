@@ -23,12 +23,14 @@ pub mod connection;
 mod error;
 pub mod notify;
 mod outbox;
+pub mod secrets;
 mod sync;
 mod types;
 
 pub use backoff::Backoff;
 pub use connection::LinkConfig;
 pub use error::{Error, Result};
+pub use secrets::SecretStore;
 pub use types::*;
 
 use cache::{Cache, StoredSession};
@@ -46,6 +48,7 @@ pub struct Client {
     cache: Cache,
     events: broadcast::Sender<ClientEvent>,
     link_config: LinkConfig,
+    secrets: Option<Arc<dyn SecretStore>>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -101,6 +104,7 @@ impl Client {
             cache,
             events,
             link_config: LinkConfig::default(),
+            secrets: None,
             running: Default::default(),
         })
     }
@@ -110,12 +114,44 @@ impl Client {
         self
     }
 
+    /// Keeps the session token in `store` (the OS keychain) rather than in
+    /// the profile.
+    pub fn with_secret_store(mut self, store: Arc<dyn SecretStore>) -> Self {
+        self.secrets = Some(store);
+        self
+    }
+
     pub fn profile(&self) -> &Path {
         &self.profile
     }
 
+    /// The saved session, with its token (from the secret store if it is
+    /// kept there). `None` when signed out.
     pub async fn session(&self) -> Result<Option<StoredSession>> {
-        self.cache.session().await
+        let Some(mut session) = self.cache.session().await? else { return Ok(None) };
+        if session.token == secrets::IN_SECRET_STORE {
+            let Some(store) = &self.secrets else { return Ok(None) };
+            let key = secrets::key(&session.server, &session.username);
+            match secrets::run(store, move |s| s.get(&key)).await {
+                Ok(Some(token)) => session.token = token,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(Error::Invalid(format!("cannot read the keychain: {e}"))),
+            }
+        }
+        Ok(Some(session))
+    }
+
+    /// Saves a new session, its token in the secret store when there is one.
+    async fn save_session(&self, mut session: StoredSession) -> Result<()> {
+        if let Some(store) = &self.secrets {
+            let key = secrets::key(&session.server, &session.username);
+            let token = session.token.clone();
+            match secrets::run(store, move |s| s.set(&key, &token)).await {
+                Ok(()) => session.token = secrets::IN_SECRET_STORE.to_owned(),
+                Err(e) => tracing::warn!(%e, "keychain unavailable; keeping the session token in the profile"),
+            }
+        }
+        self.cache.save_session(&session).await
     }
 
     /// The saved server URL, if any.
@@ -150,9 +186,7 @@ impl Client {
             });
         }
         let auth: AuthResponse = resp.json().await.map_err(|e| Error::Protocol(e.to_string()))?;
-        self.cache
-            .save_session(&StoredSession { server, token: auth.token, user: auth.user, username: auth.username })
-            .await
+        self.save_session(StoredSession { server, token: auth.token, user: auth.user, username: auth.username }).await
     }
 
     /// Creates an account and signs this profile in.
@@ -167,7 +201,7 @@ impl Client {
 
     /// Revokes this device's session on the server and forgets the token.
     pub async fn logout(&self) -> Result<()> {
-        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let session = self.session().await?.ok_or(Error::NotSignedIn)?;
         self.stop().await;
         let http = reqwest::Client::new();
         let result = http
@@ -179,6 +213,12 @@ impl Client {
         // Forget the token even if the server is unreachable: the user asked
         // to sign out of this device.
         self.cache.clear_token().await?;
+        if let Some(store) = &self.secrets {
+            let key = secrets::key(&session.server, &session.username);
+            if let Err(e) = secrets::run(store, move |s| s.delete(&key)).await {
+                tracing::warn!(%e, "could not remove the token from the keychain");
+            }
+        }
         result.map_err(|e| Error::Unreachable(e.to_string()))?;
         Ok(())
     }
@@ -200,7 +240,7 @@ impl Client {
         if running.is_some() {
             return Ok(());
         }
-        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let session = self.session().await?.ok_or(Error::NotSignedIn)?;
         let inner = Arc::new(Inner {
             cache: self.cache.clone(),
             me: session.user,

@@ -356,3 +356,60 @@ async fn a_silently_dead_link_is_detected_by_heartbeat_and_replaced() {
     wait_for(&mut events, |e| matches!(e, ClientEvent::Connection { state: ConnectionState::Connected })).await;
     wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
 }
+
+/// A keychain stand-in that can also refuse, like a desktop without one.
+#[derive(Default)]
+struct Keychain {
+    items: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    broken: bool,
+}
+
+impl confab_core::SecretStore for Keychain {
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        Ok(self.items.lock().map_err(|e| e.to_string())?.get(key).cloned())
+    }
+    fn set(&self, key: &str, secret: &str) -> Result<(), String> {
+        if self.broken {
+            return Err("no secret service".into());
+        }
+        self.items.lock().map_err(|e| e.to_string())?.insert(key.into(), secret.into());
+        Ok(())
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.items.lock().map_err(|e| e.to_string())?.remove(key);
+        Ok(())
+    }
+}
+
+fn profile_contains(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).expect("profile").flatten().any(|f| {
+        std::fs::read(f.path()).map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn with_a_keychain_the_token_never_touches_the_profile() {
+    let w = World::new().await;
+    let keychain = std::sync::Arc::new(Keychain::default());
+    let alice = w.client("alice").await.with_secret_store(keychain.clone());
+    alice.register(&w.url, "alice", PASSWORD).await.expect("register");
+    let token = keychain.items.lock().expect("lock").values().next().cloned().expect("token in the keychain");
+    assert!(!profile_contains(&w.profile("alice"), &token), "the token must not be in the profile");
+    drop(alice);
+
+    // A restart finds the session through the keychain and connects.
+    let again = w.client("alice").await.with_secret_store(keychain.clone());
+    assert_eq!(again.session().await.expect("session").map(|s| s.token), Some(token.clone()));
+    start_synced(&again).await;
+    again.logout().await.expect("logout");
+    assert!(keychain.items.lock().expect("lock").is_empty(), "logout removes it from the keychain");
+    assert!(again.session().await.expect("session").is_none());
+
+    // Without a working keychain it falls back to the profile, still usable.
+    let broken = std::sync::Arc::new(Keychain { broken: true, ..Keychain::default() });
+    let bob = w.client("bob").await.with_secret_store(broken);
+    bob.register(&w.url, "bob", PASSWORD).await.expect("register");
+    let token = bob.session().await.expect("session").expect("signed in").token;
+    assert!(!token.is_empty());
+    start_synced(&bob).await;
+}
