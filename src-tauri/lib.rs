@@ -41,7 +41,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::save_settings,
             commands::open_link,
         ])
-        .events(tauri_specta::collect_events![shell::CoreEvent, shell::PlaySound])
+        .events(tauri_specta::collect_events![shell::CoreEvent, shell::PlaySound, shell::OpenConversation])
         // Seqs and millisecond timestamps stay far below 2^53.
         .dangerously_cast_bigints_to_number()
 }
@@ -77,6 +77,7 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
                 }
             }
             let handle = app.handle().clone();
+            shell::handle_notification_clicks(&handle);
             let root = app.path().app_data_dir()?;
             app.manage(shell::Shell::new(root));
             #[cfg(desktop)]

@@ -17,6 +17,10 @@ use tauri_specta::Event;
 #[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
 pub struct CoreEvent(pub ClientEvent);
 
+/// The user clicked a notification: show this conversation.
+#[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
+pub struct OpenConversation(pub confab_protocol::ConversationId);
+
 /// Ask the UI to play the bundled notification sound.
 #[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
 pub struct PlaySound;
@@ -117,7 +121,10 @@ async fn forward<R: Runtime>(
             if decision.notify {
                 let title = notification_title(&client, message).await;
                 let body = message.text.chars().take(200).collect::<String>();
-                if let Err(e) = app.notification().builder().title(title).body(body).show() {
+                let builder = app.notification().builder().title(title).body(body);
+                // Carried back on a click, to open the conversation.
+                let builder = builder.extra(NOTIFIED_CONVERSATION, message.conversation.to_string());
+                if let Err(e) = builder.show() {
                     tracing::warn!(%e, "notification failed");
                 }
             }
@@ -156,6 +163,32 @@ async fn update_unread<R: Runtime>(app: &AppHandle<R>, client: &Client) {
     }
     #[cfg(not(desktop))]
     let _ = (app, client);
+}
+
+const NOTIFIED_CONVERSATION: &str = "conversation";
+
+/// Opens the conversation of a clicked notification, where the platform
+/// reports clicks (Linux and the BSDs through the notification server,
+/// macOS, Windows, Android, iOS).
+pub fn handle_notification_clicks<R: Runtime>(app: &AppHandle<R>) {
+    let handle = app.clone();
+    let registered = app.notification().on_action(move |action| {
+        if action.action_id() != "tap" {
+            return;
+        }
+        let conversation = action
+            .notification()
+            .and_then(|n| n.extra().get(NOTIFIED_CONVERSATION))
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
+        show_main_window(&handle);
+        if let Some(id) = conversation {
+            let _ = OpenConversation(id).emit(&handle);
+        }
+    });
+    if let Err(e) = registered {
+        tracing::warn!(%e, "notification clicks will not open conversations");
+    }
 }
 
 pub fn window_focus_changed<R: Runtime>(app: &AppHandle<R>, focused: bool) {

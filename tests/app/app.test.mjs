@@ -68,6 +68,9 @@ async function startInstance(name, port) {
   };
   // A keychain (the Secret Service) in this session, unlocked.
   execFileSync("gnome-keyring-daemon", ["--unlock", "--components=secrets"], { env, input: "test-keyring" });
+  // A notification server, so notifications can be clicked (dunstctl).
+  const dunst = spawn("dunst", [], { env, stdio: "ignore" });
+  cleanup.push(() => dunst.kill());
   let notifications = "";
   const monitor = spawn("dbus-monitor", ["--address", address, "interface='org.freedesktop.Notifications'"], { env });
   monitor.stdout.on("data", (d) => (notifications += d));
@@ -92,7 +95,10 @@ async function startInstance(name, port) {
     const dir = path.join(env.XDG_DATA_HOME, "app.confab.desktop", "profile");
     return fs.existsSync(dir) ? fs.readdirSync(dir).map((f) => fs.readFileSync(path.join(dir, f))) : [];
   };
-  return { d, notifications: () => notifications, secrets, profileFiles };
+  // With one notification on screen, position 0 is that one.
+  const clickNotification = () => execFileSync("dunstctl", ["action", "0"], { env });
+  const closeNotifications = () => execFileSync("dunstctl", ["close-all"], { env });
+  return { d, notifications: () => notifications, secrets, profileFiles, clickNotification, closeNotifications };
 }
 
 let shot = 0;
@@ -200,9 +206,14 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   // Notifications: B looks at another conversation; A's message notifies.
   await openRow(B.d, "carol");
   await B.d.until("carol's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "carol");
+  B.closeNotifications();
   await send(A.d, "ping for a notification");
   await B.d.until("a notification for bob", async () => B.notifications().includes("ping for a notification"), 20000);
   assert.ok(B.notifications().includes("alice"), "titled with the sender");
+  await snap(B.d, "bob-notified");
+  // Clicking the notification opens its conversation.
+  B.clickNotification();
+  await B.d.until("the notification opened alice's chat", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "alice");
 
   // While B types in the conversation with A, A's messages do not notify.
   await openRow(B.d, "alice");

@@ -41,6 +41,7 @@ export const commands = {
 /** Events */
 export const events = {
 	coreEvent: makeEvent<CoreEvent_Serialize, CoreEvent_Deserialize>("core-event"),
+	openConversation: makeEvent<OpenConversation, OpenConversation>("open-conversation"),
 	playSound: makeEvent<PlaySound, PlaySound>("play-sound"),
 };
 
@@ -222,6 +223,9 @@ export type MessageStatus =
 "failed" | 
 /**  Someone else's message. */
 "received";
+
+/**  The user clicked a notification: show this conversation. */
+export type OpenConversation = string;
 
 /**  Ask the UI to play the bundled notification sound. */
 export type PlaySound = null;

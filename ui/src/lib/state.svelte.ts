@@ -134,6 +134,9 @@ function pruneTyping() {
 
 export async function start() {
   await events.coreEvent.listen((ev) => onEvent(ev.payload));
+  await events.openConversation.listen((ev) => {
+    openConversation(ev.payload);
+  });
   await events.playSound.listen(() => {
     sound?.play().catch(() => {});
   });
