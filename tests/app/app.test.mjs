@@ -215,6 +215,13 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   B.clickNotification();
   await B.d.until("the notification opened alice's chat", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "alice");
 
+  // With that conversation open but the window not focused, A's message notifies.
+  await B.d.cmd("POST", "/window/minimize", {});
+  await new Promise((r) => setTimeout(r, 800));
+  await send(A.d, "while your window is away");
+  await B.d.until("notified while unfocused", async () => B.notifications().includes("while your window is away"), 20000);
+  await B.d.cmd("POST", "/window/rect", { x: 0, y: 0, width: 1040, height: 720 });
+
   // While B types in the conversation with A, A's messages do not notify.
   await openRow(B.d, "alice");
   await B.d.until("alice's chat open", async () => (await B.d.js("return document.querySelector('[data-testid=conversation-title]')?.textContent")) === "alice");
@@ -238,6 +245,14 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await B.d.until("bob's list shows it", async () => (await B.d.js("return document.querySelector('.sidebar').textContent")).includes("muted message"));
   await new Promise((r) => setTimeout(r, 1500));
   assert.ok(!B.notifications().includes("muted message"), "no notification for a muted conversation");
+
+  // Phone width: one pane at a time, with a way back to the list.
+  await B.d.cmd("POST", "/window/rect", { width: 390, height: 760 });
+  await B.d.until("narrow layout", async () => await B.d.js("return getComputedStyle(document.querySelector('.sidebar')).display === 'none'"));
+  await snap(B.d, "bob-phone-width-conversation");
+  await B.d.click(".back");
+  await B.d.until("list shown", async () => await B.d.js("return getComputedStyle(document.querySelector('.sidebar')).display !== 'none'"));
+  await snap(B.d, "bob-phone-width-list");
 });
 
 test("a long conversation opens at the newest message and keeps the DOM small while scrolling back", async () => {
