@@ -92,7 +92,11 @@ function onEvent(e: ClientEvent) {
       refreshConversations();
       break;
     case "message_updated":
-      upsert(e.message);
+      // A message queued on this device first appears here: jump down to it.
+      if (upsert(e.message)) {
+        app.arrivals += 1;
+        app.ownArrival = e.message.sender === app.session?.user;
+      }
       refreshConversations();
       break;
     case "receipt":
