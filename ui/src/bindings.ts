@@ -133,7 +133,7 @@ export type ConversationSummary_Deserialize = {
 	kind: ConvKind,
 	/**  The group's name, or the other member's username. */
 	title: string,
-	members: MemberView_Deserialize[],
+	members: MemberState_Deserialize[],
 	last_message?: ChatMessage_Deserialize | null,
 	/**  Messages from others after this user's read position. */
 	unread: number,
@@ -146,7 +146,7 @@ export type ConversationSummary_Serialize = {
 	kind: ConvKind,
 	/**  The group's name, or the other member's username. */
 	title: string,
-	members: MemberView_Serialize[],
+	members: MemberState_Serialize[],
 	last_message: ChatMessage_Serialize | null,
 	/**  Messages from others after this user's read position. */
 	unread: number,
@@ -187,9 +187,9 @@ export type ErrorCode =
 /**  The server cannot replay from the requested position; refetch. */
 "replay_unavailable" | "internal";
 
-export type MemberView = MemberView_Serialize | MemberView_Deserialize;
+export type MemberState = MemberState_Serialize | MemberState_Deserialize;
 
-export type MemberView_Deserialize = {
+export type MemberState_Deserialize = {
 	user: string,
 	username: string,
 	admin: boolean,
@@ -199,7 +199,7 @@ export type MemberView_Deserialize = {
 	last_seen?: number | null,
 };
 
-export type MemberView_Serialize = {
+export type MemberState_Serialize = {
 	user: string,
 	username: string,
 	admin: boolean,

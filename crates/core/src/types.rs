@@ -64,16 +64,8 @@ pub struct SendError {
     pub message: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
-pub struct MemberView {
-    pub user: UserId,
-    pub username: String,
-    pub admin: bool,
-    pub delivered_seq: i64,
-    pub read_seq: i64,
-    pub online: bool,
-    pub last_seen: Option<Millis>,
-}
+/// A member as this device knows them: the protocol's own member state.
+pub use confab_protocol::MemberState as MemberView;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 pub struct ConversationSummary {
