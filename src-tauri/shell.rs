@@ -107,6 +107,7 @@ async fn forward<R: Runtime>(
     mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    let mut unread_stale = false;
     loop {
         let event = match events.recv().await {
             Ok(e) => e,
@@ -132,8 +133,13 @@ async fn forward<R: Runtime>(
                 let _ = PlaySound.emit(&app);
             }
         }
-        if matches!(event, ClientEvent::MessageAdded { .. } | ClientEvent::Receipt { .. } | ClientEvent::SyncCompleted)
-        {
+        unread_stale |= matches!(
+            event,
+            ClientEvent::MessageAdded { .. } | ClientEvent::Receipt { .. } | ClientEvent::SyncCompleted
+        );
+        // Once per burst: the count reads every conversation.
+        if unread_stale && events.is_empty() {
+            unread_stale = false;
             update_unread(&app, &client).await;
         }
         if let Err(e) = CoreEvent(event).emit(&app) {

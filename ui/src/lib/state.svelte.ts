@@ -24,8 +24,29 @@ export const app = $state({
 
 const sound = typeof Audio !== "undefined" ? new Audio("/notify.wav") : null;
 
-export async function refreshConversations() {
-  app.conversations = await api.conversations();
+let refreshing: Promise<void> | null = null;
+let refreshAgain = false;
+
+/**
+ * Reloads the conversation list. Calls during a reload coalesce into one
+ * more reload, so a burst of events costs two list queries, not one each.
+ */
+export async function refreshConversations(): Promise<void> {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    try {
+      do {
+        refreshAgain = false;
+        app.conversations = await api.conversations();
+      } while (refreshAgain);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
 }
 
 export async function openConversation(id: string | null) {
