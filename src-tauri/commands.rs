@@ -103,7 +103,7 @@ pub async fn send_message(
 ) -> Result<ChatMessage> {
     let client = shell.client().await?;
     let id = client.send(conversation, &text).await?;
-    client.message(id).await?.ok_or_else(|| AppError::new("internal", "the queued message vanished"))
+    client.own_message(id).await?.ok_or_else(|| AppError::new("internal", "the queued message vanished"))
 }
 
 #[tauri::command]

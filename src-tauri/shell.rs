@@ -115,13 +115,23 @@ async fn forward<R: Runtime>(
             Err(RecvError::Lagged(_)) => ClientEvent::SyncCompleted,
             Err(RecvError::Closed) => return,
         };
-        if let ClientEvent::MessageAdded { message } = &event {
+        // Live messages notify one by one; what arrived while away is
+        // summarised, one notification per conversation, by the same policy.
+        let notice = match &event {
+            ClientEvent::MessageAdded { message, live: true } => {
+                Some((message, message.text.chars().take(200).collect::<String>()))
+            }
+            ClientEvent::MissedMessages { latest, count, senders, .. } => {
+                Some((latest, confab_core::notify::missed_summary(*count, senders)))
+            }
+            _ => None,
+        };
+        if let Some((message, body)) = notice {
             let shell = app.state::<Shell>();
             let prefs = settings::load(&app);
             let decision = decide(me, message, &shell.attention(), &prefs.notify_settings());
             if decision.notify {
                 let title = notification_title(&client, message).await;
-                let body = message.text.chars().take(200).collect::<String>();
                 let builder = app.notification().builder().title(title).body(body);
                 // Carried back on a click, to open the conversation.
                 let builder = builder.extra(NOTIFIED_CONVERSATION, message.conversation.to_string());

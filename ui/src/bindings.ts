@@ -58,8 +58,18 @@ export type AppError = {
 export type ChatMessage = ChatMessage_Serialize | ChatMessage_Deserialize;
 
 export type ChatMessage_Deserialize = {
+	/**
+	 *  This device's id for the message, stable from composing until it is
+	 *  gone: a key for views. Not shared with anyone.
+	 */
+	id: number,
 	conversation: string,
-	client_id: string,
+	/**
+	 *  This account's own messages only: the idempotency key they were sent
+	 *  with (for retrying). Others' client ids are theirs to choose, so
+	 *  they mean nothing here.
+	 */
+	client_id?: string | null,
 	/**  Assigned by the server; `None` while queued or failed. */
 	seq?: number | null,
 	sender: string,
@@ -76,8 +86,18 @@ export type ChatMessage_Deserialize = {
 };
 
 export type ChatMessage_Serialize = {
+	/**
+	 *  This device's id for the message, stable from composing until it is
+	 *  gone: a key for views. Not shared with anyone.
+	 */
+	id: number,
 	conversation: string,
-	client_id: string,
+	/**
+	 *  This account's own messages only: the idempotency key they were sent
+	 *  with (for retrying). Others' client ids are theirs to choose, so
+	 *  they mean nothing here.
+	 */
+	client_id: string | null,
 	/**  Assigned by the server; `None` while queued or failed. */
 	seq: number | null,
 	sender: string,
@@ -99,7 +119,20 @@ export type ClientEvent = ClientEvent_Serialize | ClientEvent_Deserialize;
 /**  Everything the core tells its user, in one stream. */
 export type ClientEvent_Deserialize = { type: "connection"; state: ConnectionState } | 
 /**  A message this device had not seen before arrived from the server. */
-{ type: "message_added"; message: ChatMessage_Deserialize } | 
+{ type: "message_added"; message: ChatMessage_Deserialize; 
+/**
+ *  False when it came while catching up after time away: those are
+ *  summarised by [`ClientEvent::MissedMessages`] once caught up.
+ */
+live: boolean } | 
+/**
+ *  Caught up on a conversation: `count` messages from others arrived
+ *  while this device was away (or had fallen behind), `latest` the
+ *  newest of them. One per conversation, for one notification.
+ */
+{ type: "missed_messages"; conversation: string; count: number; 
+/**  Their senders' names, most recent first, each once. */
+senders: string[]; latest: ChatMessage_Deserialize } | 
 /**  A known message changed: edit, delete, reaction, pin, or its status. */
 { type: "message_updated"; message: ChatMessage_Deserialize } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
 /**  Created, renamed, members changed, or reloaded from a snapshot. */
@@ -110,7 +143,20 @@ export type ClientEvent_Deserialize = { type: "connection"; state: ConnectionSta
 /**  Everything the core tells its user, in one stream. */
 export type ClientEvent_Serialize = { type: "connection"; state: ConnectionState } | 
 /**  A message this device had not seen before arrived from the server. */
-{ type: "message_added"; message: ChatMessage_Serialize } | 
+{ type: "message_added"; message: ChatMessage_Serialize; 
+/**
+ *  False when it came while catching up after time away: those are
+ *  summarised by [`ClientEvent::MissedMessages`] once caught up.
+ */
+live: boolean } | 
+/**
+ *  Caught up on a conversation: `count` messages from others arrived
+ *  while this device was away (or had fallen behind), `latest` the
+ *  newest of them. One per conversation, for one notification.
+ */
+{ type: "missed_messages"; conversation: string; count: number; 
+/**  Their senders' names, most recent first, each once. */
+senders: string[]; latest: ChatMessage_Serialize } | 
 /**  A known message changed: edit, delete, reaction, pin, or its status. */
 { type: "message_updated"; message: ChatMessage_Serialize } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
 /**  Created, renamed, members changed, or reloaded from a snapshot. */

@@ -257,18 +257,21 @@ async fn start(client: &Client) -> anyhow::Result<()> {
     })
 }
 
-/// Starts and waits (briefly) for the first sync, so the cache is fresh.
-/// Offline, the cache is used as it is.
+/// Starts and waits for the first sync, so the cache is fresh. When the
+/// server cannot be reached (the first attempt fails), the cache is used as
+/// it is, at once.
 async fn start_and_sync(client: &Client) -> bool {
     let mut events = client.subscribe();
     if start(client).await.is_err() {
         return false;
     }
-    let synced = tokio::time::timeout(Duration::from_secs(15), async {
+    let synced = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match events.recv().await {
                 Ok(ClientEvent::SyncCompleted) => return true,
-                Ok(ClientEvent::Connection { state: ConnectionState::SignedOut }) => return false,
+                Ok(ClientEvent::Connection { state: ConnectionState::SignedOut | ConnectionState::Offline { .. } }) => {
+                    return false
+                }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return false,
             }

@@ -97,7 +97,7 @@ impl<'a> Printer<'a> {
 
     pub async fn print(&self, ev: &ClientEvent) {
         match ev {
-            ClientEvent::MessageAdded { message: m } => {
+            ClientEvent::MessageAdded { message: m, .. } => {
                 if self.json {
                     print_json(message_json("message", m));
                 } else {
@@ -156,6 +156,15 @@ impl<'a> Printer<'a> {
                         }
                         _ => {}
                     }
+                }
+            }
+            ClientEvent::MissedMessages { conversation, count, senders, .. } => {
+                if self.json {
+                    print_json(json!({"type": "missed", "conversation": conversation, "count": count,
+                        "senders": senders}));
+                } else {
+                    let summary = confab_core::notify::missed_summary(*count, senders);
+                    line(&format!("[{}] {summary}", short(conversation)));
                 }
             }
             ClientEvent::SyncCompleted => {

@@ -30,7 +30,7 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
     /// How often to ping the server.
     pub ping_interval: Duration,
-    /// No frame at all from the server for this long means the link is dead.
+    /// No answer to our own ping for this long means the link is dead.
     pub dead_after: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -54,7 +54,10 @@ impl Default for LinkConfig {
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// A new connection is authenticated; what follows belongs to it.
-    Connected,
+    Connected {
+        /// The server's store epoch (see `docs/protocol.md`).
+        epoch: String,
+    },
     /// Events were dropped because the sync task fell behind: compare every
     /// conversation with the server again.
     Resync,
@@ -68,6 +71,10 @@ pub(crate) enum Inbound {
         user: UserId,
         online: bool,
         last_seen: Option<Millis>,
+    },
+    PresenceList {
+        presence: Vec<confab_protocol::Presence>,
+        snapshot: bool,
     },
 }
 
@@ -181,12 +188,12 @@ async fn run(
     loop {
         state.send_replace(ConnectionState::Connecting { attempt: backoff.attempt() });
         let ended = match connect(&server, &token, &config).await {
-            Ok(ws) => {
+            Ok((ws, epoch)) => {
                 backoff.reset();
                 // Connected first, so the sync task's requests go through
                 // when it sees the marker.
                 state.send_replace(ConnectionState::Connected);
-                if inbound.send(Inbound::Connected).await.is_err() {
+                if inbound.send(Inbound::Connected { epoch }).await.is_err() {
                     return;
                 }
                 session(ws, &config, &mut commands, &inbound).await
@@ -228,14 +235,19 @@ async fn run(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects and authenticates; returns the socket after `welcome`.
-async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<Ws> {
+/// Connects and authenticates; returns the socket after `welcome`, and the
+/// server's epoch.
+async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<(Ws, String)> {
     let url = ws_url(server)?;
-    // Small frames both ways; do not reserve 128 KiB per socket.
+    // Small frames both ways; do not reserve 128 KiB per socket. Accept
+    // anything the server may send (it never sends more than
+    // MAX_SERVER_FRAME_BYTES).
+    let max = 4 * confab_protocol::MAX_SERVER_FRAME_BYTES;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
-        .max_message_size(Some(16 * 1024 * 1024));
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     // disable_nagle: small request/reply frames must not wait for ACKs.
     let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
     let (mut ws, _) = tokio::time::timeout(config.connect_timeout, connecting)
@@ -259,7 +271,7 @@ async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<Ws> {
     .await
     .map_err(|_| Error::Unreachable("no answer to hello".into()))??;
     match decode_server_frame(answer.as_str()) {
-        Ok(ServerFrame::Result { result: Reply::Welcome { .. }, .. }) => Ok(ws),
+        Ok(ServerFrame::Result { result: Reply::Welcome { epoch, .. }, .. }) => Ok((ws, epoch)),
         Ok(ServerFrame::Error { code, message, retry_after_ms, .. }) => {
             Err(Error::Server { code, message, retry_after_ms })
         }
@@ -278,7 +290,12 @@ async fn session(
     let (mut sink, mut stream) = ws.split();
     let mut pending: HashMap<u64, oneshot::Sender<Result<Reply>>> = HashMap::new();
     let mut next_id: u64 = 1;
-    let mut last_heard = Instant::now();
+    // Liveness is the answer to our own ping request: it went through the
+    // server's request loop and its writer, the path every event takes.
+    // Transport pongs or other traffic prove less (a server whose writer
+    // died can still answer transport pings).
+    let mut last_answer = Instant::now();
+    let mut ping_id: Option<u64> = None;
     let mut resync = false;
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
@@ -291,16 +308,20 @@ async fn session(
                         let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
                         break Ended::Retry(format!("server closed the connection {why}").trim().to_owned());
                     }
-                    Some(Ok(_)) => { last_heard = Instant::now(); continue; }
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => break Ended::Retry(e.to_string()),
                     None => break Ended::Retry("connection closed".into()),
                 };
-                last_heard = Instant::now();
                 let frame = match decode_server_frame(text.as_str()) {
                     Ok(f) => f,
                     Err(e) => { tracing::warn!(%e, "skipping an undecodable frame"); continue; }
                 };
                 let forward = match frame {
+                    ServerFrame::Result { id, .. } | ServerFrame::Error { id: Some(id), .. } if ping_id == Some(id) => {
+                        ping_id = None;
+                        last_answer = Instant::now();
+                        None
+                    }
                     ServerFrame::Result { id, result } => {
                         if let Some(tx) = pending.remove(&id) { let _ = tx.send(Ok(result)); }
                         None
@@ -315,6 +336,7 @@ async fn session(
                     ServerFrame::Event { event } => Some(Inbound::Event(event)),
                     ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
                     ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
+                    ServerFrame::PresenceList { presence, snapshot } => Some(Inbound::PresenceList { presence, snapshot }),
                 };
                 // Never wait on the sync task here: it may itself be waiting
                 // for a reply only this loop can deliver. If it falls behind,
@@ -351,11 +373,17 @@ async fn session(
                 if resync && inbound.try_send(Inbound::Resync).is_ok() {
                     resync = false;
                 }
-                if last_heard.elapsed() > config.dead_after {
+                if last_answer.elapsed() > config.dead_after {
                     break Ended::Retry(format!("no answer from the server for {}s", config.dead_after.as_secs()));
                 }
-                if let Err(e) = sink.send(WsMessage::Ping(Default::default())).await {
-                    break Ended::Retry(e.to_string());
+                if ping_id.is_none() {
+                    let id = next_id;
+                    next_id += 1;
+                    let text = serde_json::to_string(&Request { id, body: RequestBody::Ping {} }).unwrap_or_default();
+                    if let Err(e) = sink.send(WsMessage::text(text)).await {
+                        break Ended::Retry(e.to_string());
+                    }
+                    ping_id = Some(id);
                 }
             }
         }

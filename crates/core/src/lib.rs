@@ -351,7 +351,7 @@ impl Client {
         confab_protocol::validate_text(text).map_err(|code| Error::Invalid(code.describe().to_owned()))?;
         let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
         let client_id = self.cache.enqueue(conversation, session.user, text).await?;
-        if let Ok(Some(message)) = self.cache.message(session.user, client_id).await {
+        if let Ok(Some(message)) = self.cache.own_message(session.user, client_id).await {
             let _ = self.events.send(ClientEvent::MessageUpdated { message });
         }
         if let Ok(inner) = self.inner().await {
@@ -439,9 +439,10 @@ impl Client {
         self.cache.username(user).await
     }
 
-    pub async fn message(&self, client_id: ClientId) -> Result<Option<ChatMessage>> {
+    /// One of this account's own messages, by the client id `send` gave.
+    pub async fn own_message(&self, client_id: ClientId) -> Result<Option<ChatMessage>> {
         let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
-        self.cache.message(me, client_id).await
+        self.cache.own_message(me, client_id).await
     }
 
     /// A page of history, oldest first: the newest `limit` messages before
@@ -475,13 +476,20 @@ impl Client {
             };
             let want = (limit - have).min(confab_protocol::MAX_PAGE);
             let reply = self.request(RequestBody::History { conversation, before: from, limit: want }).await?;
-            let Reply::Messages { messages, .. } = reply else {
+            let Reply::Messages { messages, has_more, .. } = reply else {
                 return Err(Error::Protocol("expected messages".into()));
             };
             if messages.is_empty() {
                 return Ok(page);
             }
-            self.cache.store_history(me, &messages).await?;
+            self.cache.store_history(me, conversation, &messages).await?;
+            // Every round must move the cache's oldest message back, or this
+            // would ask the server for the same page forever.
+            let now_oldest = self.cache.oldest_seq(conversation).await?;
+            let moved = now_oldest.is_some_and(|n| oldest.is_none_or(|o| n < o));
+            if !has_more || !moved {
+                return self.cache.messages(me, conversation, before, limit).await;
+            }
         }
     }
 }

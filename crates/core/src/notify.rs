@@ -67,6 +67,22 @@ pub fn decide(me: UserId, message: &ChatMessage, attention: &Attention, settings
     Decision { notify: true, sound: settings.sound }
 }
 
+/// The text of the one notification for messages that arrived while away
+/// (a [`crate::ClientEvent::MissedMessages`]): "3 new messages from Alice",
+/// "5 new messages from Alice and Bob", "9 new messages from Alice, Bob and
+/// 2 others". Whether to show it at all is [`decide`] on the newest one.
+pub fn missed_summary(count: i64, senders: &[String]) -> String {
+    let what = if count == 1 { "1 new message".to_owned() } else { format!("{count} new messages") };
+    let from = match senders {
+        [] => return what,
+        [a] => a.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, c] => format!("{a}, {b} and {c}"),
+        [a, b, rest @ ..] => format!("{a}, {b} and {} others", rest.len()),
+    };
+    format!("{what} from {from}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,8 +91,9 @@ mod tests {
 
     fn message(sender: UserId, conversation: ConversationId) -> ChatMessage {
         ChatMessage {
+            id: 1,
             conversation,
-            client_id: Uuid::now_v7(),
+            client_id: None,
             seq: Some(1),
             sender,
             sender_name: "alice".into(),
@@ -139,6 +156,15 @@ mod tests {
         // Typing elsewhere does not silence this conversation.
         let typing_elsewhere = Attention { typing_in: Some(c.elsewhere), ..Attention::default() };
         assert_eq!(decide(c.me, &message(c.other, c.conv), &typing_elsewhere, &s), LOUD);
+    }
+
+    #[test]
+    fn missed_messages_are_summarised_in_one_line() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(missed_summary(1, &names(&["alice"])), "1 new message from alice");
+        assert_eq!(missed_summary(5, &names(&["alice", "bob"])), "5 new messages from alice and bob");
+        assert_eq!(missed_summary(3, &names(&["a", "b", "c"])), "3 new messages from a, b and c");
+        assert_eq!(missed_summary(300, &names(&["a", "b", "c", "d"])), "300 new messages from a, b and 2 others");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         let outcome = match result {
             Ok(Reply::Sent { seq, ts, .. }) => {
                 backoff.reset();
-                inner.cache.mark_sent(entry.client_id, seq, ts).await
+                inner.cache.mark_sent(entry.client_id, seq, ts).await.map(drop)
             }
             Ok(other) => {
                 tracing::error!(?other, "unexpected reply to send");
@@ -73,7 +73,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         };
         match outcome {
             Ok(()) => {
-                if let Ok(Some(message)) = inner.cache.message(inner.me, entry.client_id).await {
+                if let Ok(Some(message)) = inner.cache.own_message(inner.me, entry.client_id).await {
                     inner.emit(ClientEvent::MessageUpdated { message });
                 }
             }

@@ -1,21 +1,41 @@
 //! Gap-free resume: applies server events to the cache in order, exactly
 //! once, and fills any gap from the server's log.
 //!
-//! After each (re)connect the sync task asks for the conversation list and,
-//! for each conversation the server is ahead on, pages through the events
-//! after the cache's `applied_pos`. Live events are applied when they are
-//! the next position; an older one is a duplicate and skipped; a newer one
-//! means a gap and triggers the same catch-up. A conversation that is new
-//! to this device and long, or that the server cannot replay, is loaded
-//! from a snapshot (its newest messages) instead; older pages come on demand.
+//! After each (re)connect the sync task compares with the server in as few
+//! round trips as the difference needs:
+//!
+//! 1. `sync` with the digest of every applied position: when nothing
+//!    changed, that one tiny reply is all. Otherwise the server lists each
+//!    conversation's head (paged by bytes).
+//! 2. Only conversations that are behind are fetched, up to
+//!    [`MAX_BATCH`] per `catch_up` request, each page bounded by bytes.
+//!    A conversation that is new to this device and long, or that the
+//!    server cannot replay, is loaded from a snapshot (its newest messages)
+//!    instead; older pages come on demand.
+//! 3. Delivery receipts go out batched, and `rate_limited` is honoured by
+//!    waiting the `retry_after_ms` the server names.
+//!
+//! A new server epoch (its log may have been rewound) drops every position
+//! first; own messages the server no longer has are queued again.
+//!
+//! Live events are applied when they are the next position; an older one is
+//! a duplicate and skipped; a newer one means a gap and triggers the same
+//! catch-up. Messages that arrive while catching up are reported as not
+//! live, and summarised per conversation afterwards
+//! ([`ClientEvent::MissedMessages`]), so coming back to 300 messages raises
+//! one notification per conversation, not 300.
 
-use crate::cache::{Applied, Effect};
+use crate::cache::{Applied, Effect, LocalId};
 use crate::connection::Inbound;
-use crate::types::ClientEvent;
+use crate::types::{ChatMessage, ClientEvent};
 use crate::{Error, Inner, Result};
-use confab_protocol::{ConvEvent, ConversationId, ConversationInfo, ErrorCode, Reply, RequestBody, MAX_PAGE};
+use confab_protocol::{
+    CatchUpFrom, ConvEvent, ConversationHead, ConversationId, ConversationInfo, ErrorCode, ReceiptPos, Reply,
+    RequestBody, MAX_BATCH,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A conversation new to this device with more events than this starts
@@ -23,13 +43,16 @@ use tokio::sync::mpsc;
 const SNAPSHOT_THRESHOLD: i64 = 2000;
 /// Messages loaded with a snapshot.
 const SNAPSHOT_MESSAGES: u32 = 100;
+/// How long a sync keeps retrying a rate-limited or timed-out request
+/// while the link stays up.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) {
-    let mut sync = Sync { inner, acks: HashMap::new() };
+    let mut sync = Sync { inner, acks: HashMap::new(), missed: HashMap::new(), epoch: None };
     while let Some(first) = inbound.recv().await {
         sync.handle(first).await;
         // Drain what is already here before acknowledging delivery, so a
-        // burst costs one receipt per conversation.
+        // burst costs one receipt request.
         while let Ok(next) = inbound.try_recv() {
             sync.handle(next).await;
         }
@@ -37,30 +60,31 @@ pub(crate) async fn run(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>)
     }
 }
 
+/// Messages from others applied while catching up, per conversation.
+#[derive(Default)]
+struct Missed {
+    count: i64,
+    senders: Vec<String>,
+    latest: Option<ChatMessage>,
+}
+
 struct Sync {
     inner: Arc<Inner>,
     /// Newest seq from others applied per conversation, to acknowledge.
     acks: HashMap<ConversationId, i64>,
+    missed: HashMap<ConversationId, Missed>,
+    /// The current connection's store epoch.
+    epoch: Option<String>,
 }
 
 impl Sync {
     async fn handle(&mut self, inbound: Inbound) {
         let result = match inbound {
-            Inbound::Connected | Inbound::Resync => {
-                // Retry while the link stays up (a timed-out page, say); if
-                // it drops, the next connection starts over anyway.
-                let mut attempt = 0;
-                loop {
-                    match self.full_sync().await {
-                        Err(e) if e.is_transient() && self.inner.link().is_connected() && attempt < 5 => {
-                            attempt += 1;
-                            tracing::warn!(%e, attempt, "sync failed; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-                        }
-                        other => break other,
-                    }
-                }
+            Inbound::Connected { epoch } => {
+                self.epoch = Some(epoch);
+                self.full_sync_patiently().await
             }
+            Inbound::Resync => self.full_sync_patiently().await,
             Inbound::Event(ev) => self.on_event(ev).await,
             Inbound::Typing { conversation, user, ttl_ms } => {
                 let username = self.inner.cache.username(user).await.ok().flatten().unwrap_or_default();
@@ -72,46 +96,126 @@ impl Sync {
                 self.inner.emit(ClientEvent::Presence { user, online, last_seen });
                 r
             }
+            Inbound::PresenceList { presence, snapshot } => {
+                let r = self.inner.cache.set_presence_list(&presence, snapshot).await;
+                for p in presence {
+                    self.inner.emit(ClientEvent::Presence { user: p.user, online: p.online, last_seen: p.last_seen });
+                }
+                r
+            }
         };
         if let Err(e) = result {
             // A transient failure (the link dropped mid-sync) is repaired by
             // the full sync that follows the next connection.
             tracing::warn!(%e, "sync step failed");
         }
+        self.report_missed().await;
+    }
+
+    async fn full_sync_patiently(&mut self) -> Result<()> {
+        // Retry while the link stays up (a timed-out page, say); if it
+        // drops, the next connection starts over anyway.
+        let mut attempt = 0;
+        loop {
+            match self.full_sync().await {
+                Err(e) if e.is_transient() && self.inner.link().is_connected() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(%e, attempt, "sync failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A request, retried while the server says `rate_limited` (after the
+    /// wait it names) and the link stays up.
+    async fn request(&self, body: RequestBody) -> Result<Reply> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match self.inner.link().request(body.clone()).await {
+                Err(Error::Server { code: ErrorCode::RateLimited, retry_after_ms, .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let wait = Duration::from_millis(retry_after_ms.unwrap_or(200).clamp(10, 10_000));
+                    tracing::debug!(?wait, "rate limited; waiting");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every conversation head, in as few pages as the bytes need; `None`
+    /// when the server confirms the digest (nothing changed).
+    async fn heads(&self, digest: Option<String>) -> Result<Option<Vec<ConversationHead>>> {
+        let mut heads = Vec::new();
+        let mut after = None;
+        let mut digest = digest;
+        loop {
+            let reply = self.request(RequestBody::Sync { digest: digest.take(), after }).await?;
+            let Reply::Sync { conversations, unchanged, has_more, .. } = reply else {
+                return Err(Error::Protocol("expected sync".into()));
+            };
+            if unchanged {
+                return Ok(None);
+            }
+            after = conversations.last().map(|h| h.id);
+            heads.extend(conversations);
+            if !has_more || after.is_none() {
+                return Ok(Some(heads));
+            }
+        }
     }
 
     async fn full_sync(&mut self) -> Result<()> {
-        let Reply::Conversations { conversations } = self.inner.link().request(RequestBody::Sync {}).await? else {
-            return Err(Error::Protocol("expected conversations".into()));
+        let cache = self.inner.cache.clone();
+        let epoch = self.epoch.clone().unwrap_or_default();
+        let new_epoch = cache.epoch().await?.as_deref() != Some(epoch.as_str());
+        let digest = if new_epoch { None } else { Some(cache.sync_digest().await?) };
+        let Some(heads) = self.heads(digest).await? else {
+            self.inner.emit(ClientEvent::SyncCompleted);
+            return Ok(());
         };
-        let known = self.inner.cache.known_conversations().await?;
+        if new_epoch {
+            tracing::info!(%epoch, "new server epoch: syncing from scratch");
+            cache.reset_for_new_epoch(&heads).await?;
+            self.inner.outbox_wakeup.notify_one();
+        }
+        let known: HashMap<ConversationId, (i64, bool)> =
+            cache.known_conversations().await?.into_iter().map(|(id, pos, left)| (id, (pos, left))).collect();
         // One conversation failing must not leave the others behind: finish
         // the round, then report the first failure (and the caller retries).
         let mut failure = None;
-        for info in &conversations {
-            self.inner.cache.set_presence_from(info).await?;
-            let applied = known.iter().find(|k| k.0 == info.id).map(|k| k.1);
+        let mut behind = Vec::new();
+        for head in &heads {
+            let applied = known.get(&head.id).map(|k| k.0);
             let step = match applied {
-                None | Some(0) if info.last_pos > SNAPSHOT_THRESHOLD => self.snapshot(info, false).await,
-                Some(p) if p > info.last_pos => self.snapshot(info, true).await,
-                _ => self.catch_up(info.id, applied.unwrap_or(0)).await,
+                None | Some(0) if head.last_pos > SNAPSHOT_THRESHOLD => self.snapshot_of(head.id, false).await,
+                Some(p) if p > head.last_pos => self.snapshot_of(head.id, true).await,
+                Some(p) if p == head.last_pos && !known.get(&head.id).is_some_and(|k| k.1) => Ok(()),
+                _ => {
+                    behind.push(CatchUpFrom { conversation: head.id, after: applied.unwrap_or(0) });
+                    Ok(())
+                }
             };
             if let Err(e) = step {
-                tracing::warn!(%e, conversation = %info.id, "catching up failed");
+                tracing::warn!(%e, conversation = %head.id, "catching up failed");
                 failure.get_or_insert(e);
-                continue;
             }
             // Acknowledge anything a lost receipt left unacknowledged.
-            let mine = info.members.iter().find(|m| m.user == self.inner.me);
-            if mine.is_some_and(|m| m.delivered_seq < info.last_seq) {
-                let ack = self.acks.entry(info.id).or_insert(0);
-                *ack = (*ack).max(info.last_seq);
+            if head.delivered_seq < head.last_seq {
+                let ack = self.acks.entry(head.id).or_insert(0);
+                *ack = (*ack).max(head.last_seq);
             }
         }
+        if let Err(e) = self.catch_up(behind).await {
+            failure.get_or_insert(e);
+        }
         // Conversations we were removed from while away.
-        for (id, _, left) in known {
-            if !left && !conversations.iter().any(|c| c.id == id) {
-                self.inner.cache.mark_left(id).await?;
+        for (id, (_, left)) in known {
+            if !left && !heads.iter().any(|h| h.id == id) {
+                cache.mark_left(id).await?;
                 self.inner.emit(ClientEvent::ConversationUpdated { conversation: id });
             }
         }
@@ -119,119 +223,162 @@ impl Sync {
         if let Some(e) = failure {
             return Err(e);
         }
+        if new_epoch {
+            cache.set_epoch(&epoch).await?;
+        }
         self.inner.emit(ClientEvent::SyncCompleted);
+        Ok(())
+    }
+
+    async fn conversation_info(&self, conversation: ConversationId) -> Result<ConversationInfo> {
+        match self.request(RequestBody::Conversation { conversation }).await? {
+            Reply::Conversation { conversation } => Ok(conversation),
+            _ => Err(Error::Protocol("expected a conversation".into())),
+        }
+    }
+
+    async fn snapshot_of(&mut self, conversation: ConversationId, reset: bool) -> Result<()> {
+        match self.conversation_info(conversation).await {
+            Ok(info) => self.snapshot(&info, reset).await,
+            Err(Error::Server { code: ErrorCode::NotMember, .. }) => self.left(conversation).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn left(&mut self, conversation: ConversationId) -> Result<()> {
+        self.inner.cache.mark_left(conversation).await?;
+        self.inner.emit(ClientEvent::ConversationUpdated { conversation });
         Ok(())
     }
 
     /// Loads a conversation from a snapshot; `reset` drops what the cache had.
     async fn snapshot(&mut self, info: &ConversationInfo, reset: bool) -> Result<()> {
-        let Reply::Messages { messages, .. } = self
-            .inner
-            .link()
-            .request(RequestBody::History { conversation: info.id, before: None, limit: SNAPSHOT_MESSAGES })
-            .await?
-        else {
+        let request = RequestBody::History { conversation: info.id, before: None, limit: SNAPSHOT_MESSAGES };
+        let Reply::Messages { messages, .. } = self.request(request).await? else {
             return Err(Error::Protocol("expected messages".into()));
         };
         self.inner.cache.load_snapshot(self.inner.me, info, &messages, reset).await?;
         self.inner.emit(ClientEvent::ConversationUpdated { conversation: info.id });
-        // Events after the snapshot's position (replaying is idempotent).
-        self.catch_up(info.id, info.last_pos).await
-    }
-
-    async fn catch_up(&mut self, conversation: ConversationId, mut after: i64) -> Result<()> {
-        loop {
-            let request = RequestBody::Events { conversation, after, limit: MAX_PAGE };
-            let reply = match self.inner.link().request(request).await {
-                Ok(r) => r,
-                Err(Error::Server { code: ErrorCode::ReplayUnavailable, .. }) => {
-                    let info = self.conversation_info(conversation).await?;
-                    return Box::pin(self.snapshot(&info, true)).await;
-                }
-                Err(Error::Server { code: ErrorCode::NotMember, .. }) => {
-                    self.inner.cache.mark_left(conversation).await?;
-                    self.inner.emit(ClientEvent::ConversationUpdated { conversation });
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
-            let Reply::Events { events, has_more, .. } = reply else {
-                return Err(Error::Protocol("expected events".into()));
-            };
-            for ev in &events {
-                match self.apply(ev).await? {
-                    Some(pos) => after = pos,
-                    None => return Err(Error::Protocol("gap inside a page of events".into())),
-                }
-            }
-            if !has_more || events.is_empty() {
-                return Ok(());
-            }
+        if reset {
+            // Own messages the server lost are queued again.
+            self.inner.outbox_wakeup.notify_one();
         }
+        // Events after the snapshot's position (replaying is idempotent).
+        self.catch_up(vec![CatchUpFrom { conversation: info.id, after: info.last_pos }]).await
     }
 
-    async fn conversation_info(&self, conversation: ConversationId) -> Result<ConversationInfo> {
-        let Reply::Conversations { conversations } = self.inner.link().request(RequestBody::Sync {}).await? else {
-            return Err(Error::Protocol("expected conversations".into()));
-        };
-        conversations
-            .into_iter()
-            .find(|c| c.id == conversation)
-            .ok_or_else(|| Error::server(ErrorCode::NotMember, ErrorCode::NotMember.describe()))
+    /// Fetches the events after each position, [`MAX_BATCH`] conversations
+    /// per request, until every one has all it is missing.
+    async fn catch_up(&mut self, mut todo: Vec<CatchUpFrom>) -> Result<()> {
+        let mut failure = None;
+        while !todo.is_empty() {
+            let batch: Vec<CatchUpFrom> = todo.drain(..todo.len().min(MAX_BATCH)).collect();
+            let Reply::CatchUp { pages } = self.request(RequestBody::CatchUp { from: batch.clone() }).await? else {
+                return Err(Error::Protocol("expected catch_up".into()));
+            };
+            if pages.is_empty() {
+                return Err(Error::Protocol("an empty catch_up reply".into()));
+            }
+            let answered = pages.len();
+            for page in pages {
+                let conversation = page.conversation;
+                match page.error {
+                    Some(ErrorCode::ReplayUnavailable) => {
+                        if let Err(e) = Box::pin(self.snapshot_of(conversation, true)).await {
+                            failure.get_or_insert(e);
+                        }
+                        continue;
+                    }
+                    Some(ErrorCode::NotMember) => {
+                        self.left(conversation).await?;
+                        continue;
+                    }
+                    Some(code) => {
+                        failure.get_or_insert(Error::server(code, code.describe()));
+                        continue;
+                    }
+                    None => {}
+                }
+                let mut after = None;
+                for ev in &page.events {
+                    match self.apply(ev, false).await? {
+                        Some(pos) => after = Some(pos),
+                        None => {
+                            failure.get_or_insert(Error::Protocol("gap inside a page of events".into()));
+                            break;
+                        }
+                    }
+                }
+                if page.has_more {
+                    if let Some(after) = after {
+                        todo.push(CatchUpFrom { conversation, after });
+                    }
+                }
+            }
+            // Pages past the reply's byte budget were not answered: again.
+            todo.extend(batch.into_iter().skip(answered));
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     async fn on_event(&mut self, ev: ConvEvent) -> Result<()> {
-        if self.apply(&ev).await?.is_none() {
+        if self.apply(&ev, true).await?.is_none() {
             let (applied, left) = self.inner.cache.applied_pos(ev.conversation).await?.unwrap_or((0, false));
             if left && !matches!(ev.body, confab_protocol::EventBody::MemberAdded { .. }) {
                 return Ok(());
             }
             if applied == 0 && ev.pos > SNAPSHOT_THRESHOLD {
                 // Just added to a long conversation: start from a snapshot.
-                let info = self.conversation_info(ev.conversation).await?;
-                return self.snapshot(&info, false).await;
+                return self.snapshot_of(ev.conversation, false).await;
             }
-            self.catch_up(ev.conversation, applied).await?;
+            let r = self.catch_up(vec![CatchUpFrom { conversation: ev.conversation, after: applied }]).await;
+            if matches!(&r, Err(Error::Server { code: ErrorCode::NotMember, .. })) {
+                return self.left(ev.conversation).await;
+            }
+            r?;
         }
         Ok(())
     }
 
     /// Applies one event; returns its position if it is now applied (or was
     /// already), `None` on a gap.
-    async fn apply(&mut self, ev: &ConvEvent) -> Result<Option<i64>> {
+    async fn apply(&mut self, ev: &ConvEvent, live: bool) -> Result<Option<i64>> {
         let me = self.inner.me;
         match self.inner.cache.apply_event(me, ev).await? {
             Applied::Duplicate => Ok(Some(ev.pos)),
             Applied::Gap { .. } => Ok(None),
+            Applied::Skipped { reason } => {
+                tracing::warn!(conversation = %ev.conversation, pos = ev.pos, %reason, "event skipped");
+                Ok(Some(ev.pos))
+            }
             Applied::Done(effects) => {
                 for effect in effects {
-                    self.report(ev, effect).await?;
+                    self.report(ev, effect, live).await?;
                 }
                 Ok(Some(ev.pos))
             }
         }
     }
 
-    async fn report(&mut self, ev: &ConvEvent, effect: Effect) -> Result<()> {
+    async fn report(&mut self, ev: &ConvEvent, effect: Effect, live: bool) -> Result<()> {
         let cache = &self.inner.cache;
         let me = self.inner.me;
         match effect {
-            Effect::NewMessage { client_id, from_other } => {
-                if let Some(message) = cache.message(me, client_id).await? {
+            Effect::NewMessage { id, from_other } => {
+                if let Some(message) = cache.message(me, id).await? {
                     if from_other {
                         if let Some(seq) = message.seq {
                             let ack = self.acks.entry(ev.conversation).or_insert(0);
                             *ack = (*ack).max(seq);
                         }
+                        if !live && !message.deleted {
+                            self.note_missed(&message);
+                        }
                     }
-                    self.inner.emit(ClientEvent::MessageAdded { message });
+                    self.inner.emit(ClientEvent::MessageAdded { message, live });
                 }
             }
-            Effect::MessageChanged { client_id } => {
-                if let Some(message) = cache.message(me, client_id).await? {
-                    self.inner.emit(ClientEvent::MessageUpdated { message });
-                }
-            }
+            Effect::MessageChanged { id } => self.report_changed(id).await?,
             Effect::Receipt { user, delivered_seq, read_seq } => {
                 self.inner.emit(ClientEvent::Receipt { conversation: ev.conversation, user, delivered_seq, read_seq });
             }
@@ -242,10 +389,46 @@ impl Sync {
         Ok(())
     }
 
-    /// Tells the server this device has the messages it applied.
+    async fn report_changed(&self, id: LocalId) -> Result<()> {
+        if let Some(message) = self.inner.cache.message(self.inner.me, id).await? {
+            self.inner.emit(ClientEvent::MessageUpdated { message });
+        }
+        Ok(())
+    }
+
+    fn note_missed(&mut self, message: &ChatMessage) {
+        let missed = self.missed.entry(message.conversation).or_default();
+        missed.count += 1;
+        missed.senders.retain(|s| *s != message.sender_name);
+        missed.senders.insert(0, message.sender_name.clone());
+        missed.latest = Some(message.clone());
+    }
+
+    /// One summary per conversation for what arrived while catching up.
+    async fn report_missed(&mut self) {
+        for (conversation, missed) in self.missed.drain() {
+            let Some(mut latest) = missed.latest else { continue };
+            // It may have been read on another device, edited or deleted
+            // since: report it as it is now, or not at all once read.
+            if let Ok(Some(now)) = self.inner.cache.message(self.inner.me, latest.id).await {
+                latest = now;
+            }
+            let read = self.inner.cache.read_seq(conversation, self.inner.me).await.unwrap_or(0);
+            if latest.seq.is_some_and(|s| s <= read) {
+                continue;
+            }
+            let count = missed.count;
+            self.inner.emit(ClientEvent::MissedMessages { conversation, count, senders: missed.senders, latest });
+        }
+    }
+
+    /// Tells the server this device has the messages it applied, in as
+    /// few requests as the batch limit allows.
     fn flush_acks(&mut self) {
-        for (conversation, seq) in self.acks.drain() {
-            self.inner.link().send_and_forget(RequestBody::Delivered { conversation, seq });
+        let receipts: Vec<ReceiptPos> =
+            self.acks.drain().map(|(conversation, seq)| ReceiptPos { conversation, seq }).collect();
+        for chunk in receipts.chunks(MAX_BATCH) {
+            self.inner.link().send_and_forget(RequestBody::DeliveredMany { receipts: chunk.to_vec() });
         }
     }
 }

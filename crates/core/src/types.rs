@@ -41,8 +41,14 @@ pub enum MessageStatus {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 pub struct ChatMessage {
+    /// This device's id for the message, stable from composing until it is
+    /// gone: a key for views. Not shared with anyone.
+    pub id: i64,
     pub conversation: ConversationId,
-    pub client_id: ClientId,
+    /// This account's own messages only: the idempotency key they were sent
+    /// with (for retrying). Others' client ids are theirs to choose, so
+    /// they mean nothing here.
+    pub client_id: Option<ClientId>,
     /// Assigned by the server; `None` while queued or failed.
     pub seq: Option<i64>,
     pub sender: UserId,
@@ -91,6 +97,19 @@ pub enum ClientEvent {
     /// A message this device had not seen before arrived from the server.
     MessageAdded {
         message: ChatMessage,
+        /// False when it came while catching up after time away: those are
+        /// summarised by [`ClientEvent::MissedMessages`] once caught up.
+        live: bool,
+    },
+    /// Caught up on a conversation: `count` messages from others arrived
+    /// while this device was away (or had fallen behind), `latest` the
+    /// newest of them. One per conversation, for one notification.
+    MissedMessages {
+        conversation: ConversationId,
+        count: i64,
+        /// Their senders' names, most recent first, each once.
+        senders: Vec<String>,
+        latest: ChatMessage,
     },
     /// A known message changed: edit, delete, reaction, pin, or its status.
     MessageUpdated {

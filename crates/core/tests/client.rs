@@ -88,7 +88,7 @@ async fn wait_for(
 }
 
 async fn status_of(c: &Client, id: uuid::Uuid) -> MessageStatus {
-    c.message(id).await.expect("cache").expect("message").status
+    c.own_message(id).await.expect("cache").expect("message").status
 }
 
 #[tokio::test]
@@ -100,9 +100,11 @@ async fn own_message_ticks_go_queued_sent_delivered_read() {
     let mut events = alice.subscribe();
     let id = alice.send(conv, "tick tock").await.expect("queued");
     // The first word about the message is that it is queued, with no seq.
-    let first =
-        wait_for(&mut events, |e| matches!(e, ClientEvent::MessageUpdated { message } if message.client_id == id))
-            .await;
+    let first = wait_for(
+        &mut events,
+        |e| matches!(e, ClientEvent::MessageUpdated { message } if message.client_id == Some(id)),
+    )
+    .await;
     let ClientEvent::MessageUpdated { message } = first else { unreachable!() };
     assert_eq!((message.status, message.seq), (MessageStatus::Queued, None));
     let outcome = alice.wait_sent(&[id]).await.expect("sent");
@@ -218,21 +220,30 @@ async fn history_pages_come_from_the_cache_then_the_server_and_work_offline() {
     assert_eq!(seqs, (40..50).collect::<Vec<_>>());
 }
 
+/// Texts of a conversation as `c` shows it, oldest first, once it has `n`.
+async fn texts_when(c: &Client, conv: uuid::Uuid, n: usize) -> Vec<String> {
+    tokio::time::timeout(T, async {
+        loop {
+            let page = c.history(conv, None, 50).await.expect("history");
+            if page.len() >= n && page.iter().all(|m| m.seq.is_some()) {
+                return page.into_iter().map(|m| m.text).collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await
+        }
+    })
+    .await
+    .expect("the conversation converges")
+}
+
 #[tokio::test]
-async fn a_client_ahead_of_a_restored_server_is_told_so_and_refetches() {
+async fn after_a_restore_from_an_older_copy_every_client_converges_and_nothing_is_lost() {
     let mut w = World::new().await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
     let conv = alice.open_direct("bob").await.expect("dm");
     let ids = vec![alice.send(conv, "kept").await.expect("q")];
     alice.wait_sent(&ids).await.expect("sent");
-    tokio::time::timeout(T, async {
-        while bob.history(conv, None, 10).await.expect("h").is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await
-        }
-    })
-    .await
-    .expect("bob has it");
+    assert_eq!(texts_when(&bob, conv, 1).await, ["kept"]);
 
     // Back up the server, then let the conversation move on.
     w.stop_server().await;
@@ -244,25 +255,38 @@ async fn a_client_ahead_of_a_restored_server_is_told_so_and_refetches() {
     w.restart_server().await;
     let ids = vec![alice.send(conv, "lost in the restore").await.expect("q")];
     alice.wait_sent(&ids).await.expect("sent");
-    tokio::time::timeout(T, async {
-        while bob.history(conv, None, 10).await.expect("h").len() < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await
-        }
-    })
-    .await
-    .expect("bob has both");
+    let ids = vec![bob.send(conv, "bob's lost reply").await.expect("q")];
+    bob.wait_sent(&ids).await.expect("sent");
+    assert_eq!(texts_when(&bob, conv, 3).await.len(), 3);
 
-    // Restore the backup: the server now knows less than bob's device.
+    // Restore the backup (the server knows less than the devices), and
+    // queue one more while it is down.
     w.stop_server().await;
     for f in ["server.db", "server.db-wal", "server.db-shm"] {
         let _ = std::fs::remove_file(w.dir.path().join(f));
         let _ = std::fs::copy(backup.join(f), w.dir.path().join(f));
     }
-    let mut events = bob.subscribe();
+    let queued = alice.send(conv, "queued while down").await.expect("q");
     w.restart_server().await;
-    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
-    let texts: Vec<String> = bob.history(conv, None, 10).await.expect("h").into_iter().map(|m| m.text).collect();
-    assert_eq!(texts, vec!["kept".to_owned()], "bob's cache was reset to the server's state");
+    alice.wait_sent(&[queued]).await.expect("sent");
+
+    // Both devices converge on the server's log, which has every message
+    // exactly once: the ones it lost were sent again under their client ids.
+    let want = ["kept", "lost in the restore", "bob's lost reply", "queued while down"];
+    let mut want_sorted = want.to_vec();
+    want_sorted.sort();
+    for c in [&alice, &bob] {
+        let mut got = texts_when(c, conv, 4).await;
+        got.sort();
+        assert_eq!(got, want_sorted);
+    }
+    let fresh = w.client("bob-fresh").await;
+    fresh.login(&w.url, "bob", PASSWORD).await.expect("login");
+    start_synced(&fresh).await;
+    let mut got = texts_when(&fresh, conv, 4).await;
+    got.sort();
+    assert_eq!(got, want_sorted, "the server holds each once");
+    assert_eq!(alice.outbox_len().await.expect("outbox"), 0);
 }
 
 #[tokio::test]

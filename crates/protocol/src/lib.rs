@@ -15,6 +15,7 @@
 mod codes;
 mod decode;
 mod http;
+pub mod rules;
 
 pub use codes::ErrorCode;
 pub use decode::{decode_request, decode_server_frame, FrameError};
@@ -36,6 +37,18 @@ pub const MAX_MESSAGE_CHARS: usize = 8000;
 pub const MAX_GROUP_NAME_CHARS: usize = 100;
 /// The most events one [`RequestBody::Events`] reply carries.
 pub const MAX_PAGE: u32 = 500;
+/// Soft byte budget of one reply (events, catch-up, history, sync): items
+/// are added until the reply reaches it, and `has_more` says it was cut. A
+/// reply always carries at least one item, so it always makes progress.
+pub const REPLY_BUDGET_BYTES: usize = 256 * 1024;
+/// The largest frame the server ever sends. The largest legal single item
+/// (an 8000-character message of escaped control characters, a 1000-member
+/// `created` event or conversation info) is far below it; clients must
+/// accept frames of at least this size.
+pub const MAX_SERVER_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// The most conversations one [`RequestBody::CatchUp`] or
+/// [`RequestBody::DeliveredMany`] names.
+pub const MAX_BATCH: usize = 100;
 /// How long a typing indicator lasts unless renewed.
 pub const TYPING_TTL_MS: u32 = 6000;
 
@@ -64,15 +77,35 @@ pub enum RequestBody {
         token: String,
         protocol: u32,
     },
-    /// Lists the caller's conversations with their latest positions.
-    /// Reply: [`Reply::Conversations`].
-    Sync {},
+    /// Lists the caller's conversations with their latest positions, paged
+    /// by id (`after`: the last id of the previous page). With `digest` (see
+    /// [`sync_digest`]) equal to the server's, the reply is just
+    /// `unchanged: true`: a reconnect with nothing new costs one round trip.
+    /// Reply: [`Reply::Sync`].
+    Sync {
+        #[serde(default)]
+        digest: Option<String>,
+        #[serde(default)]
+        after: Option<ConversationId>,
+    },
+    /// One conversation's current state (members with receipts and presence).
+    /// Reply: [`Reply::Conversation`].
+    Conversation {
+        conversation: ConversationId,
+    },
     /// Events of one conversation after position `after`, oldest first.
     /// Reply: [`Reply::Events`], or error `replay_unavailable`.
     Events {
         conversation: ConversationId,
         after: i64,
         limit: u32,
+    },
+    /// Events of up to [`MAX_BATCH`] conversations at once, each after its
+    /// own position. Reply: [`Reply::CatchUp`], one page per conversation in
+    /// request order; pages past the byte budget come back empty with
+    /// `has_more`.
+    CatchUp {
+        from: Vec<CatchUpFrom>,
     },
     /// Current state of messages (newest first) with `seq < before`.
     /// Reply: [`Reply::Messages`].
@@ -139,6 +172,12 @@ pub enum RequestBody {
         conversation: ConversationId,
         seq: i64,
     },
+    /// "This device has received messages up to `seq`" for up to
+    /// [`MAX_BATCH`] conversations at once. Reply: `done {pos: null}`; a
+    /// conversation the caller is not in is skipped.
+    DeliveredMany {
+        receipts: Vec<ReceiptPos>,
+    },
     /// "The user has read messages up to `seq`."
     Read {
         conversation: ConversationId,
@@ -157,6 +196,8 @@ impl RequestBody {
     pub const TYPES: &'static [&'static str] = &[
         "hello",
         "sync",
+        "conversation",
+        "catch_up",
         "events",
         "history",
         "open_direct",
@@ -171,6 +212,7 @@ impl RequestBody {
         "react",
         "pin",
         "delivered",
+        "delivered_many",
         "read",
         "typing",
         "ping",
@@ -209,6 +251,54 @@ pub enum ServerFrame {
         online: bool,
         last_seen: Option<Millis>,
     },
+    /// Ephemeral: presence of several users at once — your online contacts
+    /// right after `welcome`, the online members of a group you just joined.
+    PresenceList {
+        presence: Vec<Presence>,
+        /// True for the list right after `welcome`: every contact not
+        /// listed (in it or in the lists that follow it) is offline.
+        snapshot: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct Presence {
+    pub user: UserId,
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct CatchUpFrom {
+    pub conversation: ConversationId,
+    pub after: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ReceiptPos {
+    pub conversation: ConversationId,
+    pub seq: i64,
+}
+
+/// One conversation's part of a [`Reply::CatchUp`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct EventPage {
+    pub conversation: ConversationId,
+    pub events: Vec<ConvEvent>,
+    pub last_pos: i64,
+    pub has_more: bool,
+    /// Set instead of events: `not_member`, `replay_unavailable`, ….
+    pub error: Option<ErrorCode>,
+}
+
+/// Where a conversation stands, as listed by `sync`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct ConversationHead {
+    pub id: ConversationId,
+    pub last_pos: i64,
+    pub last_seq: i64,
+    /// The caller's own delivered watermark.
+    pub delivered_seq: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
@@ -218,9 +308,22 @@ pub enum Reply {
         user: UserId,
         username: String,
         server_time: Millis,
+        /// Changes whenever the server's log may have been rewound (a new
+        /// database, a restore from backup). A client that sees a new epoch
+        /// drops what it synced and syncs again, keeping its outbox.
+        epoch: String,
     },
-    Conversations {
-        conversations: Vec<ConversationInfo>,
+    Sync {
+        conversations: Vec<ConversationHead>,
+        /// [`sync_digest`] of all the caller's conversations.
+        digest: String,
+        /// The request's digest matched: nothing changed, the list is empty.
+        unchanged: bool,
+        /// More conversations follow: ask again with `after` = the last id.
+        has_more: bool,
+    },
+    CatchUp {
+        pages: Vec<EventPage>,
     },
     Conversation {
         conversation: ConversationInfo,
@@ -234,6 +337,8 @@ pub enum Reply {
     Messages {
         conversation: ConversationId,
         messages: Vec<Message>,
+        /// Older messages exist (the page was cut by `limit` or bytes).
+        has_more: bool,
     },
     /// The message is committed. `duplicate` is true when this client id had
     /// already been accepted (a retry).
@@ -352,6 +457,11 @@ pub enum EventBody {
 }
 
 /// A message as it is now (after edits, deletes and reactions).
+///
+/// Identity: a stored message *is* (`conversation`, `seq`), both assigned by
+/// the server. `client_id` is only its sender's idempotency key: unique per
+/// sender, chosen by the sender, so any account can put any value there.
+/// A client matches on it only for its own account's messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 pub struct Message {
     pub conversation: ConversationId,
@@ -383,6 +493,19 @@ impl Reaction {
             None => list.push(Reaction { emoji, users: vec![user] }),
         }
     }
+}
+
+/// The digest `sync` compares: SHA-256 over `"<id>:<last_pos>\n"` of every
+/// conversation, sorted by id, as lowercase hex. The client computes it over
+/// the positions it has applied; equal digests mean nothing to fetch.
+pub fn sync_digest(mut conversations: Vec<(ConversationId, i64)>) -> String {
+    use sha2::{Digest, Sha256};
+    conversations.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (id, pos) in conversations {
+        hasher.update(format!("{id}:{pos}\n").as_bytes());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks a message text: non-empty after trimming, at most

@@ -1,15 +1,15 @@
 //! Fan-out: which users have which live connections, and delivery of frames
 //! to them. This is the only place that writes to a connection's queue.
 //!
-//! Each connection has a bounded queue. Publishing never waits: a connection
-//! whose queue is full is a slow consumer and is disconnected with close code
-//! [`CLOSE_SLOW_CONSUMER`]. It loses nothing: on reconnect it resumes from
+//! Each connection has a queue bounded in frames and in bytes. Publishing
+//! never waits: a connection whose queue is full is a slow consumer and is
+//! disconnected with close code [`CLOSE_SLOW_CONSUMER`]. It loses nothing: on reconnect it resumes from
 //! the last position it applied. (A lagging client must never stall fan-out
 //! for everyone else, nor silently miss events.)
 
 use confab_protocol::{ConversationId, UserId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -31,7 +31,7 @@ pub struct Kick {
 struct Conn {
     id: u64,
     session: Uuid,
-    tx: mpsc::Sender<Arc<str>>,
+    queue: Queue,
     kick: watch::Sender<Option<Kick>>,
 }
 
@@ -41,12 +41,71 @@ impl Conn {
     }
 }
 
+const SLOW: Kick = Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" };
+
+/// The sending side of one connection's queue, with its byte count. The
+/// writer reports each frame it takes through [`Queue::meter`].
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<Arc<str>>,
+    bytes: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+impl Queue {
+    /// Queues a frame without waiting. False when the queue is over its
+    /// frame count or byte budget (or closed): the caller kicks.
+    pub fn offer(&self, frame: Arc<str>) -> bool {
+        let len = frame.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.budget {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a reply, waiting for room in frames (backpressure on the
+    /// reader); false when over the byte budget or closed.
+    pub async fn reply(&self, frame: Arc<str>) -> bool {
+        let len = frame.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.budget {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        if self.tx.send(frame).await.is_err() {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The byte count alone, for the writer: holding a sender would keep
+    /// the queue open after everyone else let go of it.
+    pub fn meter(&self) -> Meter {
+        Meter(self.bytes.clone())
+    }
+}
+
+/// The writer's side of a queue's byte count.
+pub struct Meter(Arc<AtomicUsize>);
+
+impl Meter {
+    /// The writer took a frame of `len` bytes off the queue.
+    pub fn sent(&self, len: usize) {
+        self.0.fetch_sub(len, Ordering::AcqRel);
+    }
+}
+
 /// What a connection task holds: its queue and its kick signal.
 pub struct Registration {
     pub id: u64,
     /// The connection's queue: replies are sent here too, so they stay in
     /// order with events.
-    pub tx: mpsc::Sender<Arc<str>>,
+    pub queue: Queue,
     pub rx: mpsc::Receiver<Arc<str>>,
     /// Lets the connection close itself the same way the hub does.
     pub kick: watch::Sender<Option<Kick>>,
@@ -61,6 +120,7 @@ pub struct Hub {
     next_id: AtomicU64,
     max_per_user: usize,
     queue_len: usize,
+    queue_bytes: usize,
 }
 
 /// A typing notice is forwarded at most this often per user and conversation.
@@ -73,13 +133,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(max_per_user: usize, queue_len: usize) -> Self {
+    pub fn new(max_per_user: usize, queue_len: usize, queue_bytes: usize) -> Self {
         Hub {
             conns: Mutex::new(HashMap::new()),
             typing: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_per_user,
             queue_len,
+            queue_bytes,
         }
     }
 
@@ -97,12 +158,13 @@ impl Hub {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
+        let queue = Queue { tx, bytes: Arc::new(AtomicUsize::new(0)), budget: self.queue_bytes };
         // Cannot fail: the queue is new and has room.
-        let _ = tx.try_send(first);
+        let _ = queue.offer(first);
         let (kick, kicked) = watch::channel(None);
         let is_first = list.is_empty();
-        list.push(Conn { id, session, tx: tx.clone(), kick: kick.clone() });
-        Some(Registration { id, tx, rx, kick, kicked, first: is_first })
+        list.push(Conn { id, session, queue: queue.clone(), kick: kick.clone() });
+        Some(Registration { id, queue, rx, kick, kicked, first: is_first })
     }
 
     /// Removes a connection; returns true if it was the user's last one.
@@ -122,14 +184,20 @@ impl Hub {
         lock(&self.conns).contains_key(&user)
     }
 
+    /// Those of `users` who are online, under one lock.
+    pub fn online_among(&self, users: &[UserId]) -> Vec<UserId> {
+        let conns = lock(&self.conns);
+        users.iter().copied().filter(|u| conns.contains_key(u)).collect()
+    }
+
     /// Queues `frame` on every connection of every user in `users`.
     pub fn publish(&self, users: &[UserId], frame: Arc<str>) {
         let conns = lock(&self.conns);
         for user in users {
             for conn in conns.get(user).into_iter().flatten() {
-                if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(frame.clone()) {
+                if !conn.queue.offer(frame.clone()) && !conn.queue.tx.is_closed() {
                     tracing::warn!(%user, conn = conn.id, "slow consumer: disconnecting; it will resume");
-                    conn.kick(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" });
+                    conn.kick(SLOW);
                 }
             }
         }
@@ -179,7 +247,7 @@ mod tests {
 
     #[test]
     fn full_queue_kicks_only_the_slow_connection() {
-        let hub = Hub::new(5, 2);
+        let hub = Hub::new(5, 2, 1 << 20);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let ra = hub.register(a, Uuid::nil(), Arc::from("w")).expect("room");
         let mut rb = hub.register(b, Uuid::nil(), Arc::from("w")).expect("room");
@@ -194,8 +262,19 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_kicks_before_the_frame_count() {
+        let hub = Hub::new(5, 1000, 100);
+        let a = Uuid::now_v7();
+        let ra = hub.register(a, Uuid::nil(), Arc::from("w")).expect("room");
+        hub.publish(&[a], Arc::from("x".repeat(60)));
+        assert!(ra.kicked.borrow().is_none());
+        hub.publish(&[a], Arc::from("x".repeat(60)));
+        assert_eq!(ra.kicked.borrow().map(|k| k.code), Some(CLOSE_SLOW_CONSUMER));
+    }
+
+    #[test]
     fn connection_limit_and_presence() {
-        let hub = Hub::new(2, 8);
+        let hub = Hub::new(2, 8, 1 << 20);
         let u = Uuid::now_v7();
         let r1 = hub.register(u, Uuid::nil(), Arc::from("w")).expect("first");
         assert!(r1.first);
@@ -210,7 +289,7 @@ mod tests {
 
     #[test]
     fn typing_is_throttled_per_pair() {
-        let hub = Hub::new(2, 8);
+        let hub = Hub::new(2, 8, 1 << 20);
         let (u, c) = (Uuid::now_v7(), Uuid::now_v7());
         assert!(hub.typing_allowed(u, c));
         assert!(!hub.typing_allowed(u, c));

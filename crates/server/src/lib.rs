@@ -12,6 +12,7 @@
 //! ```
 
 pub mod auth;
+pub mod epoch;
 pub mod error;
 pub mod hub;
 pub mod service;
@@ -44,6 +45,14 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     /// Frames queued per connection before it counts as a slow consumer.
     pub queue_len: usize,
+    /// Bytes queued per connection before it counts as a slow consumer
+    /// (at least twice the largest frame, so one always fits).
+    pub queue_bytes: usize,
+    /// A peer that does not take a frame within this long is gone (or
+    /// hostile): its connection is closed rather than held forever.
+    pub write_timeout: Duration,
+    /// Most members a group may have.
+    pub max_group_members: usize,
     /// Time allowed for `hello` after connecting.
     pub hello_timeout: Duration,
     /// How often the server pings each socket.
@@ -59,6 +68,9 @@ impl Default for Limits {
             request_burst: 200,
             max_connections_per_user: 10,
             queue_len: 1024,
+            queue_bytes: 2 * confab_protocol::MAX_SERVER_FRAME_BYTES,
+            write_timeout: Duration::from_secs(10),
+            max_group_members: 1000,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -71,13 +83,20 @@ pub struct Config {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub limits: Limits,
+    /// Start a new store epoch (after restoring a backup by hand).
+    pub new_epoch: bool,
 }
 
 impl Config {
     pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
-        Config { listen, db, limits: Limits::default() }
+        Config { listen, db, limits: Limits::default(), new_epoch: false }
     }
 }
+
+/// Largest group size the server can be configured for: a 1000-member
+/// `created` event or conversation info is about 200 KB; this keeps the
+/// largest one well inside [`confab_protocol::MAX_SERVER_FRAME_BYTES`].
+pub const MAX_GROUP_MEMBERS_CEILING: usize = 5000;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -90,16 +109,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(store: Arc<dyn Store>, limits: Limits) -> error::Result<Self> {
+    pub async fn new(store: Arc<dyn Store>, limits: Limits, epoch: String, log_total: i64) -> error::Result<Self> {
         let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
         // Password guessing: 10 tries, then one every 6 seconds per username.
         let login_quota = Quota::with_period(Duration::from_secs(6))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(nz(10));
-        let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len);
+        let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
+        let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len, queue_bytes);
+        let max_members = limits.max_group_members.clamp(2, MAX_GROUP_MEMBERS_CEILING);
         Ok(AppState {
-            service: Arc::new(Service::new(store, hub)),
+            service: Arc::new(Service::new(store, hub, max_members, epoch, log_total)),
             limits: Arc::new(limits),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
             login_limiter: Arc::new(RateLimiter::keyed(login_quota)),
@@ -163,18 +184,39 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let store = SqliteStore::open(&config.db)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
-    let state = AppState::new(Arc::new(store), config.limits).await?;
+    let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
+    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total).await?;
+    let sidecar = epoch::sidecar_path(&config.db);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let router = app(state.clone());
     let service = state.service.clone();
+    // Keep the sidecar's count of the log fresh, so a database restored
+    // from an older copy is noticed at the next start.
+    let recorder = {
+        let service = service.clone();
+        let sidecar = sidecar.clone();
+        tokio::spawn(async move {
+            let mut recorded = -1;
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let total = service.log_total.load(std::sync::atomic::Ordering::Relaxed);
+                if total != recorded && epoch::record(sidecar.clone(), service.epoch.clone(), total).await.is_ok() {
+                    recorded = total;
+                }
+            }
+        })
+    };
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
             service.hub.kick_all();
+            recorder.abort();
+            let total = service.log_total.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = epoch::record(sidecar, service.epoch.clone(), total).await;
         };
         // Chat frames are small and latency-bound: no Nagle delay.
         let listener = listener.tap_io(|tcp| {

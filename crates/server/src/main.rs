@@ -23,6 +23,13 @@ struct Args {
     /// Simultaneous connections allowed per user.
     #[arg(long, default_value_t = 10)]
     max_connections: usize,
+    /// Most members a group may have (at most 5000).
+    #[arg(long, default_value_t = 1000)]
+    max_group_members: usize,
+    /// Start a new store epoch: use after restoring the database from a
+    /// backup, so every client syncs from scratch.
+    #[arg(long)]
+    new_epoch: bool,
 }
 
 fn default_db() -> PathBuf {
@@ -64,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
     config.limits.requests_per_sec = args.rate_limit;
     config.limits.request_burst = args.rate_burst;
     config.limits.max_connections_per_user = args.max_connections;
+    config.limits.max_group_members = args.max_group_members;
+    config.new_epoch = args.new_epoch;
     tracing::info!(db = %config.db.display(), "starting");
     let mut server = confab_server::start(config).await?;
     // Scripts and tests wait for this exact line to learn the real port.

@@ -10,21 +10,31 @@ use crate::error::{ApiError, Result};
 use crate::hub::Hub;
 use crate::store::{AppendOutcome, Membership, Store};
 use confab_protocol::{
-    validate_emoji, validate_text, validate_username, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody,
-    Member, Reply, RequestBody, ServerFrame, UserId, MAX_GROUP_NAME_CHARS, MAX_PAGE, TYPING_TTL_MS,
+    sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
+    ConversationInfo, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, ServerFrame, UserId,
+    MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
 const LOCK_STRIPES: usize = 64;
-/// Most members a group may have.
-pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Presence entries per `presence_list` frame.
+const PRESENCE_CHUNK: usize = 1000;
+/// Bytes a [`ConversationHead`] takes in a `sync` reply (an over-estimate).
+const HEAD_BYTES: usize = 160;
 
 pub struct Service {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     locks: Vec<Mutex<()>>,
+    max_group_members: usize,
+    /// The store epoch announced in `welcome` (see [`crate::epoch`]).
+    pub epoch: String,
+    /// Events in the log, kept in step with every append, so the epoch
+    /// guard can record it without scanning the store.
+    pub log_total: AtomicI64,
 }
 
 /// The authenticated caller of a request.
@@ -34,13 +44,25 @@ pub struct Caller {
     pub username: String,
 }
 
+/// About how many bytes an event takes in a reply.
+fn event_bytes(e: &confab_protocol::ConvEvent) -> usize {
+    serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0)
+}
+
 fn frame(f: &ServerFrame) -> Result<Arc<str>> {
     serde_json::to_string(f).map(Arc::from).map_err(|e| ApiError::internal("serialize frame", e))
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, hub: Hub) -> Self {
-        Service { store, hub, locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect() }
+    pub fn new(store: Arc<dyn Store>, hub: Hub, max_group_members: usize, epoch: String, log_total: i64) -> Self {
+        Service {
+            store,
+            hub,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            max_group_members,
+            epoch,
+            log_total: AtomicI64::new(log_total),
+        }
     }
 
     fn lock_for(&self, conversation: ConversationId) -> &Mutex<()> {
@@ -53,22 +75,72 @@ impl Service {
     fn publish(&self, outcome: &AppendOutcome) -> Result<Option<i64>> {
         match outcome {
             AppendOutcome::Appended { event, recipients } => {
+                self.log_total.fetch_add(1, Ordering::Relaxed);
                 let f = frame(&ServerFrame::Event { event: event.clone() })?;
                 self.hub.publish(recipients, f);
-                if matches!(event.body, EventBody::Created { .. } | EventBody::MemberAdded { .. }) {
-                    // New contacts: tell each who of the others is online now
-                    // (later changes reach them as usual).
-                    for user in recipients.iter().filter(|u| self.hub.is_online(**u)) {
-                        let others: Vec<UserId> = recipients.iter().filter(|u| *u != user).copied().collect();
-                        let f = frame(&ServerFrame::Presence { user: *user, online: true, last_seen: None })?;
-                        self.hub.publish(&others, f);
-                    }
-                }
+                self.introduce(&event.body, recipients)?;
                 Ok(Some(event.pos))
             }
             AppendOutcome::Duplicate { pos, .. } => Ok(Some(*pos)),
             AppendOutcome::Unchanged => Ok(None),
         }
+    }
+
+    /// New contacts learn who of each other is online, in a number of
+    /// frames linear in the group's size: a created group gets one shared
+    /// list; an added member gets one list, the others one update.
+    fn introduce(&self, body: &EventBody, recipients: &[UserId]) -> Result<()> {
+        let online = |users: &mut dyn Iterator<Item = UserId>| -> Vec<Presence> {
+            let users: Vec<UserId> = users.collect();
+            self.hub
+                .online_among(&users)
+                .into_iter()
+                .map(|user| Presence { user, online: true, last_seen: None })
+                .collect()
+        };
+        match body {
+            EventBody::Created { .. } => {
+                let list = online(&mut recipients.iter().copied());
+                for chunk in list.chunks(PRESENCE_CHUNK).filter(|c| c.len() > 1) {
+                    let f = frame(&ServerFrame::PresenceList { presence: chunk.to_vec(), snapshot: false })?;
+                    self.hub.publish(recipients, f);
+                }
+            }
+            EventBody::MemberAdded { member } => {
+                let others: Vec<UserId> = recipients.iter().copied().filter(|u| *u != member.user).collect();
+                let list = online(&mut others.iter().copied());
+                for chunk in list.chunks(PRESENCE_CHUNK) {
+                    let f = frame(&ServerFrame::PresenceList { presence: chunk.to_vec(), snapshot: false })?;
+                    self.hub.publish(&[member.user], f);
+                }
+                if self.hub.is_online(member.user) {
+                    let f = frame(&ServerFrame::Presence { user: member.user, online: true, last_seen: None })?;
+                    self.hub.publish(&others, f);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The frames a new connection gets after `welcome`: every online
+    /// contact, in chunks (anyone not listed is offline).
+    pub async fn presence_snapshot(&self, user: UserId) -> Result<Vec<Arc<str>>> {
+        let contacts = self.store.contacts(user).await?;
+        let online: Vec<Presence> = self
+            .hub
+            .online_among(&contacts)
+            .into_iter()
+            .map(|user| Presence { user, online: true, last_seen: None })
+            .collect();
+        if online.is_empty() {
+            return Ok(vec![frame(&ServerFrame::PresenceList { presence: Vec::new(), snapshot: true })?]);
+        }
+        online
+            .chunks(PRESENCE_CHUNK)
+            .enumerate()
+            .map(|(i, c)| frame(&ServerFrame::PresenceList { presence: c.to_vec(), snapshot: i == 0 }))
+            .collect()
     }
 
     async fn member(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
@@ -126,12 +198,8 @@ impl Service {
         match body {
             EventBody::Edited { seq, text } => {
                 validate_text(text)?;
-                let m = message(*seq).await?;
-                if m.sender != caller.user {
+                if message(*seq).await?.sender != caller.user {
                     return Err(ApiError::new(ErrorCode::Forbidden, "only the sender can edit a message"));
-                }
-                if m.deleted {
-                    return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
                 }
             }
             EventBody::Deleted { seq } => {
@@ -141,17 +209,9 @@ impl Service {
                     return Err(ApiError::new(ErrorCode::Forbidden, "only the sender or a group admin can delete"));
                 }
             }
-            EventBody::Reaction { seq, emoji, .. } => {
-                validate_emoji(emoji)?;
-                if message(*seq).await?.deleted {
-                    return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
-                }
-            }
-            EventBody::Pinned { seq, .. } if message(*seq).await?.deleted => {
-                return Err(ApiError::new(ErrorCode::NotFound, "the message was deleted"));
-            }
-            EventBody::Receipt { .. } => {}
-            // Member management is checked by its handlers.
+            EventBody::Reaction { emoji, .. } => validate_emoji(emoji)?,
+            // What a deleted message refuses is decided by the shared
+            // rules, inside the store's transaction.
             _ => {}
         }
         Ok(())
@@ -163,36 +223,78 @@ impl Service {
                 Err(ApiError::new(ErrorCode::InvalidRequest, "already authenticated on this connection"))
             }
             RequestBody::Ping {} => Ok(Reply::Pong {}),
-            RequestBody::Sync {} => {
-                let mut conversations = self.store.conversations_of(caller.user).await?;
-                for c in &mut conversations {
-                    self.fill_presence(c);
-                }
-                Ok(Reply::Conversations { conversations })
-            }
-            RequestBody::Events { conversation, after, limit } => {
+            RequestBody::Sync { digest, after } => self.sync(caller, digest, after).await,
+            RequestBody::Conversation { conversation } => {
                 self.member(conversation, caller.user).await?;
-                if after < 0 {
-                    return Err(ApiError::new(ErrorCode::InvalidRequest, "`after` must be >= 0"));
-                }
-                let limit = limit.clamp(1, MAX_PAGE);
-                let (events, last_pos) = self.store.events_after(conversation, after, limit).await?;
-                if after > last_pos {
-                    // The client has seen more than the server has: the server
-                    // lost data or the client talks to another server. The
-                    // client must drop its copy and refetch.
+                self.conversation_reply(conversation).await
+            }
+            RequestBody::CatchUp { from } => {
+                if from.len() > MAX_BATCH {
                     return Err(ApiError::new(
-                        ErrorCode::ReplayUnavailable,
-                        format!("position {after} is ahead of the server's {last_pos}; refetch the conversation"),
+                        ErrorCode::InvalidRequest,
+                        format!("at most {MAX_BATCH} conversations per request"),
                     ));
                 }
-                let has_more = events.last().is_some_and(|e| e.pos < last_pos);
-                Ok(Reply::Events { conversation, events, last_pos, has_more })
+                let mut budget = REPLY_BUDGET_BYTES;
+                let mut pages = Vec::with_capacity(from.len());
+                // Pages in request order until the budget is spent; the
+                // client asks again for the rest.
+                for f in from {
+                    if budget == 0 {
+                        break;
+                    }
+                    let page = match self.events_page(caller, f.conversation, f.after, MAX_PAGE, budget).await {
+                        Ok(page) => page,
+                        Err(e) if e.code != ErrorCode::Internal => EventPage {
+                            conversation: f.conversation,
+                            events: Vec::new(),
+                            last_pos: 0,
+                            has_more: false,
+                            error: Some(e.code),
+                        },
+                        Err(e) => return Err(e),
+                    };
+                    let spent: usize = page.events.iter().map(event_bytes).sum();
+                    budget = budget.saturating_sub(spent.max(100));
+                    pages.push(page);
+                }
+                Ok(Reply::CatchUp { pages })
+            }
+            RequestBody::Events { conversation, after, limit } => {
+                let page = self.events_page(caller, conversation, after, limit, REPLY_BUDGET_BYTES).await?;
+                Ok(Reply::Events {
+                    conversation,
+                    events: page.events,
+                    last_pos: page.last_pos,
+                    has_more: page.has_more,
+                })
             }
             RequestBody::History { conversation, before, limit } => {
                 self.member(conversation, caller.user).await?;
-                let messages = self.store.history(conversation, before, limit.clamp(1, MAX_PAGE)).await?;
-                Ok(Reply::Messages { conversation, messages })
+                let messages =
+                    self.store.history(conversation, before, limit.clamp(1, MAX_PAGE), REPLY_BUDGET_BYTES).await?;
+                // Seqs are gap-free from 1 and messages are never removed
+                // (a delete blanks them), so older ones exist below seq 1.
+                let has_more = messages.last().is_some_and(|m| m.seq > 1);
+                Ok(Reply::Messages { conversation, messages, has_more })
+            }
+            RequestBody::DeliveredMany { receipts } => {
+                if receipts.len() > MAX_BATCH {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("at most {MAX_BATCH} receipts per request"),
+                    ));
+                }
+                for r in receipts {
+                    let body = EventBody::Receipt { user: caller.user, delivered_seq: r.seq, read_seq: 0 };
+                    match self.change(caller, r.conversation, body).await {
+                        Ok(_) => {}
+                        // Left meanwhile: nothing to acknowledge there.
+                        Err(e) if e.code == ErrorCode::NotMember => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Reply::Done { pos: None })
             }
             RequestBody::OpenDirect { username } => {
                 let other = self.user_named(&username).await?;
@@ -224,10 +326,10 @@ impl Service {
                         list.push(Member { user, username, admin: false });
                     }
                 }
-                if list.len() > MAX_GROUP_MEMBERS {
+                if list.len() > self.max_group_members {
                     return Err(ApiError::new(
                         ErrorCode::InvalidRequest,
-                        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+                        format!("a group has at most {} members", self.max_group_members),
                     ));
                 }
                 let id = uuid::Uuid::now_v7();
@@ -242,7 +344,7 @@ impl Service {
                 let user = self.user_named(&username).await?;
                 let _guard = self.lock_for(conversation).lock().await;
                 self.group_admin(conversation, caller.user).await?;
-                if self.store.member_ids(conversation).await?.len() >= MAX_GROUP_MEMBERS {
+                if self.store.member_ids(conversation).await?.len() >= self.max_group_members {
                     return Err(ApiError::new(ErrorCode::InvalidRequest, "the group is full"));
                 }
                 let body = EventBody::MemberAdded { member: Member { user, username, admin: false } };
@@ -360,9 +462,55 @@ impl Service {
         Ok(name.to_owned())
     }
 
+    /// The caller's conversations, paged by id; one tiny reply when the
+    /// client's digest shows it has everything.
+    async fn sync(&self, caller: &Caller, digest: Option<String>, after: Option<ConversationId>) -> Result<Reply> {
+        let heads: Vec<ConversationHead> = self.store.heads(caller.user).await?;
+        let ours = sync_digest(heads.iter().map(|h| (h.id, h.last_pos)).collect());
+        if digest.as_deref() == Some(ours.as_str()) {
+            return Ok(Reply::Sync { conversations: Vec::new(), digest: ours, unchanged: true, has_more: false });
+        }
+        let max = REPLY_BUDGET_BYTES / HEAD_BYTES;
+        let mut rest = heads.into_iter().filter(|h| after.is_none_or(|a| h.id > a));
+        let conversations: Vec<ConversationHead> = rest.by_ref().take(max).collect();
+        let has_more = rest.next().is_some();
+        Ok(Reply::Sync { conversations, digest: ours, unchanged: false, has_more })
+    }
+
+    /// One conversation's events after `after`, bounded by `limit` and
+    /// `budget` bytes.
+    async fn events_page(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        after: i64,
+        limit: u32,
+        budget: usize,
+    ) -> Result<EventPage> {
+        self.member(conversation, caller.user).await?;
+        if after < 0 {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "`after` must be >= 0"));
+        }
+        let limit = limit.clamp(1, MAX_PAGE);
+        let (events, last_pos) = self.store.events_after(conversation, after, limit, budget).await?;
+        if after > last_pos {
+            // The client has seen more than the server has: the server
+            // lost data or the client talks to another server. The client
+            // must drop its copy and refetch.
+            return Err(ApiError::new(
+                ErrorCode::ReplayUnavailable,
+                format!("position {after} is ahead of the server's {last_pos}; refetch the conversation"),
+            ));
+        }
+        let has_more = events.last().is_some_and(|e| e.pos < last_pos);
+        Ok(EventPage { conversation, events, last_pos, has_more, error: None })
+    }
+
     fn fill_presence(&self, c: &mut ConversationInfo) {
+        let users: Vec<UserId> = c.members.iter().map(|m| m.user).collect();
+        let online: std::collections::HashSet<UserId> = self.hub.online_among(&users).into_iter().collect();
         for m in &mut c.members {
-            m.online = self.hub.is_online(m.user);
+            m.online = online.contains(&m.user);
         }
     }
 

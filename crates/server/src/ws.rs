@@ -3,24 +3,35 @@
 //! Two tasks per socket: this reader, which handles requests in order (so a
 //! connection's requests are answered in the order sent), and a writer that
 //! drains the connection's bounded queue (replies and fan-out alike), sends
-//! heartbeats and closes the socket when kicked. A peer that sends nothing —
+//! heartbeats and closes the socket when kicked. The two live and die
+//! together: when the writer ends (a write stalled past the timeout, the
+//! peer vanished), the connection is unregistered and closed at once, so no
+//! event is queued for a socket nobody writes. A peer that sends nothing —
 //! not even a pong — for [`Limits::idle_timeout`] is treated as dead.
 //!
 //! Bad input never closes the socket, except a frame beyond the transport
 //! limit (close 1009) or an unauthenticated socket (close 4001).
 
 use crate::hub::{Kick, CLOSE_SESSION_REVOKED};
+use crate::hub::{Meter, Queue, CLOSE_SLOW_CONSUMER};
 use crate::service::Caller;
 use crate::{auth, AppState};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use confab_protocol::{decode_request, ErrorCode, Reply, Request, RequestBody, ServerFrame, PROTOCOL_VERSION};
+use confab_protocol::{
+    decode_request, ErrorCode, Reply, Request, RequestBody, ServerFrame, MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION,
+};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+/// A frame the server could not write (larger than
+/// [`MAX_SERVER_FRAME_BYTES`]: a server bug) closes the socket with this
+/// code rather than vanish; the client reconnects and resumes.
+const CLOSE_INTERNAL: u16 = 1011;
 use tokio::time::timeout;
 
 /// Transport limit: beyond this a frame cannot even be read and the socket is
@@ -32,14 +43,13 @@ const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
 const SOCKET_BUFFER: usize = 8 * 1024;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
-/// A peer that does not take a frame within this long is gone (or hostile):
-/// drop it rather than hold its task and queue forever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     ws.read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
-        .max_write_buffer_size(TRANSPORT_MAX_MESSAGE * 4)
+        // Above the largest frame the server sends, so a legal frame is
+        // never refused by the transport (the buffer only grows as needed).
+        .max_write_buffer_size(MAX_SERVER_FRAME_BYTES + SOCKET_BUFFER * 2)
         .max_message_size(TRANSPORT_MAX_MESSAGE)
         .max_frame_size(TRANSPORT_MAX_MESSAGE)
         .on_upgrade(move |socket| connection(socket, state))
@@ -86,6 +96,7 @@ async fn connection(socket: WebSocket, state: AppState) {
             user: caller.user,
             username: caller.username.clone(),
             server_time: crate::store::now_ms(),
+            epoch: service.epoch.clone(),
         },
     };
     let Some(reg) = service.hub.register(caller.user, session, encode(&welcome)) else {
@@ -96,7 +107,14 @@ async fn connection(socket: WebSocket, state: AppState) {
         return;
     };
     tracing::debug!(user = %caller.user, conn = reg.id, "connected");
-    let writer = tokio::spawn(write_loop(sink, reg.rx, reg.kicked.clone(), limits.ping_interval));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        reg.rx,
+        reg.queue.meter(),
+        reg.kicked.clone(),
+        limits.ping_interval,
+        limits.write_timeout,
+    ));
     // A logout that raced this hello (after the token check, before the
     // registration) must still end this socket.
     if !matches!(service.store.session(&auth::token_hash(&token)).await, Ok(Some(_))) {
@@ -107,12 +125,31 @@ async fn connection(socket: WebSocket, state: AppState) {
             tracing::warn!(%e, "presence announce failed");
         }
     }
-    read_loop(&mut stream, &state, &caller, &reg.tx, reg.kicked, &reg.kick).await;
+    // Who is online among this user's contacts (anyone not listed is not).
+    match service.presence_snapshot(caller.user).await {
+        Ok(frames) => {
+            for f in frames {
+                if !reg.queue.offer(f) {
+                    reg.kick.send_replace(Some(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" }));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%e, "presence snapshot failed"),
+    }
+    let writer_ended = tokio::select! {
+        _ = read_loop(&mut stream, &state, &caller, &reg.queue, reg.kicked, &reg.kick) => false,
+        _ = &mut writer => true,
+    };
     // Dropping our sender (the hub's goes with unregister) ends the writer
-    // once it has flushed what is queued.
+    // once it has flushed what is queued. If the writer ended first, this
+    // drops the socket: the peer sees the connection close and resumes.
     let last = service.hub.unregister(caller.user, reg.id);
-    drop(reg.tx);
-    let _ = writer.await;
+    drop(reg.queue);
+    if writer_ended {
+        tracing::debug!(user = %caller.user, conn = reg.id, "writer ended: closing the connection");
+    } else {
+        let _ = writer.await;
+    }
     // Re-check: another device may have connected while this one wound down.
     if last && !service.hub.is_online(caller.user) {
         let now = crate::store::now_ms();
@@ -193,10 +230,13 @@ async fn read_loop(
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
     caller: &Caller,
-    tx: &mpsc::Sender<Arc<str>>,
+    queue: &Queue,
     mut kicked: watch::Receiver<Option<Kick>>,
     kick: &watch::Sender<Option<Kick>>,
 ) {
+    let slow = || {
+        kick.send_replace(Some(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" }));
+    };
     let idle = state.limits.idle_timeout;
     loop {
         let next = tokio::select! {
@@ -223,7 +263,8 @@ async fn read_loop(
                     "binary frames are not supported; send JSON text".into(),
                     None,
                 );
-                if tx.send(f).await.is_err() {
+                if !queue.reply(f).await {
+                    slow();
                     return;
                 }
                 continue;
@@ -231,7 +272,9 @@ async fn read_loop(
             Ok(Some(Ok(Message::Text(text)))) => text,
         };
         let reply = handle_text(state, caller, text.as_str()).await;
-        if tx.send(reply).await.is_err() {
+        if !queue.reply(reply).await {
+            // Replies pile up unread beyond the byte budget.
+            slow();
             return;
         }
     }
@@ -261,8 +304,10 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Arc<str>>,
+    queue: Meter,
     mut kicked: watch::Receiver<Option<Kick>>,
     ping_interval: Duration,
+    write_timeout: Duration,
 ) {
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -273,24 +318,31 @@ async fn write_loop(
             _ = kicked.changed() => {
                 let kick = *kicked.borrow();
                 if let Some(k) = kick {
-                    let _ = timeout(WRITE_TIMEOUT, close(&mut sink, k.code, k.reason)).await;
+                    let _ = timeout(write_timeout, close(&mut sink, k.code, k.reason)).await;
                 }
                 return;
             }
             frame = rx.recv() => match frame {
                 Some(f) => {
-                    let sent = timeout(WRITE_TIMEOUT, sink.send(Message::Text(f.as_ref().into()))).await;
+                    if f.len() > MAX_SERVER_FRAME_BYTES {
+                        tracing::error!(bytes = f.len(), "a frame over the server's frame limit; closing");
+                        let _ = timeout(write_timeout, close(&mut sink, CLOSE_INTERNAL, "frame_too_large")).await;
+                        return;
+                    }
+                    let sent = timeout(write_timeout, sink.send(Message::Text(f.as_ref().into()))).await;
+                    queue.sent(f.len());
                     if !matches!(sent, Ok(Ok(()))) {
+                        tracing::debug!("write failed or stalled; closing the connection");
                         return;
                     }
                 }
                 None => {
-                    let _ = timeout(WRITE_TIMEOUT, sink.close()).await;
+                    let _ = timeout(write_timeout, sink.close()).await;
                     return;
                 }
             },
             _ = ping.tick() => {
-                let sent = timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await;
+                let sent = timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }

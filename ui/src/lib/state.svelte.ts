@@ -89,7 +89,7 @@ const markedRead: Record<string, number> = {};
 
 function upsert(message: ChatMessage) {
   if (message.conversation !== app.openId) return false;
-  const i = app.messages.findIndex((m) => m.client_id === message.client_id);
+  const i = app.messages.findIndex((m) => m.id === message.id);
   if (i >= 0) {
     app.messages[i] = message;
     return false;

@@ -13,7 +13,7 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use async_trait::async_trait;
 use confab_protocol::{
-    ConvEvent, ConvKind, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
+    ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
 };
 use uuid::Uuid;
 
@@ -69,10 +69,17 @@ pub trait Store: Send + Sync + 'static {
     /// Users who share at least one conversation with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
 
+    /// A server fact kept beside the chat data (the store epoch).
+    async fn meta(&self, key: &str) -> Result<Option<String>>;
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// How many events the log holds in all: it only grows, so a smaller
+    /// number than before means the log was rewound.
+    async fn log_total(&self) -> Result<i64>;
+
     async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Membership>>;
     async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
-    /// Conversations of `user`, with presence fields unset.
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>>;
+    /// Where each of `user`'s conversations stands, ordered by id.
+    async fn heads(&self, user: UserId) -> Result<Vec<ConversationHead>>;
     async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>>;
 
     /// Finds the direct conversation of two distinct users, or creates it
@@ -95,12 +102,28 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Option<AppendOutcome>>;
     /// Applies one change and appends it to the log, atomically. For
     /// [`EventBody::Message`] the given `seq` is ignored and assigned here.
+    /// Changes to a message follow [`confab_protocol::rules`]: a change the
+    /// rules refuse fails with their code, one that changes nothing is
+    /// [`AppendOutcome::Unchanged`].
     async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;
 
-    /// Events with `pos > after`, oldest first, and the newest position.
-    async fn events_after(&self, conversation: ConversationId, after: i64, limit: u32)
-        -> Result<(Vec<ConvEvent>, i64)>;
-    /// Messages with `seq < before` (all if `None`), newest first.
-    async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<Message>>;
+    /// Events with `pos > after`, oldest first, at most `limit` of them and
+    /// about `budget` bytes (at least one), and the newest position.
+    async fn events_after(
+        &self,
+        conversation: ConversationId,
+        after: i64,
+        limit: u32,
+        budget: usize,
+    ) -> Result<(Vec<ConvEvent>, i64)>;
+    /// Messages with `seq < before` (all if `None`), newest first, at most
+    /// `limit` and about `budget` bytes (at least one).
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+        budget: usize,
+    ) -> Result<Vec<Message>>;
     async fn message(&self, conversation: ConversationId, seq: i64) -> Result<Option<MessageMeta>>;
 }

@@ -7,8 +7,8 @@ use super::{now_ms, AppendOutcome, Membership, MessageMeta, Session, SessionId, 
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
-    ConvEvent, ConvKind, ConversationId, ConversationInfo, ErrorCode, EventBody, Member, MemberState, Message, Millis,
-    Reaction, UserId,
+    rules, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody, Member,
+    MemberState, Message, Millis, Reaction, UserId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -16,6 +16,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Bytes an event or message adds to a reply beyond its text: ids, numbers,
+/// field names (an over-estimate, so replies stay under their budget).
+const EVENT_OVERHEAD: usize = 200;
+const MESSAGE_OVERHEAD: usize = 300;
 
 pub struct SqliteStore {
     read: SqlitePool,
@@ -98,6 +103,7 @@ async fn push_event(
     actor: UserId,
     body: EventBody,
     bump_seq: bool,
+    ts: Millis,
 ) -> Result<ConvEvent> {
     let conv = conversation.to_string();
     let row = sqlx::query(
@@ -115,7 +121,6 @@ async fn push_event(
         EventBody::Message { client_id, text, .. } => EventBody::Message { seq, client_id, text },
         other => other,
     };
-    let ts = now_ms();
     let json = serde_json::to_string(&body).map_err(|e| ApiError::internal("serialize event", e))?;
     sqlx::query("INSERT INTO events (conversation_id, pos, ts, actor, body) VALUES (?, ?, ?, ?, ?)")
         .bind(&conv)
@@ -146,77 +151,116 @@ async fn insert_member(tx: &mut Transaction<'_, Sqlite>, conversation: &str, m: 
     Ok(())
 }
 
+/// The current state of one message, inside `tx`.
+async fn message_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    seq: i64,
+) -> Result<Option<Message>> {
+    let conv = conversation.to_string();
+    let Some(r) = sqlx::query(
+        "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
+         WHERE conversation_id = ? AND seq = ?",
+    )
+    .bind(&conv)
+    .bind(seq)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT emoji, user_id FROM reactions WHERE conversation_id = ? AND seq = ? ORDER BY emoji, user_id",
+    )
+    .bind(&conv)
+    .bind(seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut reactions = Vec::new();
+    for row in &rows {
+        Reaction::add_to(&mut reactions, row.get("emoji"), parse_id(row.get("user_id"))?);
+    }
+    Ok(Some(message_from_row(conversation, &r, reactions)?))
+}
+
+fn message_from_row(
+    conversation: ConversationId,
+    r: &sqlx::sqlite::SqliteRow,
+    reactions: Vec<Reaction>,
+) -> Result<Message> {
+    Ok(Message {
+        conversation,
+        seq: r.get("seq"),
+        pos: r.get("pos"),
+        client_id: parse_id(r.get("client_id"))?,
+        sender: parse_id(r.get("sender"))?,
+        text: r.get("text"),
+        ts: r.get("ts"),
+        edited_at: r.get("edited_at"),
+        deleted: r.get::<i64, _>("deleted") != 0,
+        pinned: r.get::<i64, _>("pinned") != 0,
+        reactions,
+    })
+}
+
+/// Writes a message's new state (decided by [`rules::apply_to_message`]).
+async fn save_message_tx(tx: &mut Transaction<'_, Sqlite>, m: &Message) -> Result<()> {
+    let conv = m.conversation.to_string();
+    sqlx::query(
+        "UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ? WHERE conversation_id = ? AND seq = ?",
+    )
+    .bind(&m.text)
+    .bind(m.edited_at)
+    .bind(m.deleted)
+    .bind(m.pinned)
+    .bind(&conv)
+    .bind(m.seq)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+        .bind(&conv)
+        .bind(m.seq)
+        .execute(&mut **tx)
+        .await?;
+    for r in &m.reactions {
+        for u in &r.users {
+            sqlx::query("INSERT OR IGNORE INTO reactions (conversation_id, seq, user_id, emoji) VALUES (?, ?, ?, ?)")
+                .bind(&conv)
+                .bind(m.seq)
+                .bind(u.to_string())
+                .bind(&r.emoji)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Applies the state change of `body` to the current-state tables. Returns
 /// `false` when it changes nothing (then no event is appended).
 async fn apply_change(
     tx: &mut Transaction<'_, Sqlite>,
-    conv: &str,
+    conversation: ConversationId,
     actor: UserId,
+    ts: Millis,
     body: &mut EventBody,
 ) -> Result<bool> {
-    let now = now_ms();
+    let conv = conversation.to_string();
+    if let Some(seq) = rules::target_seq(body) {
+        let Some(mut message) = message_tx(tx, conversation, seq).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no message {seq} in this conversation")));
+        };
+        let changed = rules::apply_to_message(&mut message, actor, ts, body).map_err(|code| match code {
+            ErrorCode::NotFound => ApiError::new(code, "the message was deleted"),
+            code => ApiError::from(code),
+        })?;
+        if changed {
+            save_message_tx(tx, &message).await?;
+        }
+        return Ok(changed);
+    }
+    let conv = conv.as_str();
     let changed = match body {
-        EventBody::Edited { seq, text } => {
-            sqlx::query(
-                "UPDATE messages SET text = ?, edited_at = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0",
-            )
-            .bind(&*text)
-            .bind(now)
-            .bind(conv)
-            .bind(*seq)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-                > 0
-        }
-        EventBody::Deleted { seq } => {
-            let done = sqlx::query(
-                "UPDATE messages SET text = '', deleted = 1, pinned = 0 WHERE conversation_id = ? AND seq = ? AND deleted = 0",
-            )
-            .bind(conv)
-            .bind(*seq)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-                > 0;
-            if done {
-                sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
-                    .bind(conv)
-                    .bind(*seq)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            done
-        }
-        EventBody::Reaction { seq, emoji, added } => {
-            let sql = if *added {
-                "INSERT OR IGNORE INTO reactions (conversation_id, seq, user_id, emoji) VALUES (?, ?, ?, ?)"
-            } else {
-                "DELETE FROM reactions WHERE conversation_id = ? AND seq = ? AND user_id = ? AND emoji = ?"
-            };
-            sqlx::query(sql)
-                .bind(conv)
-                .bind(*seq)
-                .bind(actor.to_string())
-                .bind(&*emoji)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-                > 0
-        }
-        EventBody::Pinned { seq, pinned } => {
-            sqlx::query(
-                "UPDATE messages SET pinned = ? WHERE conversation_id = ? AND seq = ? AND deleted = 0 AND pinned != ?",
-            )
-            .bind(*pinned)
-            .bind(conv)
-            .bind(*seq)
-            .bind(*pinned)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-                > 0
-        }
         EventBody::MemberAdded { member } => {
             let exists = sqlx::query("SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?")
                 .bind(conv)
@@ -260,27 +304,29 @@ async fn apply_change(
                 > 0
         }
         EventBody::Receipt { user, delivered_seq, read_seq } => {
-            // Watermarks only move forward, never past the newest message, and
-            // reading implies delivery.
             let row = sqlx::query(
-                "UPDATE members SET
-                   read_seq = MAX(read_seq, MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?3))),
-                   delivered_seq = MAX(delivered_seq, MIN(MAX(?2, ?1), (SELECT last_seq FROM conversations WHERE id = ?3)))
-                 WHERE conversation_id = ?3 AND user_id = ?4
-                   AND (read_seq < MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?3))
-                     OR delivered_seq < MIN(MAX(?2, ?1), (SELECT last_seq FROM conversations WHERE id = ?3)))
-                 RETURNING delivered_seq, read_seq",
+                "SELECT m.delivered_seq, m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.conversation_id = ? AND m.user_id = ?",
             )
-            .bind(*read_seq)
-            .bind(*delivered_seq)
             .bind(conv)
             .bind(user.to_string())
             .fetch_optional(&mut **tx)
             .await?;
-            match row {
-                Some(row) => {
-                    *delivered_seq = row.get("delivered_seq");
-                    *read_seq = row.get("read_seq");
+            let Some(row) = row else { return Ok(false) };
+            let current = (row.get("delivered_seq"), row.get("read_seq"));
+            match rules::advance_receipt(current, (*delivered_seq, *read_seq), row.get("last_seq")) {
+                Some((d, r)) => {
+                    sqlx::query(
+                        "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
+                    )
+                    .bind(d)
+                    .bind(r)
+                    .bind(conv)
+                    .bind(user.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                    *delivered_seq = d;
+                    *read_seq = r;
                     true
                 }
                 None => false,
@@ -288,6 +334,12 @@ async fn apply_change(
         }
         EventBody::Created { .. } | EventBody::Message { .. } => {
             return Err(ApiError::internal("apply_change", "created/message are appended elsewhere"))
+        }
+        EventBody::Edited { .. }
+        | EventBody::Deleted { .. }
+        | EventBody::Reaction { .. }
+        | EventBody::Pinned { .. } => {
+            return Err(ApiError::internal("apply_change", "message events are handled above"))
         }
     };
     Ok(changed)
@@ -379,6 +431,28 @@ impl Store for SqliteStore {
         rows.iter().map(|r| parse_id(r.get("user_id"))).collect()
     }
 
+    async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = ?").bind(key).fetch_optional(&self.write).await?;
+        Ok(row.map(|r| r.get("value")))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn log_total(&self) -> Result<i64> {
+        let row =
+            sqlx::query("SELECT COALESCE(SUM(last_pos), 0) AS n FROM conversations").fetch_one(&self.write).await?;
+        Ok(row.get("n"))
+    }
+
     async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Option<Membership>> {
         let row = sqlx::query(
             "SELECT c.kind, m.admin FROM members m JOIN conversations c ON c.id = m.conversation_id
@@ -399,20 +473,24 @@ impl Store for SqliteStore {
         rows.iter().map(|r| parse_id(r.get("user_id"))).collect()
     }
 
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>> {
+    async fn heads(&self, user: UserId) -> Result<Vec<ConversationHead>> {
         let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.name, c.last_pos, c.last_seq FROM conversations c
+            "SELECT c.id, c.last_pos, c.last_seq, m.delivered_seq FROM conversations c
              JOIN members m ON m.conversation_id = c.id WHERE m.user_id = ? ORDER BY c.id",
         )
         .bind(user.to_string())
         .fetch_all(&self.read)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let members = self.members_of(r.get("id")).await?;
-            out.push(self.info_from_row(r, members)?);
-        }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                Ok(ConversationHead {
+                    id: parse_id(r.get("id"))?,
+                    last_pos: r.get("last_pos"),
+                    last_seq: r.get("last_seq"),
+                    delivered_seq: r.get("delivered_seq"),
+                })
+            })
+            .collect()
     }
 
     async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>> {
@@ -459,7 +537,7 @@ impl Store for SqliteStore {
         }
         let recipients = members.iter().map(|m| m.user).collect();
         let body = EventBody::Created { kind: ConvKind::Direct, name: None, members };
-        let event = push_event(&mut tx, id, a.user, body, false).await?;
+        let event = push_event(&mut tx, id, a.user, body, false, now_ms()).await?;
         tx.commit().await?;
         Ok((id, Some(AppendOutcome::Appended { event, recipients })))
     }
@@ -484,7 +562,7 @@ impl Store for SqliteStore {
         }
         let recipients = members.iter().map(|m| m.user).collect();
         let body = EventBody::Created { kind: ConvKind::Group, name: Some(name.to_owned()), members };
-        let event = push_event(&mut tx, id, creator, body, false).await?;
+        let event = push_event(&mut tx, id, creator, body, false, now_ms()).await?;
         tx.commit().await?;
         Ok(AppendOutcome::Appended { event, recipients })
     }
@@ -515,7 +593,7 @@ impl Store for SqliteStore {
                     ts: r.get("ts"),
                 });
             }
-            let event = push_event(&mut tx, conversation, actor, body.clone(), true).await?;
+            let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
             let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
             sqlx::query(
                 "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -534,14 +612,15 @@ impl Store for SqliteStore {
             return Ok(AppendOutcome::Appended { event, recipients });
         }
         debug_assert!(!is_message);
-        if !apply_change(&mut tx, &conv, actor, &mut body).await? {
+        let ts = now_ms();
+        if !apply_change(&mut tx, conversation, actor, ts, &mut body).await? {
             return Ok(AppendOutcome::Unchanged);
         }
         let mut recipients = member_ids_tx(&mut tx, &conv).await?;
         if let EventBody::MemberRemoved { user } = &body {
             recipients.push(*user);
         }
-        let event = push_event(&mut tx, conversation, actor, body, false).await?;
+        let event = push_event(&mut tx, conversation, actor, body, false, ts).await?;
         tx.commit().await?;
         Ok(AppendOutcome::Appended { event, recipients })
     }
@@ -551,7 +630,9 @@ impl Store for SqliteStore {
         conversation: ConversationId,
         after: i64,
         limit: u32,
+        budget: usize,
     ) -> Result<(Vec<ConvEvent>, i64)> {
+        use futures_util::TryStreamExt;
         let conv = conversation.to_string();
         // One read transaction, so the page and last_pos agree.
         let mut tx = self.read.begin().await?;
@@ -561,44 +642,70 @@ impl Store for SqliteStore {
             .await?
             .map(|r| r.get("last_pos"))
             .ok_or_else(|| ApiError::from(ErrorCode::NotFound))?;
-        let rows = sqlx::query(
-            "SELECT pos, ts, actor, body FROM events WHERE conversation_id = ? AND pos > ? ORDER BY pos LIMIT ?",
-        )
-        .bind(&conv)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let events = rows
-            .iter()
-            .map(|r| {
-                let body: EventBody = serde_json::from_str(r.get("body"))
-                    .map_err(|e| ApiError::internal("corrupt event in database", e))?;
-                Ok(ConvEvent {
+        let mut events = Vec::new();
+        {
+            let mut rows = sqlx::query(
+                "SELECT pos, ts, actor, body FROM events WHERE conversation_id = ? AND pos > ? ORDER BY pos LIMIT ?",
+            )
+            .bind(&conv)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch(&mut *tx);
+            let mut bytes = 0;
+            // Stop reading once the budget is spent: a page of large
+            // messages must not be read (or sent) whole.
+            while let Some(r) = rows.try_next().await? {
+                let text: &str = r.get("body");
+                bytes += text.len() + EVENT_OVERHEAD;
+                let body: EventBody =
+                    serde_json::from_str(text).map_err(|e| ApiError::internal("corrupt event in database", e))?;
+                events.push(ConvEvent {
                     conversation,
                     pos: r.get("pos"),
                     ts: r.get("ts"),
                     actor: parse_id(r.get("actor"))?,
                     body,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                });
+                if bytes >= budget {
+                    break;
+                }
+            }
+        }
+        tx.commit().await?;
         Ok((events, last_pos))
     }
 
-    async fn history(&self, conversation: ConversationId, before: Option<i64>, limit: u32) -> Result<Vec<Message>> {
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+        budget: usize,
+    ) -> Result<Vec<Message>> {
+        use futures_util::TryStreamExt;
         let conv = conversation.to_string();
         let mut tx = self.read.begin().await?;
-        let rows = sqlx::query(
-            "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
-             WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(&conv)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut rows = Vec::new();
+        {
+            let mut stream = sqlx::query(
+                "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
+                 WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(&conv)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch(&mut *tx);
+            let mut bytes = 0;
+            while let Some(r) = stream.try_next().await? {
+                let text: &str = r.get("text");
+                // Control characters are sent as six-byte escapes.
+                bytes += text.len() + 5 * text.chars().filter(|c| c.is_control()).count() + MESSAGE_OVERHEAD;
+                rows.push(r);
+                if bytes >= budget {
+                    break;
+                }
+            }
+        }
         let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else { return Ok(Vec::new()) };
         let (hi, lo): (i64, i64) = (newest.get("seq"), oldest.get("seq"));
         let reaction_rows = sqlx::query(
@@ -619,19 +726,7 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| {
                 let seq: i64 = r.get("seq");
-                Ok(Message {
-                    conversation,
-                    seq,
-                    pos: r.get("pos"),
-                    client_id: parse_id(r.get("client_id"))?,
-                    sender: parse_id(r.get("sender"))?,
-                    text: r.get("text"),
-                    ts: r.get("ts"),
-                    edited_at: r.get("edited_at"),
-                    deleted: r.get::<i64, _>("deleted") != 0,
-                    pinned: r.get::<i64, _>("pinned") != 0,
-                    reactions: reactions.remove(&seq).unwrap_or_default(),
-                })
+                message_from_row(conversation, r, reactions.remove(&seq).unwrap_or_default())
             })
             .collect()
     }

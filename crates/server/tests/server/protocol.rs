@@ -198,9 +198,10 @@ async fn typing_is_throttled_and_presence_follows_connections() {
     let mut alice = s.connect(&token).await;
     let mut bob = s.user("bob").await;
     let conv = dm(&mut alice, "bob").await;
-    // New contacts learn each other's presence when the conversation starts.
-    let on = bob.expect(|f| f["type"] == "presence" && f["online"] == true).await;
-    assert!(on["user"].is_string());
+    // New contacts learn each other's presence when the conversation starts:
+    // one shared list of who is online.
+    let on = bob.expect(|f| f["type"] == "presence_list" && f["snapshot"] == false).await;
+    assert_eq!(on["presence"].as_array().expect("list").len(), 2, "{on}");
     alice.ok(json!({"type": "typing", "conversation": conv})).await;
     let t = bob.expect(|f| f["type"] == "typing").await;
     assert_eq!(t["conversation"], conv.as_str());
@@ -216,8 +217,8 @@ async fn typing_is_throttled_and_presence_follows_connections() {
     drop(alice2);
     let off = bob.expect(|f| f["type"] == "presence" && f["online"] == false).await;
     assert!(off["last_seen"].is_i64());
-    let sync = bob.ok(json!({"type": "sync"})).await;
-    let members = sync["conversations"][0]["members"].as_array().expect("members").clone();
+    let info = bob.ok(json!({"type": "conversation", "conversation": conv})).await;
+    let members = info["conversation"]["members"].as_array().expect("members").clone();
     let alice_state = members.iter().find(|m| m["username"] == "alice").expect("alice");
     assert_eq!(alice_state["online"], false);
     assert!(alice_state["last_seen"].is_i64());

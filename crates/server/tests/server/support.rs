@@ -9,7 +9,7 @@ pub const PASSWORD: &str = "correct horse battery";
 pub const T: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
-    _server: Server,
+    pub server: Server,
     pub url: String,
     _dir: tempfile::TempDir,
 }
@@ -25,7 +25,7 @@ impl TestServer {
         config.limits = limits;
         let server = confab_server::start(config).await.expect("server starts");
         let url = format!("http://{}", server.addr);
-        TestServer { _server: server, url, _dir: dir }
+        TestServer { server, url, _dir: dir }
     }
 
     pub async fn post(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
@@ -50,16 +50,30 @@ impl TestServer {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// Creates an account straight in the store (no password hashing, so a
+    /// test can make a thousand) and returns its id and a session token.
+    pub async fn quick_user(&self, name: &str) -> (uuid::Uuid, String) {
+        let store = &self.server.state.service.store;
+        let user = store.create_user(name, "no-login").await.expect("create user");
+        let token = confab_server::auth::new_token();
+        store.create_session(user, &confab_server::auth::token_hash(&token), None).await.expect("session");
+        (user, token)
+    }
+
     /// Registers `name` and connects an authenticated socket.
     pub async fn user(&self, name: &str) -> Ws {
         let token = self.register(name).await;
         self.connect(&token).await
     }
 
+    /// Connects and authenticates; returns once the presence snapshot that
+    /// follows `welcome` has arrived (it is kept in `presence`).
     pub async fn connect(&self, token: &str) -> Ws {
         let mut ws = Ws::open(&self.url).await;
         let reply = ws.req(json!({"type": "hello", "token": token, "protocol": 1})).await;
         assert_eq!(reply["type"], "result", "{reply}");
+        ws.welcome = reply["result"].clone();
+        ws.presence = ws.expect(|f| f["type"] == "presence_list" && f["snapshot"] == true).await;
         ws
     }
 }
@@ -69,13 +83,16 @@ pub struct Ws {
     next_id: u64,
     /// Frames that arrived while waiting for a reply.
     pub backlog: VecDeque<Value>,
+    pub welcome: Value,
+    /// The presence snapshot sent after `welcome`.
+    pub presence: Value,
 }
 
 impl Ws {
     pub async fn open(url: &str) -> Ws {
         let ws_url = format!("{}/v1/ws", url.replace("http://", "ws://"));
         let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("connect");
-        Ws { socket, next_id: 0, backlog: VecDeque::new() }
+        Ws { socket, next_id: 0, backlog: VecDeque::new(), welcome: Value::Null, presence: Value::Null }
     }
 
     pub async fn send_text(&mut self, text: String) {

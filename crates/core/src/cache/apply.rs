@@ -1,0 +1,570 @@
+//! Server events and snapshots, applied to the cache.
+//!
+//! [`Cache::apply_event`] checks the event's position against the
+//! conversation's `applied_pos` in the same transaction that applies it: an
+//! event is applied exactly once, in order, or reported as a duplicate or a
+//! gap. Applying is total: an event whose change the cache cannot make (a
+//! constraint it would break, a message it refuses by the shared rules) is
+//! skipped — its position still counts — and reported, so one bad event can
+//! never wedge a conversation.
+//!
+//! How an event changes a message is [`confab_protocol::rules`], the same
+//! definition the server commits with.
+
+use super::outbox::{free_slot, requeue};
+use super::session::upsert_user;
+use super::{id, kind_str, Cache, LocalId};
+use crate::{Error, Result};
+use confab_protocol::{
+    rules, ConvEvent, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Reaction, UserId,
+};
+use sqlx::{Acquire, Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+/// The result of offering one event to the cache.
+#[derive(Debug)]
+pub enum Applied {
+    /// Already applied (pos <= applied_pos): ignore.
+    Duplicate,
+    /// Events are missing before this one: fetch from `after`.
+    Gap { after: i64 },
+    /// Applied; what to report.
+    Done(Vec<Effect>),
+    /// Its position is consumed but its change could not be made.
+    Skipped { reason: String },
+}
+
+/// A consequence of an applied event, turned into [`crate::ClientEvent`]s by
+/// the caller (which can read the message views).
+#[derive(Debug, Clone)]
+pub enum Effect {
+    NewMessage {
+        id: LocalId,
+        from_other: bool,
+    },
+    MessageChanged {
+        id: LocalId,
+    },
+    Receipt {
+        user: UserId,
+        delivered_seq: i64,
+        read_seq: i64,
+    },
+    ConversationChanged,
+    /// We were removed from the conversation.
+    Left,
+}
+
+impl Cache {
+    pub async fn applied_pos(&self, conversation: ConversationId) -> Result<Option<(i64, bool)>> {
+        let row = sqlx::query("SELECT applied_pos, left FROM conversations WHERE id = ?")
+            .bind(conversation.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get("applied_pos"), r.get::<i64, _>("left") != 0)))
+    }
+
+    pub async fn known_conversations(&self) -> Result<Vec<(ConversationId, i64, bool)>> {
+        let rows = sqlx::query("SELECT id, applied_pos, left FROM conversations").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((id(r.get("id"))?, r.get("applied_pos"), r.get::<i64, _>("left") != 0))).collect()
+    }
+
+    /// The digest `sync` compares ([`confab_protocol::sync_digest`]) over
+    /// the conversations this device follows and the positions it applied.
+    pub async fn sync_digest(&self) -> Result<String> {
+        let known = self.known_conversations().await?;
+        Ok(confab_protocol::sync_digest(known.into_iter().filter(|k| !k.2).map(|k| (k.0, k.1)).collect()))
+    }
+
+    /// We are no longer a member: keep the history, stop syncing.
+    pub async fn mark_left(&self, conversation: ConversationId) -> Result<()> {
+        sqlx::query("UPDATE conversations SET left = 1 WHERE id = ?")
+            .bind(conversation.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The server's log may have been rewound (a new epoch): forget every
+    /// position and everything others sent, so each conversation syncs
+    /// from scratch. Own messages stay: those newer than what the server
+    /// now has are queued again (same client id, so never twice), the rest
+    /// are matched again as their events replay.
+    pub async fn reset_for_new_epoch(&self, heads: &[ConversationHead]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for h in heads {
+            let lost: Vec<LocalId> = sqlx::query(
+                "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
+            )
+            .bind(h.id.to_string())
+            .bind(h.last_seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.get("id"))
+            .collect();
+            for local in lost {
+                requeue(&mut tx, local).await?;
+            }
+        }
+        sqlx::query("DELETE FROM messages WHERE own_client_id IS NULL").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM reactions").execute(&mut *tx).await?;
+        sqlx::query("UPDATE conversations SET applied_pos = 0, last_seq = 0").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one event if it is the next one for its conversation.
+    pub async fn apply_event(&self, me: UserId, ev: &ConvEvent) -> Result<Applied> {
+        let conv = ev.conversation.to_string();
+        let mut tx = self.pool.begin().await?;
+        let applied: i64 = sqlx::query("SELECT applied_pos FROM conversations WHERE id = ?")
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get("applied_pos"))
+            .unwrap_or(0);
+        if ev.pos <= applied {
+            return Ok(Applied::Duplicate);
+        }
+        if ev.pos > applied + 1 {
+            return Ok(Applied::Gap { after: applied });
+        }
+        // A savepoint: if the change cannot be made, undo just it and still
+        // consume the position.
+        let mut change = tx.begin().await?;
+        let outcome = match apply_body(&mut change, me, ev).await {
+            Ok(effects) => {
+                change.commit().await?;
+                Applied::Done(effects)
+            }
+            Err(e @ (Error::Cache(sqlx::Error::Database(_)) | Error::Protocol(_))) => {
+                change.rollback().await?;
+                Applied::Skipped { reason: e.to_string() }
+            }
+            Err(e) => return Err(e),
+        };
+        // Upsert: even a first event that could not be applied consumes its
+        // position, or the conversation would ask for it forever.
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, applied_pos) VALUES (?, 'group', ?)
+             ON CONFLICT(id) DO UPDATE SET applied_pos = excluded.applied_pos",
+        )
+        .bind(&conv)
+        .bind(ev.pos)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Replaces what the cache knows of a conversation with a server
+    /// snapshot: its info (taken first) and its newest messages. Events after
+    /// `info.last_pos` are then replayed on top; replaying is idempotent.
+    pub async fn load_snapshot(
+        &self,
+        me: UserId,
+        info: &ConversationInfo,
+        messages: &[Message],
+        reset: bool,
+    ) -> Result<()> {
+        let conv = info.id.to_string();
+        let mut tx = self.pool.begin().await?;
+        if reset {
+            // Own messages stay: matched again below, or queued again if the
+            // server no longer has them.
+            let lost: Vec<LocalId> = sqlx::query(
+                "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
+            )
+            .bind(&conv)
+            .bind(info.last_seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.get("id"))
+            .collect();
+            for local in lost {
+                requeue(&mut tx, local).await?;
+            }
+            sqlx::query("DELETE FROM messages WHERE conversation_id = ? AND seq IS NOT NULL AND own_client_id IS NULL")
+                .bind(&conv)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM reactions WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, name, applied_pos, last_seq, left) VALUES (?, ?, ?, ?, ?, 0)
+             ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+               applied_pos = excluded.applied_pos, last_seq = excluded.last_seq, left = 0",
+        )
+        .bind(&conv)
+        .bind(kind_str(info.kind))
+        .bind(&info.name)
+        .bind(info.last_pos)
+        .bind(info.last_seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM members WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
+        for m in &info.members {
+            upsert_user(&mut tx, m.user, &m.username).await?;
+            sqlx::query(
+                "INSERT INTO members (conversation_id, user_id, admin, delivered_seq, read_seq) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&conv)
+            .bind(m.user.to_string())
+            .bind(m.admin)
+            .bind(m.delivered_seq)
+            .bind(m.read_seq)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
+                .bind(m.online)
+                .bind(m.last_seen)
+                .bind(m.user.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for m in messages.iter().filter(|m| m.conversation == info.id) {
+            store_message(&mut tx, me, m).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores older messages fetched for history (no position change).
+    pub async fn store_history(&self, me: UserId, conversation: ConversationId, messages: &[Message]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for m in messages.iter().filter(|m| m.conversation == conversation) {
+            store_message(&mut tx, me, m).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn upsert_member(tx: &mut Transaction<'_, Sqlite>, conv: &str, m: &Member) -> Result<()> {
+    upsert_user(tx, m.user, &m.username).await?;
+    sqlx::query(
+        "INSERT INTO members (conversation_id, user_id, admin) VALUES (?, ?, ?)
+         ON CONFLICT(conversation_id, user_id) DO UPDATE SET admin = excluded.admin",
+    )
+    .bind(conv)
+    .bind(m.user.to_string())
+    .bind(m.admin)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts or refreshes a message from the server. Returns its local id and
+/// whether it is new to this device.
+///
+/// The identity rule: the message is (conversation, seq). Only when it is
+/// this account's own (`sender == me`) is its client id used, to find the
+/// row its outbox entry made. Nothing another account sends can match,
+/// change or displace a row by choosing a client id.
+async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message) -> Result<(LocalId, bool)> {
+    let conv = m.conversation.to_string();
+    let own_row = if m.sender == me {
+        sqlx::query("SELECT id FROM messages WHERE own_client_id = ? AND conversation_id = ?")
+            .bind(m.client_id.to_string())
+            .bind(&conv)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.get::<LocalId, _>("id"))
+    } else {
+        None
+    };
+    let (local, new) = match own_row {
+        Some(local) => {
+            free_slot(tx, &conv, m.seq, local).await?;
+            sqlx::query(
+                "UPDATE messages SET seq = ?, sender = ?, text = ?, ts = ?, edited_at = ?, deleted = ?, pinned = ?,
+                   status = CASE WHEN status IN ('queued', 'failed') THEN 'sent' ELSE status END,
+                   error_code = NULL, error_message = NULL
+                 WHERE id = ?",
+            )
+            .bind(m.seq)
+            .bind(m.sender.to_string())
+            .bind(&m.text)
+            .bind(m.ts)
+            .bind(m.edited_at)
+            .bind(m.deleted)
+            .bind(m.pinned)
+            .bind(local)
+            .execute(&mut **tx)
+            .await?;
+            // Its reply was lost, or it came from another of our devices:
+            // either way it is sent.
+            sqlx::query("DELETE FROM outbox WHERE client_id = ?")
+                .bind(m.client_id.to_string())
+                .execute(&mut **tx)
+                .await?;
+            (local, false)
+        }
+        None => {
+            let existing =
+                sqlx::query("SELECT id, sender, own_client_id FROM messages WHERE conversation_id = ? AND seq = ?")
+                    .bind(&conv)
+                    .bind(m.seq)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            // An own message from another device keeps its client id, unless
+            // that id is already taken here (then it is not ours to match).
+            let own_id = if m.sender == me {
+                let taken = sqlx::query("SELECT 1 FROM messages WHERE own_client_id = ?")
+                    .bind(m.client_id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .is_some();
+                (!taken).then(|| m.client_id.to_string())
+            } else {
+                None
+            };
+            let status = if m.sender == me { "sent" } else { "received" };
+            match existing {
+                Some(row)
+                    if row.get::<String, _>("sender") == m.sender.to_string()
+                        && row.get::<Option<String>, _>("own_client_id") == own_id =>
+                {
+                    let local: LocalId = row.get("id");
+                    sqlx::query(
+                        "UPDATE messages SET text = ?, ts = ?, edited_at = ?, deleted = ?, pinned = ? WHERE id = ?",
+                    )
+                    .bind(&m.text)
+                    .bind(m.ts)
+                    .bind(m.edited_at)
+                    .bind(m.deleted)
+                    .bind(m.pinned)
+                    .bind(local)
+                    .execute(&mut **tx)
+                    .await?;
+                    (local, false)
+                }
+                other => {
+                    if other.is_some() {
+                        // The slot holds some other message: stale.
+                        free_slot(tx, &conv, m.seq, -1).await?;
+                    }
+                    let local: LocalId = sqlx::query(
+                        "INSERT INTO messages (conversation_id, seq, sender, own_client_id, text, ts, edited_at, deleted,
+                           pinned, status)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    )
+                    .bind(&conv)
+                    .bind(m.seq)
+                    .bind(m.sender.to_string())
+                    .bind(own_id)
+                    .bind(&m.text)
+                    .bind(m.ts)
+                    .bind(m.edited_at)
+                    .bind(m.deleted)
+                    .bind(m.pinned)
+                    .bind(status)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .get("id");
+                    (local, true)
+                }
+            }
+        }
+    };
+    save_reactions(tx, &conv, m.seq, &m.reactions).await?;
+    Ok((local, new))
+}
+
+async fn save_reactions(tx: &mut Transaction<'_, Sqlite>, conv: &str, seq: i64, reactions: &[Reaction]) -> Result<()> {
+    sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+        .bind(conv)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    for r in reactions {
+        for u in &r.users {
+            sqlx::query("INSERT OR IGNORE INTO reactions (conversation_id, seq, user_id, emoji) VALUES (?, ?, ?, ?)")
+                .bind(conv)
+                .bind(seq)
+                .bind(u.to_string())
+                .bind(&r.emoji)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A cached message as the protocol's [`Message`], for the shared rules.
+async fn load_message(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    seq: i64,
+) -> Result<Option<(LocalId, Message)>> {
+    let conv = conversation.to_string();
+    let Some(r) = sqlx::query(
+        "SELECT id, own_client_id, sender, text, ts, edited_at, deleted, pinned FROM messages
+         WHERE conversation_id = ? AND seq = ?",
+    )
+    .bind(&conv)
+    .bind(seq)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT emoji, user_id FROM reactions WHERE conversation_id = ? AND seq = ? ORDER BY emoji, user_id",
+    )
+    .bind(&conv)
+    .bind(seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut reactions = Vec::new();
+    for row in &rows {
+        Reaction::add_to(&mut reactions, row.get("emoji"), id(row.get("user_id"))?);
+    }
+    let message = Message {
+        conversation,
+        seq,
+        pos: 0,
+        client_id: r.get::<Option<String>, _>("own_client_id").map(|s| id(&s)).transpose()?.unwrap_or(Uuid::nil()),
+        sender: id(r.get("sender"))?,
+        text: r.get("text"),
+        ts: r.get("ts"),
+        edited_at: r.get("edited_at"),
+        deleted: r.get::<i64, _>("deleted") != 0,
+        pinned: r.get::<i64, _>("pinned") != 0,
+        reactions,
+    };
+    Ok(Some((r.get("id"), message)))
+}
+
+async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent) -> Result<Vec<Effect>> {
+    let conv = ev.conversation.to_string();
+    if let Some(seq) = rules::target_seq(&ev.body) {
+        // Older than what this device holds: its current state comes with
+        // the message when history is fetched.
+        let Some((local, mut message)) = load_message(tx, ev.conversation, seq).await? else { return Ok(Vec::new()) };
+        return match rules::apply_to_message(&mut message, ev.actor, ev.ts, &ev.body) {
+            Ok(true) => {
+                sqlx::query("UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ? WHERE id = ?")
+                    .bind(&message.text)
+                    .bind(message.edited_at)
+                    .bind(message.deleted)
+                    .bind(message.pinned)
+                    .bind(local)
+                    .execute(&mut **tx)
+                    .await?;
+                save_reactions(tx, &conv, seq, &message.reactions).await?;
+                Ok(vec![Effect::MessageChanged { id: local }])
+            }
+            Ok(false) => Ok(Vec::new()),
+            Err(code) => Err(Error::Protocol(format!("event {} refused by the rules: {code}", ev.pos))),
+        };
+    }
+    Ok(match &ev.body {
+        EventBody::Created { kind, name, members } => {
+            sqlx::query(
+                "INSERT INTO conversations (id, kind, name) VALUES (?, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name",
+            )
+            .bind(&conv)
+            .bind(kind_str(*kind))
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+            for m in members {
+                upsert_member(tx, &conv, m).await?;
+            }
+            vec![Effect::ConversationChanged]
+        }
+        EventBody::Message { seq, client_id, text } => {
+            let m = Message {
+                conversation: ev.conversation,
+                seq: *seq,
+                pos: ev.pos,
+                client_id: *client_id,
+                sender: ev.actor,
+                text: text.clone(),
+                ts: ev.ts,
+                edited_at: None,
+                deleted: false,
+                pinned: false,
+                reactions: Vec::new(),
+            };
+            let (local, new) = store_message(tx, me, &m).await?;
+            sqlx::query("UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?")
+                .bind(seq)
+                .bind(&conv)
+                .execute(&mut **tx)
+                .await?;
+            if new {
+                vec![Effect::NewMessage { id: local, from_other: ev.actor != me }]
+            } else {
+                vec![Effect::MessageChanged { id: local }]
+            }
+        }
+        EventBody::MemberAdded { member } => {
+            upsert_member(tx, &conv, member).await?;
+            if member.user == me {
+                sqlx::query("UPDATE conversations SET left = 0 WHERE id = ?").bind(&conv).execute(&mut **tx).await?;
+            }
+            vec![Effect::ConversationChanged]
+        }
+        EventBody::MemberRemoved { user } => {
+            sqlx::query("DELETE FROM members WHERE conversation_id = ? AND user_id = ?")
+                .bind(&conv)
+                .bind(user.to_string())
+                .execute(&mut **tx)
+                .await?;
+            if *user == me {
+                sqlx::query("UPDATE conversations SET left = 1 WHERE id = ?").bind(&conv).execute(&mut **tx).await?;
+                vec![Effect::ConversationChanged, Effect::Left]
+            } else {
+                vec![Effect::ConversationChanged]
+            }
+        }
+        EventBody::Renamed { name } => {
+            sqlx::query("UPDATE conversations SET name = ? WHERE id = ?")
+                .bind(name)
+                .bind(&conv)
+                .execute(&mut **tx)
+                .await?;
+            vec![Effect::ConversationChanged]
+        }
+        EventBody::AdminChanged { user, admin } => {
+            sqlx::query("UPDATE members SET admin = ? WHERE conversation_id = ? AND user_id = ?")
+                .bind(admin)
+                .bind(&conv)
+                .bind(user.to_string())
+                .execute(&mut **tx)
+                .await?;
+            vec![Effect::ConversationChanged]
+        }
+        EventBody::Receipt { user, delivered_seq, read_seq } => {
+            let row =
+                sqlx::query("SELECT delivered_seq, read_seq FROM members WHERE conversation_id = ? AND user_id = ?")
+                    .bind(&conv)
+                    .bind(user.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let current = row.map(|r| (r.get("delivered_seq"), r.get("read_seq"))).unwrap_or((0, 0));
+            // The server already capped these at the newest message.
+            if let Some((d, r)) = rules::advance_receipt(current, (*delivered_seq, *read_seq), i64::MAX) {
+                sqlx::query(
+                    "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
+                )
+                .bind(d)
+                .bind(r)
+                .bind(&conv)
+                .bind(user.to_string())
+                .execute(&mut **tx)
+                .await?;
+            }
+            vec![Effect::Receipt { user: *user, delivered_seq: *delivered_seq, read_seq: *read_seq }]
+        }
+        EventBody::Edited { .. }
+        | EventBody::Deleted { .. }
+        | EventBody::Reaction { .. }
+        | EventBody::Pinned { .. } => Vec::new(),
+    })
+}

@@ -1,0 +1,210 @@
+//! Own messages from composing until the server accepts or refuses them.
+//! A message row and its outbox entry are written in one transaction, and
+//! the entry leaves in the same transaction that marks the message sent.
+
+use super::{id, now_ms, Cache, LocalId};
+use crate::types::SendError;
+use crate::Result;
+use confab_protocol::{ClientId, ConversationId, ErrorCode, Millis, UserId};
+use sqlx::{Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub client_id: ClientId,
+    pub conversation: ConversationId,
+    pub text: String,
+    pub attempts: i64,
+}
+
+impl Cache {
+    /// Saves a new own message and its outbox entry in one transaction.
+    pub async fn enqueue(&self, conversation: ConversationId, sender: UserId, text: &str) -> Result<ClientId> {
+        let client_id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messages (own_client_id, conversation_id, sender, text, ts, status) VALUES (?, ?, ?, ?, ?, 'queued')",
+        )
+        .bind(client_id.to_string())
+        .bind(conversation.to_string())
+        .bind(sender.to_string())
+        .bind(text)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO outbox (client_id, conversation_id, text) VALUES (?, ?, ?)")
+            .bind(client_id.to_string())
+            .bind(conversation.to_string())
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(client_id)
+    }
+
+    /// The oldest entry.
+    pub async fn next_outbox(&self) -> Result<Option<OutboxEntry>> {
+        let row = sqlx::query("SELECT id, client_id, conversation_id, text, attempts FROM outbox ORDER BY id LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(OutboxEntry {
+                id: r.get("id"),
+                client_id: id(r.get("client_id"))?,
+                conversation: id(r.get("conversation_id"))?,
+                text: r.get("text"),
+                attempts: r.get("attempts"),
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn outbox_len(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM outbox").fetch_one(&self.pool).await?.get("n"))
+    }
+
+    /// Where an own message stands: (status, seq, error), cheaply.
+    pub async fn send_state(&self, client_id: ClientId) -> Result<Option<(String, Option<i64>, Option<SendError>)>> {
+        let row = sqlx::query("SELECT status, seq, error_code, error_message FROM messages WHERE own_client_id = ?")
+            .bind(client_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| {
+            let error = r.get::<Option<String>, _>("error_code").map(|code| SendError {
+                code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
+                message: r.get::<Option<String>, _>("error_message").unwrap_or_default(),
+            });
+            (r.get("status"), r.get("seq"), error)
+        }))
+    }
+
+    pub async fn bump_attempts(&self, entry: i64) -> Result<()> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?").bind(entry).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The server accepted the message at `seq`: record it and drop the
+    /// entry. Returns the message's local id.
+    pub async fn mark_sent(&self, client_id: ClientId, seq: i64, ts: Millis) -> Result<Option<LocalId>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT id, conversation_id, seq FROM messages WHERE own_client_id = ?")
+            .bind(client_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let local = match row {
+            Some(r) if r.get::<Option<i64>, _>("seq").is_none() => {
+                let local: LocalId = r.get("id");
+                // The server says (conversation, seq) is this message: a row
+                // still holding that slot is stale.
+                free_slot(&mut tx, r.get("conversation_id"), seq, local).await?;
+                sqlx::query(
+                    "UPDATE messages SET seq = ?, ts = ?, status = 'sent', error_code = NULL, error_message = NULL
+                     WHERE id = ?",
+                )
+                .bind(seq)
+                .bind(ts)
+                .bind(local)
+                .execute(&mut *tx)
+                .await?;
+                Some(local)
+            }
+            Some(r) => Some(r.get("id")),
+            None => None,
+        };
+        sqlx::query("DELETE FROM outbox WHERE client_id = ?").bind(client_id.to_string()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(local)
+    }
+
+    /// The server refused the message for good.
+    pub async fn mark_failed(&self, client_id: ClientId, code: ErrorCode, message: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE messages SET status = 'failed', error_code = ?, error_message = ? WHERE own_client_id = ? AND seq IS NULL",
+        )
+        .bind(code.as_str())
+        .bind(message)
+        .bind(client_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox WHERE client_id = ?").bind(client_id.to_string()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts a failed message back in the queue, with the same client id.
+    pub async fn retry(&self, client_id: ClientId) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE messages SET status = 'queued', error_code = NULL, error_message = NULL
+             WHERE own_client_id = ? AND status = 'failed' RETURNING conversation_id, text",
+        )
+        .bind(client_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        sqlx::query("INSERT OR IGNORE INTO outbox (client_id, conversation_id, text) VALUES (?, ?, ?)")
+            .bind(client_id.to_string())
+            .bind(row.get::<String, _>("conversation_id"))
+            .bind(row.get::<String, _>("text"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Removes whatever row holds (`conversation`, `seq`) other than `keep`: an
+/// own message there was lost by the server (a rewind) and is queued again
+/// under its client id; anyone else's is stale and dropped.
+pub(super) async fn free_slot(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: &str,
+    seq: i64,
+    keep: LocalId,
+) -> Result<()> {
+    let row = sqlx::query("SELECT id, own_client_id FROM messages WHERE conversation_id = ? AND seq = ? AND id != ?")
+        .bind(conversation)
+        .bind(seq)
+        .bind(keep)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let other: LocalId = row.get("id");
+    match row.get::<Option<String>, _>("own_client_id") {
+        Some(_) => requeue(tx, other).await,
+        None => {
+            sqlx::query("DELETE FROM messages WHERE id = ?").bind(other).execute(&mut **tx).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Sends an own message again (same client id, so the server keeps at most
+/// one copy): it becomes queued with no seq, at the end of the outbox.
+pub(super) async fn requeue(tx: &mut Transaction<'_, Sqlite>, local: LocalId) -> Result<()> {
+    let row = sqlx::query(
+        "UPDATE messages SET seq = NULL, status = 'queued', error_code = NULL, error_message = NULL, edited_at = NULL,
+           pinned = 0
+         WHERE id = ? AND own_client_id IS NOT NULL AND deleted = 0 RETURNING own_client_id, conversation_id, text",
+    )
+    .bind(local)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match row {
+        Some(row) => {
+            sqlx::query("INSERT OR IGNORE INTO outbox (client_id, conversation_id, text) VALUES (?, ?, ?)")
+                .bind(row.get::<String, _>("own_client_id"))
+                .bind(row.get::<String, _>("conversation_id"))
+                .bind(row.get::<String, _>("text"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        // A deleted own message the server lost needs no resend.
+        None => {
+            sqlx::query("DELETE FROM messages WHERE id = ?").bind(local).execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}

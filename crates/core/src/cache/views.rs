@@ -1,0 +1,298 @@
+//! What the UI and CLI read: conversation summaries, message pages, single
+//! messages, members with presence. Read-only, except presence.
+
+use super::{id, kind_from, Cache, LocalId};
+use crate::types::{ChatMessage, ConversationSummary, MemberView, MessageStatus, SendError};
+use crate::Result;
+use confab_protocol::{ClientId, ConvKind, ConversationId, ErrorCode, Millis, Presence, Reaction, UserId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use std::collections::HashMap;
+
+const MESSAGE_COLUMNS: &str =
+    "m.id, m.own_client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
+     m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message";
+
+impl Cache {
+    pub async fn set_presence(&self, user: UserId, online: bool, last_seen: Option<Millis>) -> Result<()> {
+        sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
+            .bind(online)
+            .bind(last_seen)
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Presence from a `presence_list`; a snapshot (the one right after
+    /// connecting) first marks everyone offline.
+    pub async fn set_presence_list(&self, list: &[Presence], snapshot: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if snapshot {
+            sqlx::query("UPDATE users SET online = 0").execute(&mut *tx).await?;
+        }
+        for p in list {
+            sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
+                .bind(p.online)
+                .bind(p.last_seen)
+                .bind(p.user.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How far `user` has read in a conversation.
+    pub async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<i64> {
+        let row = sqlx::query("SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?")
+            .bind(conversation.to_string())
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("read_seq")).unwrap_or(0))
+    }
+
+    pub async fn username(&self, user: UserId) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT username FROM users WHERE id = ?")
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("username")))
+    }
+
+    async fn members(&self, conversation: &str) -> Result<Vec<MemberView>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, COALESCE(u.username, '') AS username, m.admin, m.delivered_seq, m.read_seq,
+                    COALESCE(u.online, 0) AS online, u.last_seen
+             FROM members m LEFT JOIN users u ON u.id = m.user_id WHERE m.conversation_id = ? ORDER BY username",
+        )
+        .bind(conversation)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MemberView {
+                    user: id(r.get("user_id"))?,
+                    username: r.get("username"),
+                    admin: r.get::<i64, _>("admin") != 0,
+                    delivered_seq: r.get("delivered_seq"),
+                    read_seq: r.get("read_seq"),
+                    online: r.get::<i64, _>("online") != 0,
+                    last_seen: r.get("last_seen"),
+                })
+            })
+            .collect()
+    }
+
+    async fn reactions(&self, conversation: &str, lo: i64, hi: i64) -> Result<HashMap<i64, Vec<Reaction>>> {
+        let rows = sqlx::query(
+            "SELECT seq, emoji, user_id FROM reactions WHERE conversation_id = ? AND seq BETWEEN ? AND ? ORDER BY seq, emoji, user_id",
+        )
+        .bind(conversation)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<i64, Vec<Reaction>> = HashMap::new();
+        for r in &rows {
+            let list = out.entry(r.get("seq")).or_default();
+            Reaction::add_to(list, r.get("emoji"), id(r.get("user_id"))?);
+        }
+        Ok(out)
+    }
+
+    fn view(
+        &self,
+        me: UserId,
+        r: &SqliteRow,
+        members: &[MemberView],
+        reactions: &mut HashMap<i64, Vec<Reaction>>,
+    ) -> Result<ChatMessage> {
+        let sender = id(r.get("sender"))?;
+        let seq: Option<i64> = r.get("seq");
+        let stored: String = r.get("status");
+        let status = match stored.as_str() {
+            "queued" => MessageStatus::Queued,
+            "failed" => MessageStatus::Failed,
+            "received" => MessageStatus::Received,
+            _ => own_status(me, seq.unwrap_or(i64::MAX), members),
+        };
+        let error = match (r.get::<Option<String>, _>("error_code"), r.get::<Option<String>, _>("error_message")) {
+            (Some(code), message) => Some(SendError {
+                code: ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
+                message: message.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(ChatMessage {
+            id: r.get("id"),
+            conversation: id(r.get("conversation_id"))?,
+            client_id: r.get::<Option<String>, _>("own_client_id").map(|s| id(&s)).transpose()?,
+            seq,
+            sender,
+            sender_name: r.get("sender_name"),
+            text: r.get("text"),
+            ts: r.get("ts"),
+            edited_at: r.get("edited_at"),
+            deleted: r.get::<i64, _>("deleted") != 0,
+            pinned: r.get::<i64, _>("pinned") != 0,
+            status,
+            error,
+            reactions: seq.and_then(|s| reactions.remove(&s)).unwrap_or_default(),
+        })
+    }
+
+    /// One of this account's own messages, by its client id.
+    pub async fn own_message(&self, me: UserId, client_id: ClientId) -> Result<Option<ChatMessage>> {
+        let row = sqlx::query("SELECT id FROM messages WHERE own_client_id = ?")
+            .bind(client_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => self.message(me, r.get("id")).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A message by its local id.
+    pub async fn message(&self, me: UserId, local: LocalId) -> Result<Option<ChatMessage>> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender WHERE m.id = ?"
+        ))
+        .bind(local)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let conv: String = row.get("conversation_id");
+        let members = self.members(&conv).await?;
+        let seq: Option<i64> = row.get("seq");
+        let mut reactions = match seq {
+            Some(s) => self.reactions(&conv, s, s).await?,
+            None => HashMap::new(),
+        };
+        Ok(Some(self.view(me, &row, &members, &mut reactions)?))
+    }
+
+    pub async fn message_by_seq(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        seq: i64,
+    ) -> Result<Option<ChatMessage>> {
+        let row = sqlx::query("SELECT id FROM messages WHERE conversation_id = ? AND seq = ?")
+            .bind(conversation.to_string())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => self.message(me, r.get("id")).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Messages oldest first: the newest `limit` with `seq < before`, and,
+    /// when `before` is `None`, this user's unsent messages after them.
+    pub async fn messages(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>> {
+        let conv = conversation.to_string();
+        let mut rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender
+             WHERE m.conversation_id = ? AND m.seq IS NOT NULL AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
+        ))
+        .bind(&conv)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        if before.is_none() {
+            let unsent = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender
+                 WHERE m.conversation_id = ? AND m.seq IS NULL ORDER BY m.id"
+            ))
+            .bind(&conv)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.extend(unsent);
+        }
+        let members = self.members(&conv).await?;
+        let seqs: Vec<i64> = rows.iter().filter_map(|r| r.get::<Option<i64>, _>("seq")).collect();
+        let mut reactions = match (seqs.first(), seqs.last()) {
+            (Some(lo), Some(hi)) => self.reactions(&conv, *lo, *hi).await?,
+            _ => HashMap::new(),
+        };
+        rows.iter().map(|r| self.view(me, r, &members, &mut reactions)).collect()
+    }
+
+    /// The oldest message seq the cache holds for a conversation.
+    pub async fn oldest_seq(&self, conversation: ConversationId) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(seq) AS s FROM messages WHERE conversation_id = ? AND seq IS NOT NULL")
+            .bind(conversation.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get("s"))
+    }
+
+    pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationSummary>> {
+        let rows = sqlx::query("SELECT id, kind, name, left FROM conversations").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let conv_id = id(r.get("id"))?;
+            let kind = kind_from(r.get("kind"));
+            let members = self.members(r.get("id")).await?;
+            let title = match (kind, r.get::<Option<String>, _>("name")) {
+                (ConvKind::Group, Some(name)) => name,
+                _ => members.iter().find(|m| m.user != me).map(|m| m.username.clone()).unwrap_or_default(),
+            };
+            let last_message = self.messages(me, conv_id, None, 1).await?.pop();
+            let my_read = members.iter().find(|m| m.user == me).map(|m| m.read_seq).unwrap_or(0);
+            let unread: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM messages WHERE conversation_id = ? AND seq > ? AND sender != ? AND deleted = 0",
+            )
+            .bind(r.get::<String, _>("id"))
+            .bind(my_read)
+            .bind(me.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .get("n");
+            out.push(ConversationSummary {
+                id: conv_id,
+                kind,
+                title,
+                members,
+                last_message,
+                unread,
+                left: r.get::<i64, _>("left") != 0,
+            });
+        }
+        // Most recent activity first.
+        out.sort_by_key(|c| std::cmp::Reverse(c.last_message.as_ref().map(|m| m.ts).unwrap_or(0)));
+        Ok(out)
+    }
+
+    pub async fn conversation(&self, me: UserId, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
+        Ok(self.conversations(me).await?.into_iter().find(|c| c.id == conversation))
+    }
+}
+
+/// Own-message status from the other members' receipt watermarks: delivered
+/// or read once every other member got that far.
+fn own_status(me: UserId, seq: i64, members: &[MemberView]) -> MessageStatus {
+    let others: Vec<&MemberView> = members.iter().filter(|m| m.user != me).collect();
+    if others.is_empty() {
+        return MessageStatus::Sent;
+    }
+    if others.iter().all(|m| m.read_seq >= seq) {
+        MessageStatus::Read
+    } else if others.iter().all(|m| m.delivered_seq >= seq) {
+        MessageStatus::Delivered
+    } else {
+        MessageStatus::Sent
+    }
+}
