@@ -90,11 +90,17 @@ pub(crate) struct Link {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<ConnectionState>,
     request_timeout: Duration,
+    /// Requests sent (heartbeats aside), for measuring what a sync costs.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Link {
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.state.clone()
+    }
+
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -107,6 +113,7 @@ impl Link {
             return Err(Error::Disconnected);
         }
         let (tx, rx) = oneshot::channel();
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.commands.send(Command { body, reply: Some(tx) }).await.map_err(|_| Error::Disconnected)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -118,6 +125,7 @@ impl Link {
     /// Sends a request whose reply nobody waits for (receipts, typing).
     pub fn send_and_forget(&self, body: RequestBody) {
         if self.is_connected() {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = self.commands.try_send(Command { body, reply: None });
         }
     }
@@ -162,7 +170,8 @@ pub(crate) fn spawn(
 ) -> (Link, watch::Receiver<ConnectionState>, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
-    let link = Link { commands, state: state.clone(), request_timeout: config.request_timeout };
+    let link =
+        Link { commands, state: state.clone(), request_timeout: config.request_timeout, sent: Default::default() };
     let task = tokio::spawn(run(server, token, config, rx, state_tx, inbound));
     (link, state, task)
 }

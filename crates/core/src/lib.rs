@@ -296,6 +296,12 @@ impl Client {
         Ok(self.inner().await?.link().state())
     }
 
+    /// How many requests this client has sent since it started (heartbeats
+    /// aside): what syncing costs, for tests and benchmarks.
+    pub async fn requests_sent(&self) -> Result<u64> {
+        Ok(self.inner().await?.link().requests_sent())
+    }
+
     /// Waits until connected (or fails after `limit`).
     pub async fn wait_connected(&self, limit: Duration) -> Result<()> {
         self.inner().await?.link().wait_connected(limit).await
@@ -483,6 +489,11 @@ impl Client {
                 return Ok(page);
             }
             self.cache.store_history(me, conversation, &messages).await?;
+            // Storing may have found an own message the server lost (after a
+            // restore) and queued it again.
+            if let Ok(inner) = self.inner().await {
+                inner.outbox_wakeup.notify_one();
+            }
             // Every round must move the cache's oldest message back, or this
             // would ask the server for the same page forever.
             let now_oldest = self.cache.oldest_seq(conversation).await?;

@@ -259,10 +259,8 @@ impl Sync {
         };
         self.inner.cache.load_snapshot(self.inner.me, info, &messages, reset).await?;
         self.inner.emit(ClientEvent::ConversationUpdated { conversation: info.id });
-        if reset {
-            // Own messages the server lost are queued again.
-            self.inner.outbox_wakeup.notify_one();
-        }
+        // Own messages the server lost may have been queued again.
+        self.inner.outbox_wakeup.notify_one();
         // Events after the snapshot's position (replaying is idempotent).
         self.catch_up(vec![CatchUpFrom { conversation: info.id, after: info.last_pos }]).await
     }
@@ -379,6 +377,10 @@ impl Sync {
                 }
             }
             Effect::MessageChanged { id } => self.report_changed(id).await?,
+            Effect::Requeued { id } => {
+                self.inner.outbox_wakeup.notify_one();
+                self.report_changed(id).await?;
+            }
             Effect::Receipt { user, delivered_seq, read_seq } => {
                 self.inner.emit(ClientEvent::Receipt { conversation: ev.conversation, user, delivered_seq, read_seq });
             }

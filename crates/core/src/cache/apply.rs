@@ -53,6 +53,10 @@ pub enum Effect {
     ConversationChanged,
     /// We were removed from the conversation.
     Left,
+    /// An own message the server no longer has was queued again.
+    Requeued {
+        id: LocalId,
+    },
 }
 
 impl Cache {
@@ -256,14 +260,21 @@ async fn upsert_member(tx: &mut Transaction<'_, Sqlite>, conv: &str, m: &Member)
     Ok(())
 }
 
-/// Inserts or refreshes a message from the server. Returns its local id and
-/// whether it is new to this device.
+/// What storing a server message did.
+struct Stored {
+    id: LocalId,
+    new: bool,
+    /// An own message that held its slot, queued again.
+    requeued: Option<LocalId>,
+}
+
+/// Inserts or refreshes a message from the server.
 ///
 /// The identity rule: the message is (conversation, seq). Only when it is
 /// this account's own (`sender == me`) is its client id used, to find the
 /// row its outbox entry made. Nothing another account sends can match,
 /// change or displace a row by choosing a client id.
-async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message) -> Result<(LocalId, bool)> {
+async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message) -> Result<Stored> {
     let conv = m.conversation.to_string();
     let own_row = if m.sender == me {
         sqlx::query("SELECT id FROM messages WHERE own_client_id = ? AND conversation_id = ?")
@@ -275,9 +286,10 @@ async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message
     } else {
         None
     };
+    let mut requeued = None;
     let (local, new) = match own_row {
         Some(local) => {
-            free_slot(tx, &conv, m.seq, local).await?;
+            requeued = free_slot(tx, &conv, m.seq, local).await?;
             sqlx::query(
                 "UPDATE messages SET seq = ?, sender = ?, text = ?, ts = ?, edited_at = ?, deleted = ?, pinned = ?,
                    status = CASE WHEN status IN ('queued', 'failed') THEN 'sent' ELSE status END,
@@ -344,7 +356,7 @@ async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message
                 other => {
                     if other.is_some() {
                         // The slot holds some other message: stale.
-                        free_slot(tx, &conv, m.seq, -1).await?;
+                        requeued = free_slot(tx, &conv, m.seq, -1).await?;
                     }
                     let local: LocalId = sqlx::query(
                         "INSERT INTO messages (conversation_id, seq, sender, own_client_id, text, ts, edited_at, deleted,
@@ -370,7 +382,7 @@ async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, m: &Message
         }
     };
     save_reactions(tx, &conv, m.seq, &m.reactions).await?;
-    Ok((local, new))
+    Ok(Stored { id: local, new, requeued })
 }
 
 async fn save_reactions(tx: &mut Transaction<'_, Sqlite>, conv: &str, seq: i64, reactions: &[Reaction]) -> Result<()> {
@@ -491,17 +503,19 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 pinned: false,
                 reactions: Vec::new(),
             };
-            let (local, new) = store_message(tx, me, &m).await?;
+            let stored = store_message(tx, me, &m).await?;
             sqlx::query("UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?")
                 .bind(seq)
                 .bind(&conv)
                 .execute(&mut **tx)
                 .await?;
-            if new {
-                vec![Effect::NewMessage { id: local, from_other: ev.actor != me }]
+            let mut effects = vec![if stored.new {
+                Effect::NewMessage { id: stored.id, from_other: ev.actor != me }
             } else {
-                vec![Effect::MessageChanged { id: local }]
-            }
+                Effect::MessageChanged { id: stored.id }
+            }];
+            effects.extend(stored.requeued.map(|id| Effect::Requeued { id }));
+            effects
         }
         EventBody::MemberAdded { member } => {
             upsert_member(tx, &conv, member).await?;

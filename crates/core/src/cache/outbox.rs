@@ -98,6 +98,8 @@ impl Cache {
                 // The server says (conversation, seq) is this message: a row
                 // still holding that slot is stale.
                 free_slot(&mut tx, r.get("conversation_id"), seq, local).await?;
+                // (An own message found there was queued again; the outbox
+                // task calling this finds it on its next round.)
                 sqlx::query(
                     "UPDATE messages SET seq = ?, ts = ?, status = 'sent', error_code = NULL, error_message = NULL
                      WHERE id = ?",
@@ -157,26 +159,30 @@ impl Cache {
 
 /// Removes whatever row holds (`conversation`, `seq`) other than `keep`: an
 /// own message there was lost by the server (a rewind) and is queued again
-/// under its client id; anyone else's is stale and dropped.
+/// under its client id (returned, so the outbox can be woken); anyone
+/// else's is stale and dropped.
 pub(super) async fn free_slot(
     tx: &mut Transaction<'_, Sqlite>,
     conversation: &str,
     seq: i64,
     keep: LocalId,
-) -> Result<()> {
+) -> Result<Option<LocalId>> {
     let row = sqlx::query("SELECT id, own_client_id FROM messages WHERE conversation_id = ? AND seq = ? AND id != ?")
         .bind(conversation)
         .bind(seq)
         .bind(keep)
         .fetch_optional(&mut **tx)
         .await?;
-    let Some(row) = row else { return Ok(()) };
+    let Some(row) = row else { return Ok(None) };
     let other: LocalId = row.get("id");
     match row.get::<Option<String>, _>("own_client_id") {
-        Some(_) => requeue(tx, other).await,
+        Some(_) => {
+            requeue(tx, other).await?;
+            Ok(Some(other))
+        }
         None => {
             sqlx::query("DELETE FROM messages WHERE id = ?").bind(other).execute(&mut **tx).await?;
-            Ok(())
+            Ok(None)
         }
     }
 }

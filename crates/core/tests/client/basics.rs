@@ -1,95 +1,10 @@
-//! The client core against an in-process server on a loopback port, with
-//! real SQLite files for both.
+//! Sending, ticks, the outbox, history, reconnects, the keychain.
 
+use crate::support::*;
 use confab_core::{Client, ClientEvent, ConnectionState, LinkConfig, MessageStatus, SendOutcome};
 use confab_protocol::ErrorCode;
-use confab_server::{Config, Limits, Server};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-const PASSWORD: &str = "correct horse battery";
-const T: Duration = Duration::from_secs(20);
-
-struct World {
-    dir: tempfile::TempDir,
-    server: Option<Server>,
-    url: String,
-}
-
-impl World {
-    async fn new() -> World {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = start_server(&dir.path().join("server.db"), 0).await;
-        let url = format!("http://{}", server.addr);
-        World { dir, server: Some(server), url }
-    }
-
-    fn profile(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn client(&self, profile: &str) -> Client {
-        let config = LinkConfig {
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(500),
-            ..LinkConfig::default()
-        };
-        Client::open(&self.profile(profile)).await.expect("open profile").with_link_config(config)
-    }
-
-    /// A registered, started client whose first sync is done.
-    async fn user(&self, name: &str) -> Client {
-        let c = self.client(name).await;
-        c.register(&self.url, name, PASSWORD).await.expect("register");
-        start_synced(&c).await;
-        c
-    }
-
-    async fn stop_server(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-    }
-
-    async fn restart_server(&mut self) {
-        self.stop_server().await;
-        let port: u16 = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-        self.server = Some(start_server(&self.dir.path().join("server.db"), port).await);
-    }
-}
-
-async fn start_server(db: &Path, port: u16) -> Server {
-    let mut config = Config::new(format!("127.0.0.1:{port}").parse().expect("addr"), db.to_owned());
-    config.limits = Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() };
-    confab_server::start(config).await.expect("server")
-}
-
-async fn start_synced(c: &Client) {
-    let mut events = c.subscribe();
-    c.start().await.expect("start");
-    wait_for(&mut events, |e| matches!(e, ClientEvent::SyncCompleted)).await;
-}
-
-async fn wait_for(
-    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
-    pred: impl Fn(&ClientEvent) -> bool,
-) -> ClientEvent {
-    tokio::time::timeout(T, async {
-        loop {
-            match events.recv().await {
-                Ok(e) if pred(&e) => return e,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("expected event within the timeout")
-}
-
-async fn status_of(c: &Client, id: uuid::Uuid) -> MessageStatus {
-    c.own_message(id).await.expect("cache").expect("message").status
-}
 
 #[tokio::test]
 async fn own_message_ticks_go_queued_sent_delivered_read() {
@@ -218,21 +133,6 @@ async fn history_pages_come_from_the_cache_then_the_server_and_work_offline() {
     let cached = bob2.history(conv, Some(50), 10).await.expect("cached page");
     let seqs: Vec<_> = cached.iter().filter_map(|m| m.seq).collect();
     assert_eq!(seqs, (40..50).collect::<Vec<_>>());
-}
-
-/// Texts of a conversation as `c` shows it, oldest first, once it has `n`.
-async fn texts_when(c: &Client, conv: uuid::Uuid, n: usize) -> Vec<String> {
-    tokio::time::timeout(T, async {
-        loop {
-            let page = c.history(conv, None, 50).await.expect("history");
-            if page.len() >= n && page.iter().all(|m| m.seq.is_some()) {
-                return page.into_iter().map(|m| m.text).collect::<Vec<_>>();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await
-        }
-    })
-    .await
-    .expect("the conversation converges")
 }
 
 #[tokio::test]

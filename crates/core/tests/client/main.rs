@@ -1,0 +1,6 @@
+//! The client core against an in-process server on a loopback port, with
+//! real SQLite files for both.
+
+mod basics;
+mod integrity;
+mod support;
