@@ -269,8 +269,14 @@ test("a long conversation opens at the newest message and keeps the DOM small wh
 
   const E = await startInstance("erin", 4464);
   await signIn(E.d, server.url, "erin");
+  // Catching up on 1200 unread messages raises one notification, not 1200.
+  await E.d.until("one summary notification", async () => E.notifications().includes("1200 new messages from dave"), 60000);
+  await new Promise((r) => setTimeout(r, 1000));
+  const notified = (E.notifications().match(/member=Notify\b/g) ?? []).length;
+  assert.equal(notified, 1, `one notification for the catch-up:\n${E.notifications()}`);
   await E.d.until("erin's conversation listed", () => E.d.find("[data-testid=conversation-row]"));
   await E.d.click("[data-testid=conversation-row]");
+  await E.d.until("newest shown", async () => (await texts(E.d)).includes("line 1200"));
   await E.d.until("newest shown", async () => (await texts(E.d)).includes("line 1200"));
   const atBottom = () =>
     E.d.js("const l = document.querySelector('[data-testid=messages]'); return l.scrollHeight - l.scrollTop - l.clientHeight < 60");

@@ -174,3 +174,31 @@ fn group_admins_manage_members_and_removed_members_lose_access() {
     carol.fails(&["delete", &group, "1"]);
     alice.ok(&["delete", &group, "1"]);
 }
+
+#[test]
+fn with_the_server_down_the_cli_shows_the_cache_at_once_and_says_it_is_offline() {
+    let tmp = temp_dir("offline");
+    let mut server = Server::start(&tmp.path().join("server"));
+    let alice = Profile::register(tmp.path(), &server.url, "alice");
+    let bob = Profile::register(tmp.path(), &server.url, "bob");
+    let conv = alice.ok(&["dm", "bob"]);
+    alice.ok(&["send", &conv, "cached for later"]);
+    assert_eq!(bob.history(&conv, 10).len(), 1);
+    server.kill();
+
+    // Refused connections are known at once: no waiting out a sync timeout
+    // (which was 15 s). The bound here only catches a hang.
+    let mut child = bob
+        .cmd(&["history", &conv, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_child(&mut child, Duration::from_secs(8));
+    assert!(status.success());
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("offline"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cached for later"), "{stdout}");
+}

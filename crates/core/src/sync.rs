@@ -298,8 +298,9 @@ impl Sync {
                     None => {}
                 }
                 let mut after = None;
-                for ev in &page.events {
-                    match self.apply(ev, false).await? {
+                let applied = self.inner.cache.apply_events(self.inner.me, &page.events).await?;
+                for (ev, applied) in page.events.iter().zip(applied) {
+                    match self.settle(ev, applied, false).await? {
                         Some(pos) => after = Some(pos),
                         None => {
                             failure.get_or_insert(Error::Protocol("gap inside a page of events".into()));
@@ -341,8 +342,14 @@ impl Sync {
     /// Applies one event; returns its position if it is now applied (or was
     /// already), `None` on a gap.
     async fn apply(&mut self, ev: &ConvEvent, live: bool) -> Result<Option<i64>> {
-        let me = self.inner.me;
-        match self.inner.cache.apply_event(me, ev).await? {
+        let applied = self.inner.cache.apply_event(self.inner.me, ev).await?;
+        self.settle(ev, applied, live).await
+    }
+
+    /// Reports what applying `ev` did; its position if it is now applied
+    /// (or was already), `None` on a gap.
+    async fn settle(&mut self, ev: &ConvEvent, applied: Applied, live: bool) -> Result<Option<i64>> {
+        match applied {
             Applied::Duplicate => Ok(Some(ev.pos)),
             Applied::Gap { .. } => Ok(None),
             Applied::Skipped { reason } => {

@@ -104,6 +104,19 @@ function onEvent(e: ClientEvent) {
       app.connection = e.state;
       break;
     case "message_added":
+      if (!e.live) {
+        // Catching up: hundreds may come at once. Reload the open
+        // conversation once per burst instead of inserting each.
+        if (e.message.conversation === app.openId) {
+          reloadOpenCoalesced().then(() => {
+            app.arrivals += 1;
+            app.ownArrival = false;
+            markRead();
+          });
+        }
+        refreshConversations();
+        break;
+      }
       if (upsert(e.message)) {
         app.arrivals += 1;
         app.ownArrival = e.message.sender === app.session?.user;
@@ -138,6 +151,28 @@ function onEvent(e: ClientEvent) {
       refreshConversations();
       break;
   }
+}
+
+let reloading: Promise<void> | null = null;
+let reloadAgain = false;
+
+/** Like {@link refreshConversations}: calls during a reload fold into one more. */
+function reloadOpenCoalesced(): Promise<void> {
+  if (reloading) {
+    reloadAgain = true;
+    return reloading;
+  }
+  reloading = (async () => {
+    try {
+      do {
+        reloadAgain = false;
+        await reloadOpen();
+      } while (reloadAgain);
+    } finally {
+      reloading = null;
+    }
+  })();
+  return reloading;
 }
 
 async function reloadOpen() {

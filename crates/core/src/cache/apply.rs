@@ -120,46 +120,23 @@ impl Cache {
 
     /// Applies one event if it is the next one for its conversation.
     pub async fn apply_event(&self, me: UserId, ev: &ConvEvent) -> Result<Applied> {
-        let conv = ev.conversation.to_string();
         let mut tx = self.pool.begin().await?;
-        let applied: i64 = sqlx::query("SELECT applied_pos FROM conversations WHERE id = ?")
-            .bind(&conv)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get("applied_pos"))
-            .unwrap_or(0);
-        if ev.pos <= applied {
-            return Ok(Applied::Duplicate);
-        }
-        if ev.pos > applied + 1 {
-            return Ok(Applied::Gap { after: applied });
-        }
-        // A savepoint: if the change cannot be made, undo just it and still
-        // consume the position.
-        let mut change = tx.begin().await?;
-        let outcome = match apply_body(&mut change, me, ev).await {
-            Ok(effects) => {
-                change.commit().await?;
-                Applied::Done(effects)
-            }
-            Err(e @ (Error::Cache(sqlx::Error::Database(_)) | Error::Protocol(_))) => {
-                change.rollback().await?;
-                Applied::Skipped { reason: e.to_string() }
-            }
-            Err(e) => return Err(e),
-        };
-        // Upsert: even a first event that could not be applied consumes its
-        // position, or the conversation would ask for it forever.
-        sqlx::query(
-            "INSERT INTO conversations (id, kind, applied_pos) VALUES (?, 'group', ?)
-             ON CONFLICT(id) DO UPDATE SET applied_pos = excluded.applied_pos",
-        )
-        .bind(&conv)
-        .bind(ev.pos)
-        .execute(&mut *tx)
-        .await?;
+        let applied = apply_in(&mut tx, me, ev).await?;
         tx.commit().await?;
-        Ok(outcome)
+        Ok(applied)
+    }
+
+    /// Applies a page of events in one transaction (each still checked
+    /// against its position, each in its own savepoint): catching up on
+    /// thousands of events costs one commit per page, not one per event.
+    pub async fn apply_events(&self, me: UserId, events: &[ConvEvent]) -> Result<Vec<Applied>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            out.push(apply_in(&mut tx, me, ev).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Replaces what the cache knows of a conversation with a server
@@ -244,6 +221,48 @@ impl Cache {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// One event inside `tx`: applied exactly when it is the next position.
+async fn apply_in(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent) -> Result<Applied> {
+    let conv = ev.conversation.to_string();
+    let applied: i64 = sqlx::query("SELECT applied_pos FROM conversations WHERE id = ?")
+        .bind(&conv)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.get("applied_pos"))
+        .unwrap_or(0);
+    if ev.pos <= applied {
+        return Ok(Applied::Duplicate);
+    }
+    if ev.pos > applied + 1 {
+        return Ok(Applied::Gap { after: applied });
+    }
+    // A savepoint: if the change cannot be made, undo just it and still
+    // consume the position.
+    let mut change = tx.begin().await?;
+    let outcome = match apply_body(&mut change, me, ev).await {
+        Ok(effects) => {
+            change.commit().await?;
+            Applied::Done(effects)
+        }
+        Err(e @ (Error::Cache(sqlx::Error::Database(_)) | Error::Protocol(_))) => {
+            change.rollback().await?;
+            Applied::Skipped { reason: e.to_string() }
+        }
+        Err(e) => return Err(e),
+    };
+    // Upsert: even a first event that could not be applied consumes its
+    // position, or the conversation would ask for it forever.
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, applied_pos) VALUES (?, 'group', ?)
+         ON CONFLICT(id) DO UPDATE SET applied_pos = excluded.applied_pos",
+    )
+    .bind(&conv)
+    .bind(ev.pos)
+    .execute(&mut **tx)
+    .await?;
+    Ok(outcome)
 }
 
 async fn upsert_member(tx: &mut Transaction<'_, Sqlite>, conv: &str, m: &Member) -> Result<()> {
