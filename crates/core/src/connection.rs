@@ -57,6 +57,8 @@ pub(crate) enum Inbound {
     Connected {
         /// The server's store epoch (see `docs/protocol.md`).
         epoch: String,
+        /// See [`Link::generation`].
+        generation: u64,
     },
     /// Events were dropped because the sync task fell behind: compare every
     /// conversation with the server again.
@@ -92,11 +94,19 @@ pub(crate) struct Link {
     request_timeout: Duration,
     /// Requests sent (heartbeats aside), for measuring what a sync costs.
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Counts connections: a request made for one connection's sync must
+    /// not go out over the next (it may be to a restored server).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Link {
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.state.clone()
+    }
+
+    /// Which connection this is (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests_sent(&self) -> u64 {
@@ -170,9 +180,15 @@ pub(crate) fn spawn(
 ) -> (Link, watch::Receiver<ConnectionState>, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
-    let link =
-        Link { commands, state: state.clone(), request_timeout: config.request_timeout, sent: Default::default() };
-    let task = tokio::spawn(run(server, token, config, rx, state_tx, inbound));
+    let generation: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
+    let link = Link {
+        commands,
+        state: state.clone(),
+        request_timeout: config.request_timeout,
+        sent: Default::default(),
+        generation: generation.clone(),
+    };
+    let task = tokio::spawn(run(server, token, config, rx, state_tx, inbound, generation));
     (link, state, task)
 }
 
@@ -192,6 +208,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     state: watch::Sender<ConnectionState>,
     inbound: mpsc::Sender<Inbound>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     loop {
@@ -199,10 +216,11 @@ async fn run(
         let ended = match connect(&server, &token, &config).await {
             Ok((ws, epoch)) => {
                 backoff.reset();
+                let generation = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 // Connected first, so the sync task's requests go through
                 // when it sees the marker.
                 state.send_replace(ConnectionState::Connected);
-                if inbound.send(Inbound::Connected { epoch }).await.is_err() {
+                if inbound.send(Inbound::Connected { epoch, generation }).await.is_err() {
                     return;
                 }
                 session(ws, &config, &mut commands, &inbound).await

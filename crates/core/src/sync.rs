@@ -48,7 +48,7 @@ const SNAPSHOT_MESSAGES: u32 = 100;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) {
-    let mut sync = Sync { inner, acks: HashMap::new(), missed: HashMap::new(), epoch: None };
+    let mut sync = Sync { inner, acks: HashMap::new(), missed: HashMap::new(), epoch: None, generation: 0 };
     while let Some(first) = inbound.recv().await {
         sync.handle(first).await;
         // Drain what is already here before acknowledging delivery, so a
@@ -73,15 +73,17 @@ struct Sync {
     /// Newest seq from others applied per conversation, to acknowledge.
     acks: HashMap<ConversationId, i64>,
     missed: HashMap<ConversationId, Missed>,
-    /// The current connection's store epoch.
+    /// The current connection's store epoch, and which connection it is.
     epoch: Option<String>,
+    generation: u64,
 }
 
 impl Sync {
     async fn handle(&mut self, inbound: Inbound) {
         let result = match inbound {
-            Inbound::Connected { epoch } => {
+            Inbound::Connected { epoch, generation } => {
                 self.epoch = Some(epoch);
+                self.generation = generation;
                 self.full_sync_patiently().await
             }
             Inbound::Resync => self.full_sync_patiently().await,
@@ -118,6 +120,8 @@ impl Sync {
         let mut attempt = 0;
         loop {
             match self.full_sync().await {
+                // A newer connection has its own sync queued behind this.
+                Err(_) if self.inner.link().generation() != self.generation => return Ok(()),
                 Err(e) if e.is_transient() && self.inner.link().is_connected() && attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(%e, attempt, "sync failed; retrying");
@@ -133,6 +137,10 @@ impl Sync {
     async fn request(&self, body: RequestBody) -> Result<Reply> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
+            // Never mix two connections (two servers, maybe) in one sync.
+            if self.inner.link().generation() != self.generation {
+                return Err(Error::Disconnected);
+            }
             match self.inner.link().request(body.clone()).await {
                 Err(Error::Server { code: ErrorCode::RateLimited, retry_after_ms, .. })
                     if tokio::time::Instant::now() < deadline =>
@@ -179,7 +187,7 @@ impl Sync {
         };
         if new_epoch {
             tracing::info!(%epoch, "new server epoch: syncing from scratch");
-            cache.reset_for_new_epoch(&heads).await?;
+            cache.reset_for_new_epoch(&heads, &epoch).await?;
             self.inner.outbox_wakeup.notify_one();
         }
         let known: HashMap<ConversationId, (i64, bool)> =
@@ -203,14 +211,19 @@ impl Sync {
                 tracing::warn!(%e, conversation = %head.id, "catching up failed");
                 failure.get_or_insert(e);
             }
-            // Acknowledge anything a lost receipt left unacknowledged.
-            if head.delivered_seq < head.last_seq {
-                let ack = self.acks.entry(head.id).or_insert(0);
-                *ack = (*ack).max(head.last_seq);
-            }
         }
         if let Err(e) = self.catch_up(behind).await {
             failure.get_or_insert(e);
+        }
+        // Acknowledge what a lost receipt left unacknowledged — only where
+        // this device now has everything the head listed.
+        let applied: HashMap<ConversationId, i64> =
+            cache.known_conversations().await?.into_iter().map(|(id, pos, _)| (id, pos)).collect();
+        for head in &heads {
+            if head.delivered_seq < head.last_seq && applied.get(&head.id).is_some_and(|p| *p >= head.last_pos) {
+                let ack = self.acks.entry(head.id).or_insert(0);
+                *ack = (*ack).max(head.last_seq);
+            }
         }
         // Conversations we were removed from while away.
         for (id, (_, left)) in known {
@@ -222,9 +235,6 @@ impl Sync {
         self.flush_acks();
         if let Some(e) = failure {
             return Err(e);
-        }
-        if new_epoch {
-            cache.set_epoch(&epoch).await?;
         }
         self.inner.emit(ClientEvent::SyncCompleted);
         Ok(())
@@ -426,7 +436,10 @@ impl Sync {
             if latest.seq.is_some_and(|s| s <= read) {
                 continue;
             }
-            let count = missed.count;
+            // Only what is still unread (a fresh device replays history the
+            // user read long ago).
+            let unread = self.inner.cache.unread(conversation, self.inner.me).await.unwrap_or(missed.count);
+            let count = missed.count.min(unread);
             self.inner.emit(ClientEvent::MissedMessages { conversation, count, senders: missed.senders, latest });
         }
     }

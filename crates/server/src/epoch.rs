@@ -8,7 +8,8 @@
 //! (`Store::log_total`, which only grows). It is written at start, every few
 //! seconds while running and at shutdown. A database that comes back with
 //! the same epoch but fewer events than the sidecar saw was restored from an
-//! older copy, and gets a new epoch. A restore the sidecar cannot see (both
+//! older copy, and gets a new epoch; so does one whose epoch is not the
+//! sidecar's (a copy from before a rotation, another server's). A restore the sidecar cannot see (both
 //! files restored together) needs `confab-server --new-epoch`.
 
 use crate::error::{ApiError, Result};
@@ -29,8 +30,31 @@ fn read_sidecar(path: &Path) -> Option<(String, i64)> {
     Some((epoch, total))
 }
 
-/// Records `epoch` and `total` in the sidecar, atomically and durably.
-pub async fn record(path: PathBuf, epoch: String, total: i64) -> Result<()> {
+/// The sidecar file. Writes are serialised and never record a smaller total
+/// than one already written, whoever calls (the periodic task, shutdown).
+pub struct Sidecar {
+    path: PathBuf,
+    written: tokio::sync::Mutex<i64>,
+}
+
+impl Sidecar {
+    pub fn new(db: &Path) -> Sidecar {
+        Sidecar { path: sidecar_path(db), written: tokio::sync::Mutex::new(-1) }
+    }
+
+    /// Records `epoch` and `total`, atomically and durably.
+    pub async fn record(&self, epoch: &str, total: i64) -> std::io::Result<()> {
+        let mut written = self.written.lock().await;
+        if total <= *written {
+            return Ok(());
+        }
+        write(self.path.clone(), epoch.to_owned(), total).await?;
+        *written = total;
+        Ok(())
+    }
+}
+
+async fn write(path: PathBuf, epoch: String, total: i64) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         use std::io::Write;
         let tmp = path.with_extension("epoch.tmp");
@@ -40,8 +64,7 @@ pub async fn record(path: PathBuf, epoch: String, total: i64) -> Result<()> {
         std::fs::rename(&tmp, &path)
     })
     .await
-    .map_err(|e| ApiError::internal("epoch sidecar", e))?
-    .map_err(|e| ApiError::internal("epoch sidecar", e))
+    .map_err(std::io::Error::other)?
 }
 
 /// The epoch to serve with, and the log's size now. Rotates the epoch for a
@@ -51,8 +74,11 @@ pub async fn establish(store: &dyn Store, db: &Path, force_new: bool) -> Result<
     let total = store.log_total().await?;
     let stored = store.meta("epoch").await?;
     let sidecar = sidecar_path(db);
+    // A sidecar that saw more events than the database holds now, or saw
+    // another epoch (a database from before a rotation, or
+    // another server's), means clients may hold positions this log lacks.
     let rewound = match (&stored, read_sidecar(&sidecar)) {
-        (Some(epoch), Some((seen_epoch, seen_total))) => *epoch == seen_epoch && total < seen_total,
+        (Some(epoch), Some((seen_epoch, seen_total))) => *epoch != seen_epoch || total < seen_total,
         _ => false,
     };
     let epoch = match stored {
@@ -66,6 +92,6 @@ pub async fn establish(store: &dyn Store, db: &Path, force_new: bool) -> Result<
             epoch
         }
     };
-    record(sidecar, epoch.clone(), total).await?;
+    write(sidecar, epoch.clone(), total).await.map_err(|e| ApiError::internal("cannot write the epoch sidecar", e))?;
     Ok((epoch, total))
 }

@@ -186,7 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
     let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
     let state = AppState::new(Arc::new(store), config.limits, epoch, log_total).await?;
-    let sidecar = epoch::sidecar_path(&config.db);
+    let sidecar = Arc::new(epoch::Sidecar::new(&config.db));
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -202,8 +202,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let total = service.log_total.load(std::sync::atomic::Ordering::Relaxed);
-                if total != recorded && epoch::record(sidecar.clone(), service.epoch.clone(), total).await.is_ok() {
-                    recorded = total;
+                if total == recorded {
+                    continue;
+                }
+                match sidecar.record(&service.epoch, total).await {
+                    Ok(()) => recorded = total,
+                    Err(e) => tracing::warn!(%e, "cannot update the epoch sidecar"),
                 }
             }
         })
@@ -216,7 +220,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             service.hub.kick_all();
             recorder.abort();
             let total = service.log_total.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = epoch::record(sidecar, service.epoch.clone(), total).await;
+            if let Err(e) = sidecar.record(&service.epoch, total).await {
+                tracing::warn!(%e, "cannot update the epoch sidecar");
+            }
         };
         // Chat frames are small and latency-bound: no Nagle delay.
         let listener = listener.tap_io(|tcp| {

@@ -101,7 +101,9 @@ impl Service {
         match body {
             EventBody::Created { .. } => {
                 let list = online(&mut recipients.iter().copied());
-                for chunk in list.chunks(PRESENCE_CHUNK).filter(|c| c.len() > 1) {
+                // Alone online, there is nobody to tell.
+                let list = if list.len() > 1 { list } else { Vec::new() };
+                for chunk in list.chunks(PRESENCE_CHUNK) {
                     let f = frame(&ServerFrame::PresenceList { presence: chunk.to_vec(), snapshot: false })?;
                     self.hub.publish(recipients, f);
                 }

@@ -107,14 +107,20 @@ async fn connection(socket: WebSocket, state: AppState) {
         return;
     };
     tracing::debug!(user = %caller.user, conn = reg.id, "connected");
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        reg.rx,
-        reg.queue.meter(),
-        reg.kicked.clone(),
-        limits.ping_interval,
-        limits.write_timeout,
-    ));
+    // When the writer ends — kicked, or a write stalled or failed — it
+    // tells the reader through the kick signal, which the reader checks
+    // only between requests: a request in progress still commits *and*
+    // publishes before the connection goes.
+    let writer = {
+        let (rx, meter, kicked, kick) = (reg.rx, reg.queue.meter(), reg.kicked.clone(), reg.kick.clone());
+        let (ping, write_timeout) = (limits.ping_interval, limits.write_timeout);
+        tokio::spawn(async move {
+            write_loop(sink, rx, meter, kicked, ping, write_timeout).await;
+            if kick.borrow().is_none() {
+                kick.send_replace(Some(Kick { code: CLOSE_SLOW_CONSUMER, reason: "write_failed" }));
+            }
+        })
+    };
     // A logout that raced this hello (after the token check, before the
     // registration) must still end this socket.
     if !matches!(service.store.session(&auth::token_hash(&token)).await, Ok(Some(_))) {
@@ -136,20 +142,14 @@ async fn connection(socket: WebSocket, state: AppState) {
         }
         Err(e) => tracing::warn!(%e, "presence snapshot failed"),
     }
-    let writer_ended = tokio::select! {
-        _ = read_loop(&mut stream, &state, &caller, &reg.queue, reg.kicked, &reg.kick) => false,
-        _ = &mut writer => true,
-    };
+    read_loop(&mut stream, &state, &caller, &reg.queue, reg.kicked, &reg.kick).await;
     // Dropping our sender (the hub's goes with unregister) ends the writer
-    // once it has flushed what is queued. If the writer ended first, this
-    // drops the socket: the peer sees the connection close and resumes.
+    // once it has flushed what is queued. If the writer ended first, the
+    // socket goes with the stream half dropped here: the peer sees the
+    // connection close and resumes.
     let last = service.hub.unregister(caller.user, reg.id);
     drop(reg.queue);
-    if writer_ended {
-        tracing::debug!(user = %caller.user, conn = reg.id, "writer ended: closing the connection");
-    } else {
-        let _ = writer.await;
-    }
+    let _ = writer.await;
     // Re-check: another device may have connected while this one wound down.
     if last && !service.hub.is_online(caller.user) {
         let now = crate::store::now_ms();
@@ -285,8 +285,22 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
         Ok(req) => req,
         Err(e) => return error_frame(e.id, e.code, e.message, None),
     };
-    if let Err(not_until) = state.request_limiter.check_key(&caller.user) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+    // A batch of receipts is up to 100 commits: it costs one request per
+    // ten of them, so batching saves round trips without buying load.
+    let cost = match &req.body {
+        RequestBody::DeliveredMany { receipts } => receipts.len().div_ceil(10).max(1),
+        _ => 1,
+    };
+    let cost = std::num::NonZeroU32::new(cost as u32).unwrap_or(std::num::NonZeroU32::MIN);
+    let limited = match state.request_limiter.check_key_n(&caller.user, cost) {
+        Ok(Ok(())) => None,
+        Ok(Err(not_until)) => {
+            Some(not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
+        }
+        // More than the burst allows at all (a tiny configured burst).
+        Err(_) => Some(Duration::from_secs(1)),
+    };
+    if let Some(wait) = limited {
         let ms = wait.as_millis().max(1) as u64;
         return error_frame(
             Some(req.id),

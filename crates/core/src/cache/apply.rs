@@ -89,18 +89,21 @@ impl Cache {
         Ok(())
     }
 
-    /// The server's log may have been rewound (a new epoch): forget every
-    /// position and everything others sent, so each conversation syncs
-    /// from scratch. Own messages stay: those newer than what the server
-    /// now has are queued again (same client id, so never twice), the rest
-    /// are matched again as their events replay.
-    pub async fn reset_for_new_epoch(&self, heads: &[ConversationHead]) -> Result<()> {
+    /// The server's log may have been rewound (a new `epoch`): forget
+    /// every position and everything others sent, so each conversation
+    /// syncs from scratch, and record the epoch in the same transaction
+    /// (positions at 0 are valid in it, so an interrupted sync just goes
+    /// on). Own messages stay: those newer than what the server now has
+    /// are queued again (same client id, so never twice), the rest are
+    /// matched again as their events replay.
+    pub async fn reset_for_new_epoch(&self, heads: &[ConversationHead], epoch: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for h in heads {
+            let conv = h.id.to_string();
             let lost: Vec<LocalId> = sqlx::query(
                 "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
             )
-            .bind(h.id.to_string())
+            .bind(&conv)
             .bind(h.last_seq)
             .fetch_all(&mut *tx)
             .await?
@@ -110,10 +113,20 @@ impl Cache {
             for local in lost {
                 requeue(&mut tx, local).await?;
             }
+            // Membership and receipts come back with the replay; what the
+            // lost log said about them must not linger.
+            sqlx::query("DELETE FROM members WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
+            sqlx::query("UPDATE conversations SET left = 0 WHERE id = ?").bind(&conv).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM messages WHERE own_client_id IS NULL").execute(&mut *tx).await?;
         sqlx::query("DELETE FROM reactions").execute(&mut *tx).await?;
         sqlx::query("UPDATE conversations SET applied_pos = 0, last_seq = 0").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('epoch', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -223,6 +236,14 @@ impl Cache {
     }
 }
 
+fn refused(e: &Error) -> bool {
+    match e {
+        Error::Cache(sqlx::Error::Database(db)) => !matches!(db.kind(), sqlx::error::ErrorKind::Other),
+        Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
 /// One event inside `tx`: applied exactly when it is the next position.
 async fn apply_in(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent) -> Result<Applied> {
     let conv = ev.conversation.to_string();
@@ -246,7 +267,10 @@ async fn apply_in(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent) 
             change.commit().await?;
             Applied::Done(effects)
         }
-        Err(e @ (Error::Cache(sqlx::Error::Database(_)) | Error::Protocol(_))) => {
+        // Only a change the data refuses (a constraint, the shared rules)
+        // is skipped; a failing disk is an error, and the event is
+        // fetched again later.
+        Err(e) if refused(&e) => {
             change.rollback().await?;
             Applied::Skipped { reason: e.to_string() }
         }

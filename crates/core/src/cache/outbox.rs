@@ -175,6 +175,12 @@ pub(super) async fn free_slot(
         .await?;
     let Some(row) = row else { return Ok(None) };
     let other: LocalId = row.get("id");
+    // Its reactions belonged to it, not to the message taking the slot.
+    sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
+        .bind(conversation)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
     match row.get::<Option<String>, _>("own_client_id") {
         Some(_) => {
             requeue(tx, other).await?;

@@ -86,10 +86,6 @@ impl Cache {
     pub async fn epoch(&self) -> Result<Option<String>> {
         self.meta("epoch").await
     }
-
-    pub async fn set_epoch(&self, epoch: &str) -> Result<()> {
-        self.set_meta("epoch", epoch).await
-    }
 }
 
 pub(super) async fn upsert_user(tx: &mut Transaction<'_, Sqlite>, user: UserId, username: &str) -> Result<()> {

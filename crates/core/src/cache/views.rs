@@ -43,6 +43,20 @@ impl Cache {
         Ok(())
     }
 
+    /// Messages from others after `me`'s read position.
+    pub async fn unread(&self, conversation: ConversationId, me: UserId) -> Result<i64> {
+        let read = self.read_seq(conversation, me).await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM messages WHERE conversation_id = ? AND seq > ? AND sender != ? AND deleted = 0",
+        )
+        .bind(conversation.to_string())
+        .bind(read)
+        .bind(me.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get("n"))
+    }
+
     /// How far `user` has read in a conversation.
     pub async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<i64> {
         let row = sqlx::query("SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?")

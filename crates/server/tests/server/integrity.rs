@@ -211,6 +211,14 @@ async fn welcome_carries_the_store_epoch_which_survives_a_restart() {
     let mut config = confab_server::Config::new("127.0.0.1:0".parse().expect("addr"), db.clone());
     config.new_epoch = true;
     let forced = confab_server::start(config).await.expect("start");
-    assert_ne!(forced.state.service.epoch, epoch, "--new-epoch starts a new one");
+    let forced_epoch = forced.state.service.epoch.clone();
+    assert_ne!(forced_epoch, epoch, "--new-epoch starts a new one");
     forced.shutdown().await;
+    // A database whose epoch is not the one the sidecar last saw (a copy
+    // from before a rotation) gets a new one too.
+    let sidecar = confab_server::epoch::sidecar_path(&db);
+    std::fs::write(&sidecar, format!("{} 0\n", uuid::Uuid::now_v7())).expect("sidecar");
+    let swapped = start().await;
+    assert_ne!(swapped.state.service.epoch, forced_epoch);
+    swapped.shutdown().await;
 }
