@@ -24,30 +24,36 @@ export const app = $state({
 
 const sound = typeof Audio !== "undefined" ? new Audio("/notify.wav") : null;
 
-let refreshing: Promise<void> | null = null;
-let refreshAgain = false;
-
 /**
- * Reloads the conversation list. Calls during a reload coalesce into one
- * more reload, so a burst of events costs two list queries, not one each.
+ * Wraps a reload so that calls during a run fold into one more run: a burst
+ * of events costs two reloads, not one each.
  */
-export async function refreshConversations(): Promise<void> {
-  if (refreshing) {
-    refreshAgain = true;
-    return refreshing;
-  }
-  refreshing = (async () => {
-    try {
-      do {
-        refreshAgain = false;
-        app.conversations = await api.conversations();
-      } while (refreshAgain);
-    } finally {
-      refreshing = null;
+function coalesced(run: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | null = null;
+  let again = false;
+  return () => {
+    if (running) {
+      again = true;
+      return running;
     }
-  })();
-  return refreshing;
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await run();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
 }
+
+/** Reloads the conversation list (coalesced). */
+export const refreshConversations = coalesced(async () => {
+  app.conversations = await api.conversations();
+});
 
 export async function openConversation(id: string | null) {
   app.openId = id;
@@ -153,27 +159,8 @@ function onEvent(e: ClientEvent) {
   }
 }
 
-let reloading: Promise<void> | null = null;
-let reloadAgain = false;
-
-/** Like {@link refreshConversations}: calls during a reload fold into one more. */
-function reloadOpenCoalesced(): Promise<void> {
-  if (reloading) {
-    reloadAgain = true;
-    return reloading;
-  }
-  reloading = (async () => {
-    try {
-      do {
-        reloadAgain = false;
-        await reloadOpen();
-      } while (reloadAgain);
-    } finally {
-      reloading = null;
-    }
-  })();
-  return reloading;
-}
+/** Reloads the open conversation (coalesced). */
+const reloadOpenCoalesced = coalesced(() => reloadOpen());
 
 async function reloadOpen() {
   const id = app.openId;

@@ -100,19 +100,7 @@ impl Cache {
         let mut tx = self.pool.begin().await?;
         for h in heads {
             let conv = h.id.to_string();
-            let lost: Vec<LocalId> = sqlx::query(
-                "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
-            )
-            .bind(&conv)
-            .bind(h.last_seq)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.get("id"))
-            .collect();
-            for local in lost {
-                requeue(&mut tx, local).await?;
-            }
+            requeue_newer_than(&mut tx, &conv, h.last_seq).await?;
             // Membership and receipts come back with the replay; what the
             // lost log said about them must not linger.
             sqlx::query("DELETE FROM members WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
@@ -167,19 +155,7 @@ impl Cache {
         if reset {
             // Own messages stay: matched again below, or queued again if the
             // server no longer has them.
-            let lost: Vec<LocalId> = sqlx::query(
-                "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
-            )
-            .bind(&conv)
-            .bind(info.last_seq)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.get("id"))
-            .collect();
-            for local in lost {
-                requeue(&mut tx, local).await?;
-            }
+            requeue_newer_than(&mut tx, &conv, info.last_seq).await?;
             sqlx::query("DELETE FROM messages WHERE conversation_id = ? AND seq IS NOT NULL AND own_client_id IS NULL")
                 .bind(&conv)
                 .execute(&mut *tx)
@@ -234,6 +210,25 @@ impl Cache {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Own messages at a seq beyond the server's newest: it lost them (its log
+/// was rewound), so they are queued again, oldest first.
+async fn requeue_newer_than(tx: &mut Transaction<'_, Sqlite>, conv: &str, last_seq: i64) -> Result<()> {
+    let lost: Vec<LocalId> = sqlx::query(
+        "SELECT id FROM messages WHERE conversation_id = ? AND own_client_id IS NOT NULL AND seq > ? ORDER BY seq",
+    )
+    .bind(conv)
+    .bind(last_seq)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.get("id"))
+    .collect();
+    for local in lost {
+        requeue(tx, local).await?;
+    }
+    Ok(())
 }
 
 fn refused(e: &Error) -> bool {
