@@ -34,6 +34,7 @@ struct Row {
     reconnect: Duration,
     reconnect_requests: u64,
     per_conversation: Duration,
+    list: Duration,
 }
 
 async fn measure(n: usize) -> Row {
@@ -64,7 +65,9 @@ async fn measure(n: usize) -> Row {
     synced(&bob, &mut events).await;
     let first_sync = started.elapsed();
     let first_requests = bob.requests_sent().await.expect("count");
+    let started = Instant::now();
     assert_eq!(bob.conversations().await.expect("list").len(), n);
+    let list = started.elapsed();
 
     // Reconnect with nothing new: stop and start the client.
     bob.stop().await;
@@ -82,7 +85,7 @@ async fn measure(n: usize) -> Row {
     let token = fresh.session().await.expect("s").expect("s").token;
     let per_conversation = old_way(&url, &token, store, a).await;
     server.shutdown().await;
-    Row { conversations: n, first_sync, first_requests, reconnect, reconnect_requests, per_conversation }
+    Row { conversations: n, first_sync, first_requests, reconnect, reconnect_requests, per_conversation, list }
 }
 
 async fn old_way(
@@ -132,13 +135,20 @@ async fn main() {
         defaults.requests_per_sec, defaults.request_burst
     );
     println!(
-        "{:>13} | {:>14} | {:>8} | {:>13} | {:>8} | {:>26} | {:>6}",
-        "conversations", "first sync", "requests", "reconnect", "requests", "old way: 1 request/conv", "ratio"
+        "{:>13} | {:>14} | {:>8} | {:>13} | {:>8} | {:>26} | {:>6} | {:>12}",
+        "conversations",
+        "first sync",
+        "requests",
+        "reconnect",
+        "requests",
+        "old way: 1 request/conv",
+        "ratio",
+        "list view"
     );
     for n in [100, 300, 1000] {
         let r = measure(n).await;
         println!(
-            "{:>13} | {:>11.0} ms | {:>8} | {:>10.1} ms | {:>8} | {:>23.0} ms | {:>5.1}x",
+            "{:>13} | {:>11.0} ms | {:>8} | {:>10.1} ms | {:>8} | {:>23.0} ms | {:>5.1}x | {:>9.1} ms",
             r.conversations,
             r.first_sync.as_secs_f64() * 1000.0,
             r.first_requests,
@@ -146,6 +156,7 @@ async fn main() {
             r.reconnect_requests,
             r.per_conversation.as_secs_f64() * 1000.0,
             r.per_conversation.as_secs_f64() / r.first_sync.as_secs_f64(),
+            r.list.as_secs_f64() * 1000.0,
         );
     }
 }

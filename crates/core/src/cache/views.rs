@@ -13,6 +13,22 @@ const MESSAGE_COLUMNS: &str =
     "m.id, m.own_client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
      m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message";
 
+const MEMBER_SELECT: &str = "SELECT m.conversation_id, m.user_id, COALESCE(u.username, '') AS username, m.admin,
+       m.delivered_seq, m.read_seq, COALESCE(u.online, 0) AS online, u.last_seen
+     FROM members m LEFT JOIN users u ON u.id = m.user_id";
+
+fn member_view(r: &SqliteRow) -> Result<MemberView> {
+    Ok(MemberView {
+        user: id(r.get("user_id"))?,
+        username: r.get("username"),
+        admin: r.get::<i64, _>("admin") != 0,
+        delivered_seq: r.get("delivered_seq"),
+        read_seq: r.get("read_seq"),
+        online: r.get::<i64, _>("online") != 0,
+        last_seen: r.get("last_seen"),
+    })
+}
+
 impl Cache {
     pub async fn set_presence(&self, user: UserId, online: bool, last_seen: Option<Millis>) -> Result<()> {
         sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
@@ -76,27 +92,11 @@ impl Cache {
     }
 
     async fn members(&self, conversation: &str) -> Result<Vec<MemberView>> {
-        let rows = sqlx::query(
-            "SELECT m.user_id, COALESCE(u.username, '') AS username, m.admin, m.delivered_seq, m.read_seq,
-                    COALESCE(u.online, 0) AS online, u.last_seen
-             FROM members m LEFT JOIN users u ON u.id = m.user_id WHERE m.conversation_id = ? ORDER BY username",
-        )
-        .bind(conversation)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MemberView {
-                    user: id(r.get("user_id"))?,
-                    username: r.get("username"),
-                    admin: r.get::<i64, _>("admin") != 0,
-                    delivered_seq: r.get("delivered_seq"),
-                    read_seq: r.get("read_seq"),
-                    online: r.get::<i64, _>("online") != 0,
-                    last_seen: r.get("last_seen"),
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&format!("{MEMBER_SELECT} WHERE m.conversation_id = ? ORDER BY username"))
+            .bind(conversation)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(member_view).collect()
     }
 
     async fn reactions(&self, conversation: &str, lo: i64, hi: i64) -> Result<HashMap<i64, Vec<Reaction>>> {
@@ -253,35 +253,78 @@ impl Cache {
         Ok(row.get("s"))
     }
 
+    /// Every conversation, most recent activity first. A fixed number of
+    /// queries whatever the number of conversations: the list is reloaded
+    /// after every burst of events.
     pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationSummary>> {
-        let rows = sqlx::query("SELECT id, kind, name, left FROM conversations").fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.name, c.left,
+               COALESCE((SELECT id FROM messages WHERE conversation_id = c.id AND seq IS NULL ORDER BY id DESC LIMIT 1),
+                        (SELECT id FROM messages WHERE conversation_id = c.id AND seq IS NOT NULL
+                         ORDER BY seq DESC LIMIT 1)) AS last_id
+             FROM conversations c",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut members: HashMap<String, Vec<MemberView>> = HashMap::new();
+        let member_rows = sqlx::query(&format!("{MEMBER_SELECT} ORDER BY username")).fetch_all(&self.pool).await?;
+        for r in &member_rows {
+            members.entry(r.get("conversation_id")).or_default().push(member_view(r)?);
+        }
+        let unread_rows = sqlx::query(
+            "SELECT m.conversation_id, COUNT(*) AS n FROM messages m
+             JOIN members me ON me.conversation_id = m.conversation_id AND me.user_id = ?1
+             WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 GROUP BY m.conversation_id",
+        )
+        .bind(me.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let unread: HashMap<String, i64> = unread_rows.iter().map(|r| (r.get("conversation_id"), r.get("n"))).collect();
+        let last_ids: Vec<LocalId> = rows.iter().filter_map(|r| r.get::<Option<LocalId>, _>("last_id")).collect();
+        let ids = serde_json::to_string(&last_ids).map_err(|e| crate::Error::Protocol(e.to_string()))?;
+        let last_rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender
+             WHERE m.id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let reaction_rows = sqlx::query(
+            "SELECT r.conversation_id, r.seq, r.emoji, r.user_id FROM reactions r
+             JOIN messages m ON m.conversation_id = r.conversation_id AND m.seq = r.seq
+             WHERE m.id IN (SELECT value FROM json_each(?)) ORDER BY r.seq, r.emoji, r.user_id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut reactions: HashMap<String, HashMap<i64, Vec<Reaction>>> = HashMap::new();
+        for r in &reaction_rows {
+            let list = reactions.entry(r.get("conversation_id")).or_default().entry(r.get("seq")).or_default();
+            Reaction::add_to(list, r.get("emoji"), id(r.get("user_id"))?);
+        }
+        let mut last: HashMap<String, ChatMessage> = HashMap::new();
+        for r in &last_rows {
+            let conv: String = r.get("conversation_id");
+            let conv_members = members.get(&conv).map(Vec::as_slice).unwrap_or_default();
+            let mut conv_reactions = reactions.remove(&conv).unwrap_or_default();
+            last.insert(conv, self.view(me, r, conv_members, &mut conv_reactions)?);
+        }
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let conv_id = id(r.get("id"))?;
+            let key: String = r.get("id");
             let kind = kind_from(r.get("kind"));
-            let members = self.members(r.get("id")).await?;
+            let members = members.remove(&key).unwrap_or_default();
             let title = match (kind, r.get::<Option<String>, _>("name")) {
                 (ConvKind::Group, Some(name)) => name,
                 _ => members.iter().find(|m| m.user != me).map(|m| m.username.clone()).unwrap_or_default(),
             };
-            let last_message = self.messages(me, conv_id, None, 1).await?.pop();
-            let my_read = members.iter().find(|m| m.user == me).map(|m| m.read_seq).unwrap_or(0);
-            let unread: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM messages WHERE conversation_id = ? AND seq > ? AND sender != ? AND deleted = 0",
-            )
-            .bind(r.get::<String, _>("id"))
-            .bind(my_read)
-            .bind(me.to_string())
-            .fetch_one(&self.pool)
-            .await?
-            .get("n");
             out.push(ConversationSummary {
-                id: conv_id,
+                id: id(&key)?,
                 kind,
                 title,
                 members,
-                last_message,
-                unread,
+                last_message: last.remove(&key),
+                unread: unread.get(&key).copied().unwrap_or(0),
                 left: r.get::<i64, _>("left") != 0,
             });
         }

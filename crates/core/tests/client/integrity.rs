@@ -351,6 +351,15 @@ async fn coming_back_to_many_messages_is_one_summary_per_conversation() {
             (with_alice, 30, vec!["alice".to_owned()], "a29".to_owned()),
         ]
     );
+    // The list shows the same: unread counts and the newest message.
+    let list = bob.conversations().await.expect("list");
+    let row = |id| list.iter().find(|c| c.id == id).expect("listed");
+    assert_eq!(
+        (row(with_alice).unread, row(with_alice).last_message.as_ref().map(|m| m.text.as_str())),
+        (30, Some("a29"))
+    );
+    assert_eq!((row(with_carol).unread, row(with_carol).title.as_str()), (2, "carol"));
+    assert_eq!(list[0].id, with_carol, "most recent activity first");
     // Back to live: one message, one live event, no summary.
     let ids = vec![alice.send(with_alice, "live one").await.expect("q")];
     alice.wait_sent(&ids).await.expect("sent");
