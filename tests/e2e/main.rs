@@ -3,3 +3,4 @@
 
 mod chat;
 mod delivery;
+mod hardening;

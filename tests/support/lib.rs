@@ -87,6 +87,23 @@ impl Server {
         }
     }
 
+    /// The process id (for reading its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// Resident memory of the process, in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
     /// SIGKILL: no graceful anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -325,4 +342,21 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
         eprintln!("test dir: {}", dir.path().display());
     }
     dir
+}
+
+/// A bare HTTP/1.1 POST on loopback: (status, body).
+pub fn http_post(url: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let host = url.strip_prefix("http://").expect("http url");
+    let mut tcp = std::net::TcpStream::connect(host).expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).expect("read");
+    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -26,4 +26,7 @@ pub struct AuthResponse {
 pub struct HttpError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: when a retry may succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }

@@ -1,15 +1,12 @@
 //! Accounts and sessions: `POST /v1/register`, `/v1/login`, `/v1/logout`.
 //!
-//! Passwords are hashed with argon2id (on the blocking pool: it is CPU work
-//! by design). Sessions are opaque 256-bit random tokens, one per device; the
+//! Passwords are hashed with argon2id on a fixed pool ([`crate::hasher`]):
+//! it is CPU and memory work by design, so it is bounded. Sessions are opaque 256-bit random tokens, one per device; the
 //! database keeps only their SHA-256, and logout deletes the row and closes
 //! that session's live sockets.
 
 use crate::error::{ApiError, ApiJson, Result};
 use crate::AppState;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -29,25 +26,6 @@ pub fn new_token() -> String {
 
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal("hash task", e))?
-    .map_err(|e| ApiError::internal("argon2 hash", e))
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::internal("stored hash", e))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .map_err(|e| ApiError::internal("verify task", e))?
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str> {
@@ -78,7 +56,7 @@ pub async fn register(
     if store.user_by_name(&req.username).await?.is_some() {
         return Err(ErrorCode::UsernameTaken.into());
     }
-    let hash = hash_password(req.password.clone()).await?;
+    let hash = state.hasher.hash(req.password.clone()).await?;
     let user = store.create_user(&req.username, &hash).await?;
     let token = new_token();
     store.create_session(user, &token_hash(&token), device(&req)).await?;
@@ -97,11 +75,11 @@ pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<AuthRequ
     let store = &state.service.store;
     let found = store.credentials(&req.username).await?;
     let (user, ok) = match found {
-        Some((user, hash)) => (Some(user), verify_password(req.password.clone(), hash).await?),
+        Some((user, hash)) => (Some(user), state.hasher.verify(req.password.clone(), hash).await?),
         None => {
             // Spend the same time as a real check, so timing does not tell
-            // which usernames exist.
-            let _ = verify_password(req.password.clone(), state.dummy_hash.to_string()).await;
+            // which usernames exist (and be refused the same way when busy).
+            state.hasher.verify(req.password.clone(), state.dummy_hash.to_string()).await?;
             (None, false)
         }
     };
@@ -125,6 +103,6 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result
 }
 
 /// A valid argon2 hash of a random password, for constant-time login misses.
-pub async fn make_dummy_hash() -> Result<String> {
-    hash_password(new_token()).await
+pub async fn make_dummy_hash(hasher: &crate::hasher::Hasher) -> Result<String> {
+    hasher.hash(new_token()).await
 }

@@ -63,7 +63,16 @@ impl IntoResponse for ApiError {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
-        (status, Json(HttpError { code: self.code, message: self.message })).into_response()
+        let mut response =
+            (status, Json(HttpError { code: self.code, message: self.message, retry_after_ms: self.retry_after_ms }))
+                .into_response();
+        if let Some(ms) = self.retry_after_ms {
+            // The standard header too, in whole seconds (rounded up).
+            if let Ok(v) = axum::http::HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

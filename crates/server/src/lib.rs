@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod epoch;
 pub mod error;
+pub mod hasher;
 pub mod hub;
 pub mod service;
 pub mod store;
@@ -53,6 +54,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Most members a group may have.
     pub max_group_members: usize,
+    /// Threads that hash passwords (each keeps one 19 MiB argon2 area),
+    /// and how many requests may wait for them before `rate_limited`.
+    pub hash_threads: usize,
+    pub hash_queue: usize,
     /// Time allowed for `hello` after connecting.
     pub hello_timeout: Duration,
     /// How often the server pings each socket.
@@ -71,6 +76,8 @@ impl Default for Limits {
             queue_bytes: 2 * confab_protocol::MAX_SERVER_FRAME_BYTES,
             write_timeout: Duration::from_secs(10),
             max_group_members: 1000,
+            hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            hash_queue: 8,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -105,6 +112,7 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub request_limiter: Arc<DefaultKeyedRateLimiter<confab_protocol::UserId>>,
     pub login_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    pub hasher: Arc<hasher::Hasher>,
     pub dummy_hash: Arc<str>,
 }
 
@@ -119,12 +127,16 @@ impl AppState {
         let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
         let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len, queue_bytes);
         let max_members = limits.max_group_members.clamp(2, MAX_GROUP_MEMBERS_CEILING);
+        let hasher = hasher::Hasher::new(limits.hash_threads, limits.hash_queue)
+            .map_err(|e| error::ApiError::internal("cannot start the hashing threads", e))?;
+        let dummy_hash = auth::make_dummy_hash(&hasher).await?.into();
         Ok(AppState {
+            hasher: Arc::new(hasher),
+            dummy_hash,
             service: Arc::new(Service::new(store, hub, max_members, epoch, log_total)),
             limits: Arc::new(limits),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
             login_limiter: Arc::new(RateLimiter::keyed(login_quota)),
-            dummy_hash: auth::make_dummy_hash().await?.into(),
         })
     }
 }
