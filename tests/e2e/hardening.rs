@@ -6,7 +6,9 @@ use confab_tests::*;
 #[test]
 fn a_login_flood_for_unknown_users_keeps_memory_bounded_and_gets_401_or_429() {
     let tmp = temp_dir("flood");
-    let server = Server::start(&tmp.path().join("server"));
+    // Behind a (pretend) proxy, each request from its own address, so the
+    // per-address limits do not hide the password-hashing pool.
+    let server = Server::start_with(&tmp.path().join("server"), 0, &["--trust-proxy"]);
     let before = server.rss_bytes();
     // 600 logins for names that do not exist, 50 at a time.
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
@@ -17,7 +19,8 @@ fn a_login_flood_for_unknown_users_keeps_memory_bounded_and_gets_401_or_429() {
                     (0..12)
                         .map(|i| {
                             let body = format!(r#"{{"username":"nosuch{w}x{i}","password":"some-password-1"}}"#);
-                            http_post(&url, "/v1/login", &body)
+                            let from = format!("X-Forwarded-For: 10.{w}.{i}.1");
+                            http_post(&url, "/v1/login", &body, &[from])
                         })
                         .collect::<Vec<_>>()
                 })
@@ -40,4 +43,31 @@ fn a_login_flood_for_unknown_users_keeps_memory_bounded_and_gets_401_or_429() {
     let mib = |b: u64| b / (1024 * 1024);
     eprintln!("RSS {} MiB before, {} MiB after the flood", mib(before), mib(after));
     assert!(after < 400 * 1024 * 1024, "RSS went from {} MiB to {} MiB", mib(before), mib(after));
+}
+
+#[test]
+fn guessing_from_one_address_neither_locks_out_the_user_nor_buys_accounts() {
+    let tmp = temp_dir("guard");
+    let server = Server::start_with(&tmp.path().join("server"), 0, &["--trust-proxy", "--accounts-per-hour", "3"]);
+    let from = |ip: &str| vec![format!("X-Forwarded-For: {ip}")];
+    let account = |name: &str| format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#);
+    // One address creates at most 3 accounts an hour; another is unaffected.
+    let made: Vec<u16> = (0..5)
+        .map(|i| http_post(&server.url, "/v1/register", &account(&format!("bot{i}")), &from("10.0.0.66")).0)
+        .collect();
+    assert_eq!(made, [201, 201, 201, 429, 429]);
+    assert_eq!(http_post(&server.url, "/v1/register", &account("alice"), &from("10.0.0.1")).0, 201);
+    // Guessing alice's password from 10.0.0.66 gets limited there…
+    let wrong = r#"{"username":"alice","password":"wrong password"}"#;
+    let guesses: Vec<u16> = (0..15).map(|_| http_post(&server.url, "/v1/login", wrong, &from("10.0.0.66")).0).collect();
+    assert!(guesses.contains(&429), "{guesses:?}");
+    // …while alice, elsewhere, signs in.
+    assert_eq!(http_post(&server.url, "/v1/login", &account("alice"), &from("10.0.0.1")).0, 200);
+    // Without --trust-proxy the header is ignored: a client cannot pick its
+    // own address to escape the limits.
+    let plain = Server::start_with(&tmp.path().join("plain"), 0, &["--accounts-per-hour", "2"]);
+    let made: Vec<u16> = (0..4)
+        .map(|i| http_post(&plain.url, "/v1/register", &account(&format!("bot{i}")), &from(&format!("10.9.9.{i}"))).0)
+        .collect();
+    assert_eq!(made, [201, 201, 429, 429]);
 }

@@ -344,13 +344,15 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A bare HTTP/1.1 POST on loopback: (status, body).
-pub fn http_post(url: &str, path: &str, body: &str) -> (u16, String) {
+/// A bare HTTP/1.1 POST on loopback: (status, body). `headers` are extra
+/// header lines ("Name: value").
+pub fn http_post(url: &str, path: &str, body: &str, headers: &[String]) -> (u16, String) {
     use std::io::Read;
     let host = url.strip_prefix("http://").expect("http url");
     let mut tcp = std::net::TcpStream::connect(host).expect("connect");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(req.as_bytes()).expect("write");

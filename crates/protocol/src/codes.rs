@@ -56,6 +56,15 @@ pub enum ErrorCode {
     ReplayUnavailable,
     #[error("internal")]
     Internal,
+    /// HTTP: no such endpoint.
+    #[error("no_such_endpoint")]
+    NoSuchEndpoint,
+    /// HTTP: the endpoint exists but not with this method.
+    #[error("method_not_allowed")]
+    MethodNotAllowed,
+    /// HTTP: the body is not `application/json`.
+    #[error("unsupported_media_type")]
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -92,6 +101,9 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ReplayUnavailable => "replay_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoSuchEndpoint => "no_such_endpoint",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -121,6 +133,9 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too many connections for this account",
             ErrorCode::ReplayUnavailable => "the server cannot replay from there; refetch",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::NoSuchEndpoint => "no such endpoint",
+            ErrorCode::MethodNotAllowed => "this endpoint does not take that method",
+            ErrorCode::UnsupportedMediaType => "send the body as application/json",
         }
     }
 }
@@ -152,6 +167,9 @@ mod tests {
             ErrorCode::TooManyConnections,
             ErrorCode::ReplayUnavailable,
             ErrorCode::Internal,
+            ErrorCode::NoSuchEndpoint,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::UnsupportedMediaType,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

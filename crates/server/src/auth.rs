@@ -7,7 +7,7 @@
 
 use crate::error::{ApiError, ApiJson, Result};
 use crate::AppState;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine;
@@ -42,6 +42,8 @@ fn device(req: &AuthRequest) -> Option<&str> {
 
 pub async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<AuthRequest>,
 ) -> Result<(StatusCode, Json<AuthResponse>)> {
     validate_username(&req.username)?;
@@ -56,6 +58,7 @@ pub async fn register(
     if store.user_by_name(&req.username).await?.is_some() {
         return Err(ErrorCode::UsernameTaken.into());
     }
+    state.auth_guard.check_register(state.auth_guard.client_address(peer, &headers))?;
     let hash = state.hasher.hash(req.password.clone()).await?;
     let user = store.create_user(&req.username, &hash).await?;
     let token = new_token();
@@ -64,14 +67,18 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(AuthResponse { user, username: req.username, token })))
 }
 
-pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<AuthRequest>) -> Result<Json<AuthResponse>> {
-    if let Err(not_until) = state.login_limiter.check_key(&req.username) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        return Err(ApiError::rate_limited(wait.as_millis() as u64));
-    }
-    if req.password.len() > MAX_PASSWORD_BYTES {
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<AuthRequest>,
+) -> Result<Json<AuthResponse>> {
+    // A name that cannot exist is refused before it keys any limiter or
+    // costs a hash.
+    if validate_username(&req.username).is_err() || req.password.len() > MAX_PASSWORD_BYTES {
         return Err(ErrorCode::InvalidCredentials.into());
     }
+    state.auth_guard.check_login(state.auth_guard.client_address(peer, &headers), &req.username)?;
     let store = &state.service.store;
     let found = store.credentials(&req.username).await?;
     let (user, ok) = match found {

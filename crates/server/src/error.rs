@@ -57,7 +57,9 @@ impl IntoResponse for ApiError {
             }
             ErrorCode::UsernameTaken => StatusCode::CONFLICT,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::NotFound | ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
+            ErrorCode::NotFound | ErrorCode::UnknownUser | ErrorCode::NoSuchEndpoint => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Forbidden | ErrorCode::NotMember => StatusCode::FORBIDDEN,
             ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,8 +94,42 @@ where
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(ErrorCode::MalformedJson, e.body_text())),
-            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::from(ErrorCode::FrameTooLarge)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::from(ErrorCode::UnsupportedMediaType)),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(ErrorCode::FrameTooLarge, "the request body is too large"))
+            }
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(ErrorCode::InvalidRequest, e.body_text())),
             Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, e.body_text())),
         }
     }
+}
+
+/// The last line of the contract that every HTTP error has a JSON body
+/// with a stable code: any error response without one (from a layer or an
+/// extractor outside our handlers) gets one that matches its status.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NoSuchEndpoint,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::FrameTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthenticated,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    let (mut parts, _) = response.into_parts();
+    let body = HttpError { code, message: code.describe().to_owned(), retry_after_ms: None };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(json))
 }

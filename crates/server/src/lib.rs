@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod epoch;
 pub mod error;
+pub mod guard;
 pub mod hasher;
 pub mod hub;
 pub mod service;
@@ -34,7 +35,6 @@ use store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 /// Limits and timings; the defaults suit a real deployment.
@@ -58,6 +58,11 @@ pub struct Limits {
     /// and how many requests may wait for them before `rate_limited`.
     pub hash_threads: usize,
     pub hash_queue: usize,
+    /// Accounts one address may create per hour.
+    pub accounts_per_hour: u32,
+    /// Take the client's address from `X-Forwarded-For` (only behind a
+    /// proxy that sets it).
+    pub trust_proxy: bool,
     /// Time allowed for `hello` after connecting.
     pub hello_timeout: Duration,
     /// How often the server pings each socket.
@@ -78,6 +83,8 @@ impl Default for Limits {
             max_group_members: 1000,
             hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             hash_queue: 8,
+            accounts_per_hour: 20,
+            trust_proxy: false,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -111,7 +118,7 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub limits: Arc<Limits>,
     pub request_limiter: Arc<DefaultKeyedRateLimiter<confab_protocol::UserId>>,
-    pub login_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    pub auth_guard: Arc<guard::AuthGuard>,
     pub hasher: Arc<hasher::Hasher>,
     pub dummy_hash: Arc<str>,
 }
@@ -120,10 +127,6 @@ impl AppState {
     pub async fn new(store: Arc<dyn Store>, limits: Limits, epoch: String, log_total: i64) -> error::Result<Self> {
         let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
-        // Password guessing: 10 tries, then one every 6 seconds per username.
-        let login_quota = Quota::with_period(Duration::from_secs(6))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(nz(10));
         let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
         let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len, queue_bytes);
         let max_members = limits.max_group_members.clamp(2, MAX_GROUP_MEMBERS_CEILING);
@@ -134,9 +137,9 @@ impl AppState {
             hasher: Arc::new(hasher),
             dummy_hash,
             service: Arc::new(Service::new(store, hub, max_members, epoch, log_total)),
-            limits: Arc::new(limits),
+            limits: Arc::new(limits.clone()),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
-            login_limiter: Arc::new(RateLimiter::keyed(login_quota)),
+            auth_guard: Arc::new(guard::AuthGuard::new(limits.accounts_per_hour, limits.trust_proxy)),
         })
     }
 }
@@ -145,17 +148,26 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// The largest HTTP request body (register, login): a username, a password
+/// and a device name.
+pub const MAX_HTTP_BODY: usize = 16 * 1024;
+
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
+    // Bodies are small; the extractor refuses a larger one with a JSON
+    // `frame_too_large` (413) before reading it all.
     let http = Router::new()
         .route("/v1/register", post(auth::register))
         .route("/v1/login", post(auth::login))
         .route("/v1/logout", post(auth::logout))
-        .layer(RequestBodyLimitLayer::new(16 * 1024));
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY));
     Router::new()
         .merge(http)
         .route("/v1/health", get(health))
         .route("/v1/ws", get(ws::upgrade))
+        .fallback(|| async { error::ApiError::from(confab_protocol::ErrorCode::NoSuchEndpoint) })
+        .method_not_allowed_fallback(|| async { error::ApiError::from(confab_protocol::ErrorCode::MethodNotAllowed) })
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -224,8 +236,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             }
         })
     };
+    // Forget rate-limit keys that have recovered, so junk names and
+    // one-off addresses cost no lasting memory.
+    let pruner = {
+        let guard = state.auth_guard.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                guard.prune();
+            }
+        })
+    };
     let task = tokio::spawn(async move {
         let shutdown = async move {
+            pruner.abort();
             let _ = stopped.await;
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
@@ -242,7 +266,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 tracing::debug!(%e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
     });
     Ok(Server { addr, state, stop: Some(stop), task })
 }

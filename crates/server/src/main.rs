@@ -26,6 +26,13 @@ struct Args {
     /// Most members a group may have (at most 5000).
     #[arg(long, default_value_t = 1000)]
     max_group_members: usize,
+    /// Accounts one address may create per hour.
+    #[arg(long, default_value_t = 20)]
+    accounts_per_hour: u32,
+    /// Take client addresses from X-Forwarded-For: only behind a reverse
+    /// proxy that sets it (otherwise anyone could claim any address).
+    #[arg(long)]
+    trust_proxy: bool,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -73,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_connections_per_user = args.max_connections;
     config.limits.max_group_members = args.max_group_members;
     config.new_epoch = args.new_epoch;
+    config.limits.accounts_per_hour = args.accounts_per_hour;
+    config.limits.trust_proxy = args.trust_proxy;
     tracing::info!(db = %config.db.display(), "starting");
     let mut server = confab_server::start(config).await?;
     // Scripts and tests wait for this exact line to learn the real port.

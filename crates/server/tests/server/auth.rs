@@ -72,3 +72,101 @@ async fn logout_revokes_the_session_and_closes_its_sockets() {
     let (st, reply) = s.post("/v1/logout", "", Some(&token)).await;
     assert_eq!((st, reply["code"].as_str()), (401, Some("invalid_token")));
 }
+
+#[tokio::test]
+async fn every_http_error_is_json_with_a_stable_code() {
+    let s = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let check = |resp: reqwest::Response, status: u16, code: &'static str| async move {
+        assert_eq!(resp.status().as_u16(), status);
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+        assert!(ct.as_deref().is_some_and(|c| c.starts_with("application/json")), "{ct:?}");
+        let body: serde_json::Value = resp.json().await.expect("JSON body");
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    };
+    let url = |p: &str| format!("{}{p}", s.url);
+    check(http.get(url("/nope")).send().await.expect("http"), 404, "no_such_endpoint").await;
+    check(http.get(url("/v1/login")).send().await.expect("http"), 405, "method_not_allowed").await;
+    check(http.delete(url("/v1/health")).send().await.expect("http"), 405, "method_not_allowed").await;
+    // A 2 MB username, and 200 KB of nested brackets.
+    let big = json!({"username": "a".repeat(2 * 1024 * 1024), "password": PASSWORD}).to_string();
+    let resp = http.post(url("/v1/register")).header("content-type", "application/json").body(big).send().await;
+    check(resp.expect("http"), 413, "frame_too_large").await;
+    let nested = "[".repeat(200 * 1024);
+    let resp = http.post(url("/v1/login")).header("content-type", "application/json").body(nested).send().await;
+    check(resp.expect("http"), 413, "frame_too_large").await;
+    let deep = "[".repeat(4000);
+    let resp = http.post(url("/v1/login")).header("content-type", "application/json").body(deep).send().await;
+    check(resp.expect("http"), 400, "invalid_request").await;
+    let resp = http.post(url("/v1/login")).header("content-type", "application/json").body("{not json").send().await;
+    check(resp.expect("http"), 400, "malformed_json").await;
+    let resp = http.post(url("/v1/login")).body(json!({"username": "x", "password": "y"}).to_string()).send().await;
+    check(resp.expect("http"), 415, "unsupported_media_type").await;
+    let resp =
+        http.post(url("/v1/login")).header("content-type", "application/json").body("{\"username\": 5}").send().await;
+    check(resp.expect("http"), 400, "invalid_request").await;
+    // A plain GET of the WebSocket endpoint (no upgrade).
+    check(http.get(url("/v1/ws")).send().await.expect("http"), 400, "invalid_request").await;
+    check(http.post(url("/v1/logout")).send().await.expect("http"), 401, "unauthenticated").await;
+    // 429 carries when to retry, in the body and the standard header.
+    s.register("fred").await;
+    let body = json!({"username": "fred", "password": "not the password"}).to_string();
+    let mut limited = None;
+    for _ in 0..20 {
+        let resp =
+            http.post(url("/v1/login")).header("content-type", "application/json").body(body.clone()).send().await;
+        let resp = resp.expect("http");
+        if resp.status().as_u16() == 429 {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("limited");
+    assert!(resp.headers().get("retry-after").is_some());
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["code"], "rate_limited");
+    assert!(v["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+}
+
+#[tokio::test]
+async fn arbitrary_http_bodies_get_a_json_error_never_a_panic_or_a_5xx() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    let s = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let bytes = proptest::collection::vec(any::<u8>(), 0..2048);
+    let json_like =
+        (prop::option::of("\\PC{0,40}"), prop::option::of("\\PC{0,40}"), prop::option::of(any::<i64>()), 0usize..40)
+            .prop_map(|(u, p, n, depth)| {
+                let mut v = serde_json::json!({"username": u, "password": p, "device": n});
+                for _ in 0..depth {
+                    v = serde_json::json!([v]);
+                }
+                v.to_string().into_bytes()
+            });
+    for i in 0..400 {
+        let body = if i % 2 == 0 {
+            bytes.new_tree(&mut runner).expect("bytes").current()
+        } else {
+            json_like.new_tree(&mut runner).expect("json").current()
+        };
+        let path = if i % 3 == 0 { "/v1/register" } else { "/v1/login" };
+        let resp = http
+            .post(format!("{}{path}", s.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let reply: serde_json::Value = resp.json().await.expect("a JSON body");
+        assert!(status < 500, "{status} for {:?}: {reply}", String::from_utf8_lossy(&body));
+        if status >= 400 {
+            assert!(reply["code"].is_string(), "{reply}");
+        }
+    }
+    // Still serving.
+    s.register("after_fuzz").await;
+}
