@@ -71,3 +71,23 @@ fn guessing_from_one_address_neither_locks_out_the_user_nor_buys_accounts() {
         .collect();
     assert_eq!(made, [201, 201, 429, 429]);
 }
+
+#[test]
+fn the_cli_chats_over_https_and_wss_with_the_servers_own_tls() {
+    let tmp = temp_dir("tls");
+    let (ca, cert, key) = private_ca(&tmp.path().join("pki"));
+    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let server = Server::start_with(&tmp.path().join("server"), 0, &["--tls-cert", &cert, "--tls-key", &key]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let alice = Profile::register_trusting(tmp.path(), &server.url, "alice", &ca);
+    let bob = Profile::register_trusting(tmp.path(), &server.url, "bob", &ca);
+    let conv = alice.ok(&["dm", "bob"]);
+    alice.ok(&["send", &conv, "over tls"]);
+    let h = bob.history(&conv, 10);
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["text"], "over tls");
+    // Without the CA the CLI refuses the server's certificate.
+    let eve = Profile::new(tmp.path(), &server.url, "eve");
+    let err = eve.fails(&["register", "eve"]);
+    assert!(err.contains("certificate") || err.contains("reach"), "{err}");
+}

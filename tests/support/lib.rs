@@ -163,6 +163,8 @@ pub struct Profile {
     pub dir: PathBuf,
     pub server: String,
     pub username: String,
+    /// A CA certificate to trust (`--ca-cert`), for a TLS server.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Profile {
@@ -171,7 +173,15 @@ impl Profile {
             dir: root.join(format!("profile-{username}")),
             server: server.to_owned(),
             username: username.to_owned(),
+            ca_cert: None,
         }
+    }
+
+    /// Registers the user with a fresh profile that trusts `ca`.
+    pub fn register_trusting(root: &Path, server: &str, username: &str, ca: &Path) -> Profile {
+        let p = Profile { ca_cert: Some(ca.to_owned()), ..Profile::new(root, server, username) };
+        p.ok(&["register", username]);
+        p
     }
 
     /// Registers the user with a fresh profile.
@@ -191,6 +201,9 @@ impl Profile {
             .env("CONFAB_PASSWORD", PASSWORD)
             .env("CONFAB_LOG", "warn")
             .stdin(Stdio::null());
+        if let Some(ca) = &self.ca_cert {
+            c.arg("--ca-cert").arg(ca);
+        }
         c
     }
 
@@ -361,4 +374,25 @@ pub fn http_post(url: &str, path: &str, body: &str, headers: &[String]) -> (u16,
     let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// A private certificate authority and a certificate it issued for
+/// 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "Confab e2e CA");
+    let ca = ca.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("leaf");
+    std::fs::create_dir_all(dir).expect("dir");
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).expect("write");
+    std::fs::write(&paths.1, leaf.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
 }

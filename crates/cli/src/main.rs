@@ -23,6 +23,10 @@ struct Cli {
     /// Server URL (default: the one this profile signed in to, else http://127.0.0.1:7313).
     #[arg(long, global = true, env = "CONFAB_SERVER")]
     server: Option<String>,
+    /// Also trust this certificate authority (PEM), for a server with a
+    /// private CA or a self-signed certificate.
+    #[arg(long, global = true, env = "CONFAB_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,7 +165,12 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let profile = cli.profile.unwrap_or_else(default_profile);
-    let client = Client::open(&profile).await.with_context(|| format!("cannot open profile {}", profile.display()))?;
+    let mut client =
+        Client::open(&profile).await.with_context(|| format!("cannot open profile {}", profile.display()))?;
+    if let Some(path) = &cli.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        client = client.with_ca_cert(&pem)?;
+    }
     let server = match cli.server {
         Some(s) => s,
         None => client.server().await?.unwrap_or_else(|| DEFAULT_SERVER.into()),

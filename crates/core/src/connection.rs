@@ -35,6 +35,9 @@ pub struct LinkConfig {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub request_timeout: Duration,
+    /// TLS trust for `wss://` beyond the public roots (set by the client
+    /// from [`crate::Client::with_ca_cert`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for LinkConfig {
@@ -46,6 +49,7 @@ impl Default for LinkConfig {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
             request_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 }
@@ -276,7 +280,8 @@ async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<(Ws, 
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     // disable_nagle: small request/reply frames must not wait for ACKs.
-    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
+    let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(ws_config), true, connector);
     let (mut ws, _) = tokio::time::timeout(config.connect_timeout, connecting)
         .await
         .map_err(|_| Error::Unreachable("connection timed out".into()))?

@@ -25,6 +25,7 @@ pub mod notify;
 mod outbox;
 pub mod secrets;
 mod sync;
+pub mod tls;
 mod types;
 
 pub use backoff::Backoff;
@@ -49,6 +50,7 @@ pub struct Client {
     events: broadcast::Sender<ClientEvent>,
     link_config: LinkConfig,
     secrets: Option<Arc<dyn SecretStore>>,
+    trust: Option<tls::Trust>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -105,13 +107,33 @@ impl Client {
             events,
             link_config: LinkConfig::default(),
             secrets: None,
+            trust: None,
             running: Default::default(),
         })
+    }
+
+    fn link_config(&self) -> LinkConfig {
+        LinkConfig { tls: self.trust.as_ref().map(|t| t.config.clone()), ..self.link_config.clone() }
     }
 
     pub fn with_link_config(mut self, config: LinkConfig) -> Self {
         self.link_config = config;
         self
+    }
+
+    /// Trusts the certificate authority in `pem` (PEM) besides the public
+    /// ones: for a server with a private CA or a self-signed certificate.
+    pub fn with_ca_cert(mut self, pem: &[u8]) -> Result<Self> {
+        self.trust = Some(tls::Trust::with_extra_roots(pem)?);
+        Ok(self)
+    }
+
+    fn http(&self, timeout: Duration) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(trust) = &self.trust {
+            builder = trust.http(builder)?;
+        }
+        builder.build().map_err(|e| Error::Unreachable(e.to_string()))
     }
 
     /// Keeps the session token in `store` (the OS keychain) rather than in
@@ -168,10 +190,7 @@ impl Client {
             password: password.to_owned(),
             device: Some(format!("confab-core on {}", std::env::consts::OS)),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Unreachable(e.to_string()))?;
+        let http = self.http(Duration::from_secs(30))?;
         let resp = http
             .post(format!("{server}{path}"))
             .json(&body)
@@ -181,7 +200,7 @@ impl Client {
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(match resp.json::<HttpError>().await {
-                Ok(err) => Error::server(err.code, err.message),
+                Ok(err) => Error::Server { code: err.code, message: err.message, retry_after_ms: err.retry_after_ms },
                 Err(_) => Error::Protocol(format!("HTTP {status} from {server}")),
             });
         }
@@ -203,13 +222,15 @@ impl Client {
     pub async fn logout(&self) -> Result<()> {
         let session = self.session().await?.ok_or(Error::NotSignedIn)?;
         self.stop().await;
-        let http = reqwest::Client::new();
-        let result = http
-            .post(format!("{}/v1/logout", session.server))
-            .bearer_auth(&session.token)
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await;
+        let result = match self.http(Duration::from_secs(15)) {
+            Ok(http) => http
+                .post(format!("{}/v1/logout", session.server))
+                .bearer_auth(&session.token)
+                .send()
+                .await
+                .map_err(|e| Error::Unreachable(e.to_string())),
+            Err(e) => Err(e),
+        };
         // Forget the token even if the server is unreachable: the user asked
         // to sign out of this device.
         self.cache.clear_token().await?;
@@ -219,7 +240,7 @@ impl Client {
                 tracing::warn!(%e, "could not remove the token from the keychain");
             }
         }
-        result.map_err(|e| Error::Unreachable(e.to_string()))?;
+        result?;
         Ok(())
     }
 
@@ -250,7 +271,7 @@ impl Client {
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
         let (link, mut state, link_task) =
-            connection::spawn(session.server.clone(), session.token.clone(), self.link_config.clone(), inbound_tx);
+            connection::spawn(session.server.clone(), session.token.clone(), self.link_config(), inbound_tx);
         *inner.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
         let events = self.events.clone();
         let state_task = tokio::spawn(async move {

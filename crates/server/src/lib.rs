@@ -19,6 +19,7 @@ pub mod hasher;
 pub mod hub;
 pub mod service;
 pub mod store;
+pub mod tls;
 mod ws;
 
 use axum::routing::{get, post};
@@ -99,11 +100,19 @@ pub struct Config {
     pub limits: Limits,
     /// Start a new store epoch (after restoring a backup by hand).
     pub new_epoch: bool,
+    /// Serve https/wss with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
     pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
-        Config { listen, db, limits: Limits::default(), new_epoch: false }
+        Config { listen, db, limits: Limits::default(), new_epoch: false, tls: None }
     }
 }
 
@@ -211,6 +220,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
     let state = AppState::new(Arc::new(store), config.limits, epoch, log_total).await?;
     let sidecar = Arc::new(epoch::Sidecar::new(&config.db));
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -249,8 +262,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let task = tokio::spawn(async move {
         let shutdown = async move {
-            pruner.abort();
             let _ = stopped.await;
+            pruner.abort();
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
             service.hub.kick_all();
@@ -260,15 +273,23 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 tracing::warn!(%e, "cannot update the epoch sidecar");
             }
         };
-        // Chat frames are small and latency-bound: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%e, "cannot set TCP_NODELAY");
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        match tls {
+            Some(config) => {
+                // tap_io adds nothing here but the connect-info plumbing.
+                let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
             }
-        });
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
+            None => {
+                // Chat frames are small and latency-bound: no Nagle delay.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(%e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            }
+        }
     });
     Ok(Server { addr, state, stop: Some(stop), task })
 }

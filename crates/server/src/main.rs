@@ -33,6 +33,12 @@ struct Args {
     /// proxy that sets it (otherwise anyone could claim any address).
     #[arg(long)]
     trust_proxy: bool,
+    /// Serve https/wss with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "CONFAB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CONFAB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -82,10 +88,14 @@ async fn main() -> anyhow::Result<()> {
     config.new_epoch = args.new_epoch;
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(confab_server::TlsFiles { cert, key });
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     tracing::info!(db = %config.db.display(), "starting");
     let mut server = confab_server::start(config).await?;
     // Scripts and tests wait for this exact line to learn the real port.
-    println!("listening on http://{}", server.addr);
+    println!("listening on {scheme}://{}", server.addr);
     std::io::stdout().flush()?;
     let stop = server.stop_handle();
     tokio::select! {

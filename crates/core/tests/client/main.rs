@@ -4,3 +4,4 @@
 mod basics;
 mod integrity;
 mod support;
+mod tls;
