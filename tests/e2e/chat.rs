@@ -202,3 +202,27 @@ fn with_the_server_down_the_cli_shows_the_cache_at_once_and_says_it_is_offline()
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("cached for later"), "{stdout}");
 }
+
+#[test]
+fn a_user_signs_another_device_out_from_the_cli() {
+    let tmp = temp_dir("sessions");
+    let server = Server::start(&tmp.path().join("server"));
+    let laptop = Profile::register(tmp.path(), &server.url, "alice");
+    let phone = Profile { dir: tmp.path().join("alice-phone"), ..Profile::new(tmp.path(), &server.url, "alice") };
+    phone.ok(&["login", "alice"]);
+    let mut listening = phone.listen();
+    assert!(listening.wait(T, |e| e.iter().any(|v| v["type"] == "synced")));
+    let out = laptop.ok(&["sessions", "--json"]);
+    let sessions: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(sessions.len(), 2);
+    let other = sessions.iter().find(|s| s["current"] == false).expect("the phone");
+    let human = laptop.ok(&["sessions"]);
+    assert!(human.contains("(this device)"), "{human}");
+    laptop.ok(&["sessions", "revoke", other["id"].as_str().expect("id")]);
+    // The phone is signed out: its listener stops with an error, and the
+    // device cannot come back.
+    assert!(wait_until(T, || listening.exited().is_some_and(|s| !s.success())));
+    let err = phone.fails(&["conversations"]);
+    assert!(err.contains("login"), "{err}");
+    assert_eq!(laptop.ok(&["sessions", "--json"]).lines().count(), 1);
+}

@@ -303,6 +303,11 @@ impl Listener {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
 }
 
 impl Drop for Listener {

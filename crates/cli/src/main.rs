@@ -87,6 +87,21 @@ enum Command {
     Read { conversation: String, seq: Option<i64> },
     /// Tell the others you are typing.
     Typing { conversation: String },
+    /// List this account's signed-in devices, or sign some out.
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Sign one device out (its id from `confab sessions`).
+    Revoke { session: String },
+    /// Sign out every device but this one.
+    RevokeOthers,
 }
 
 #[derive(Subcommand)]
@@ -217,7 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             history(&client, conversation_id(&conversation)?, json, limit).await?
         }
         Command::Conversations { json } => {
-            start_and_sync(&client).await;
+            start_and_sync(&client).await?;
             for c in client.conversations().await? {
                 output::conversation(&c, json);
             }
@@ -240,12 +255,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Read { conversation, seq } => {
             let conversation = conversation_id(&conversation)?;
-            start_and_sync(&client).await;
+            start_and_sync(&client).await?;
             let seq = match seq {
                 Some(s) => s,
                 None => client.history(conversation, None, 1).await?.iter().filter_map(|m| m.seq).max().unwrap_or(0),
             };
             client.mark_read(conversation, seq).await?;
+        }
+        Command::Sessions { action, json } => {
+            start(&client).await?;
+            match action {
+                None => {
+                    for session in client.sessions().await? {
+                        output::session(&session, json);
+                    }
+                }
+                Some(SessionsCommand::Revoke { session }) => {
+                    let id = session.trim().parse().map_err(|_| anyhow!("`{session}` is not a session id"))?;
+                    client.revoke_session(id).await?;
+                    eprintln!("signed that device out");
+                }
+                Some(SessionsCommand::RevokeOthers) => {
+                    client.revoke_other_sessions().await?;
+                    eprintln!("signed out every other device");
+                }
+            }
         }
         Command::Typing { conversation } => {
             start(&client).await?;
@@ -269,29 +303,35 @@ async fn start(client: &Client) -> anyhow::Result<()> {
 /// Starts and waits for the first sync, so the cache is fresh. When the
 /// server cannot be reached (the first attempt fails), the cache is used as
 /// it is, at once.
-async fn start_and_sync(client: &Client) -> bool {
-    let mut events = client.subscribe();
-    if start(client).await.is_err() {
-        return false;
+async fn start_and_sync(client: &Client) -> anyhow::Result<bool> {
+    enum Outcome {
+        Synced,
+        Offline,
+        SignedOut,
     }
-    let synced = tokio::time::timeout(Duration::from_secs(60), async {
+    let mut events = client.subscribe();
+    start(client).await?;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match events.recv().await {
-                Ok(ClientEvent::SyncCompleted) => return true,
-                Ok(ClientEvent::Connection { state: ConnectionState::SignedOut | ConnectionState::Offline { .. } }) => {
-                    return false
-                }
+                Ok(ClientEvent::SyncCompleted) => return Outcome::Synced,
+                Ok(ClientEvent::Connection { state: ConnectionState::SignedOut }) => return Outcome::SignedOut,
+                Ok(ClientEvent::Connection { state: ConnectionState::Offline { .. } }) => return Outcome::Offline,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return false,
+                Err(_) => return Outcome::Offline,
             }
         }
     })
     .await
-    .unwrap_or(false);
-    if !synced {
-        eprintln!("confab: offline; showing what this device has cached");
+    .unwrap_or(Outcome::Offline);
+    match outcome {
+        Outcome::Synced => Ok(true),
+        Outcome::SignedOut => bail!("your session has expired or was signed out; run `confab login`"),
+        Outcome::Offline => {
+            eprintln!("confab: offline; showing what this device has cached");
+            Ok(false)
+        }
     }
-    synced
 }
 
 async fn send(client: &Client, conversation: ConversationId, text: Vec<String>) -> anyhow::Result<ExitCode> {
@@ -368,7 +408,7 @@ async fn listen(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 async fn history(client: &Client, conversation: ConversationId, json: bool, limit: u32) -> anyhow::Result<()> {
-    let online = start_and_sync(client).await;
+    let online = start_and_sync(client).await?;
     let known = client.conversations().await?.into_iter().any(|c| c.id == conversation);
     if !known {
         if online {

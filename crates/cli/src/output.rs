@@ -175,3 +175,26 @@ impl<'a> Printer<'a> {
         }
     }
 }
+
+/// One signed-in device: `<id>  <device>  last seen <time>  (this device)`.
+pub fn session(s: &confab_protocol::DeviceSession, json: bool) {
+    if json {
+        print_json(json!({"id": s.id, "device": s.device, "created": s.created, "last_seen": s.last_seen,
+            "current": s.current}));
+    } else {
+        let device = s.device.as_deref().unwrap_or("unnamed device");
+        let this = if s.current { "  (this device)" } else { "" };
+        line(&format!("{}  {device}  last seen {}{this}", s.id, ago(s.last_seen)));
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
+    let mins = (now.unwrap_or(ms) - ms).max(0) / 60_000;
+    match mins {
+        0 => "just now".into(),
+        1..=59 => format!("{mins} min ago"),
+        60..=2879 => format!("{} h ago", mins / 60),
+        _ => format!("{} days ago", mins / 1440),
+    }
+}

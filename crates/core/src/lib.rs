@@ -449,6 +449,24 @@ impl Client {
         self.request(RequestBody::Read { conversation, seq }).await.map(drop)
     }
 
+    /// This account's signed-in devices (the current one marked).
+    pub async fn sessions(&self) -> Result<Vec<confab_protocol::DeviceSession>> {
+        match self.request(RequestBody::Sessions {}).await? {
+            Reply::Sessions { sessions } => Ok(sessions),
+            other => Err(Error::Protocol(format!("expected sessions, got {other:?}"))),
+        }
+    }
+
+    /// Signs another of this account's devices out.
+    pub async fn revoke_session(&self, session: uuid::Uuid) -> Result<()> {
+        self.request(RequestBody::RevokeSession { session }).await.map(drop)
+    }
+
+    /// Signs out every other device of this account.
+    pub async fn revoke_other_sessions(&self) -> Result<()> {
+        self.request(RequestBody::RevokeOtherSessions {}).await.map(drop)
+    }
+
     /// Tells the others this user is typing (throttled by the server).
     pub async fn typing(&self, conversation: ConversationId) -> Result<()> {
         self.inner().await?.link().send_and_forget(RequestBody::Typing { conversation });

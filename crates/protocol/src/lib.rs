@@ -183,6 +183,16 @@ pub enum RequestBody {
         conversation: ConversationId,
         seq: i64,
     },
+    /// This account's signed-in devices. Reply: [`Reply::Sessions`].
+    Sessions {},
+    /// Signs one of this account's devices out (its sockets close with
+    /// 4001). Reply: `done {pos: null}`; `not_found` for another account's
+    /// or an unknown session.
+    RevokeSession {
+        session: Uuid,
+    },
+    /// Signs out every device of this account but the caller's.
+    RevokeOtherSessions {},
     /// The user is typing; renew at most every few seconds.
     Typing {
         conversation: ConversationId,
@@ -215,6 +225,9 @@ impl RequestBody {
         "delivered_many",
         "read",
         "typing",
+        "sessions",
+        "revoke_session",
+        "revoke_other_sessions",
         "ping",
     ];
 }
@@ -266,6 +279,19 @@ pub struct Presence {
     pub user: UserId,
     pub online: bool,
     pub last_seen: Option<Millis>,
+}
+
+/// One signed-in device of an account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct DeviceSession {
+    pub id: Uuid,
+    /// The label the device gave when signing in.
+    pub device: Option<String>,
+    pub created: Millis,
+    /// Its last connection (sessions unused for long expire).
+    pub last_seen: Millis,
+    /// The session of the device asking.
+    pub current: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
@@ -349,6 +375,9 @@ pub enum Reply {
         pos: i64,
         ts: Millis,
         duplicate: bool,
+    },
+    Sessions {
+        sessions: Vec<DeviceSession>,
     },
     /// The change was committed at `pos` (or was a no-op and `pos` is `None`).
     Done {

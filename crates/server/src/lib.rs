@@ -61,6 +61,8 @@ pub struct Limits {
     pub hash_queue: usize,
     /// Accounts one address may create per hour.
     pub accounts_per_hour: u32,
+    /// A device session unused this long expires.
+    pub session_ttl: Duration,
     /// Take the client's address from `X-Forwarded-For` (only behind a
     /// proxy that sets it).
     pub trust_proxy: bool,
@@ -85,6 +87,7 @@ impl Default for Limits {
             hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             hash_queue: 8,
             accounts_per_hour: 20,
+            session_ttl: Duration::from_secs(90 * 24 * 3600),
             trust_proxy: false,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
@@ -251,12 +254,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     // Forget rate-limit keys that have recovered, so junk names and
     // one-off addresses cost no lasting memory.
+    // Also expire device sessions unused for the configured time.
     let pruner = {
         let guard = state.auth_guard.clone();
+        let (store, ttl) = (state.service.store.clone(), state.limits.session_ttl.as_millis() as i64);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 guard.prune();
+                match store.expire_sessions(store::now_ms() - ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(n, "expired idle sessions"),
+                    Err(e) => tracing::warn!(%e, "cannot expire sessions"),
+                }
             }
         })
     };

@@ -29,6 +29,9 @@ struct Args {
     /// Accounts one address may create per hour.
     #[arg(long, default_value_t = 20)]
     accounts_per_hour: u32,
+    /// Days a device session may go unused before it expires.
+    #[arg(long, default_value_t = 90)]
+    session_days: u64,
     /// Take client addresses from X-Forwarded-For: only behind a reverse
     /// proxy that sets it (otherwise anyone could claim any address).
     #[arg(long)]
@@ -88,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     config.new_epoch = args.new_epoch;
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
+    config.limits.session_ttl = std::time::Duration::from_secs(args.session_days.max(1) * 24 * 3600);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(confab_server::TlsFiles { cert, key });
     }

@@ -8,11 +8,11 @@
 
 use crate::error::{ApiError, Result};
 use crate::hub::Hub;
-use crate::store::{AppendOutcome, Membership, Store};
+use crate::store::{AppendOutcome, Membership, Revoke, Store};
 use confab_protocol::{
     sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
-    ConversationInfo, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, ServerFrame, UserId,
-    MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
+    ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody,
+    ServerFrame, UserId, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,6 +42,8 @@ pub struct Service {
 pub struct Caller {
     pub user: UserId,
     pub username: String,
+    /// The device session this connection authenticated with.
+    pub session: uuid::Uuid,
 }
 
 /// About how many bytes an event takes in a reply.
@@ -440,6 +442,35 @@ impl Service {
                 let body = EventBody::Receipt { user: caller.user, delivered_seq: seq, read_seq: seq };
                 self.change(caller, conversation, body).await
             }
+            RequestBody::Sessions {} => {
+                let sessions = self
+                    .store
+                    .sessions_of(caller.user)
+                    .await?
+                    .into_iter()
+                    .map(|(id, device, created, last_seen)| DeviceSession {
+                        id,
+                        device,
+                        created,
+                        last_seen,
+                        current: id == caller.session,
+                    })
+                    .collect();
+                Ok(Reply::Sessions { sessions })
+            }
+            RequestBody::RevokeSession { session } => {
+                let revoked = self.store.revoke_sessions(caller.user, Revoke::One(session)).await?;
+                if revoked.is_empty() {
+                    return Err(ApiError::new(ErrorCode::NotFound, "no such session on this account"));
+                }
+                self.kick_sessions(&revoked);
+                Ok(Reply::Done { pos: None })
+            }
+            RequestBody::RevokeOtherSessions {} => {
+                let revoked = self.store.revoke_sessions(caller.user, Revoke::AllBut(caller.session)).await?;
+                self.kick_sessions(&revoked);
+                Ok(Reply::Done { pos: None })
+            }
             RequestBody::Typing { conversation } => {
                 self.member(conversation, caller.user).await?;
                 if self.hub.typing_allowed(caller.user, conversation) {
@@ -450,6 +481,14 @@ impl Service {
                 }
                 Ok(Reply::Done { pos: None })
             }
+        }
+    }
+
+    /// Closes the sockets of revoked sessions (4001); they cannot come
+    /// back, their tokens are gone.
+    fn kick_sessions(&self, sessions: &[uuid::Uuid]) {
+        for s in sessions {
+            self.hub.kick_session(*s);
         }
     }
 

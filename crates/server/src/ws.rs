@@ -202,8 +202,21 @@ async fn authenticate(
                 let m = format!("server speaks protocol {PROTOCOL_VERSION}, client {protocol}");
                 Err(reject(Some(id), ErrorCode::UnsupportedProtocol, m))
             } else {
-                match state.service.store.session(&auth::token_hash(&token)).await {
-                    Ok(Some(s)) => Ok((id, s, token)),
+                let store = &state.service.store;
+                let now = crate::store::now_ms();
+                let ttl = state.limits.session_ttl.as_millis() as i64;
+                match store.session(&auth::token_hash(&token)).await {
+                    // Unused for too long: expired, as if revoked.
+                    Ok(Some(s)) if s.last_seen < now - ttl => {
+                        let _ = store.revoke_sessions(s.user, crate::store::Revoke::One(s.id)).await;
+                        Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into()))
+                    }
+                    Ok(Some(s)) => {
+                        if let Err(e) = store.touch_session(s.id, now).await {
+                            tracing::warn!(%e, "cannot record the session's use");
+                        }
+                        Ok((id, s, token))
+                    }
                     Ok(None) => {
                         Err(reject(Some(id), ErrorCode::InvalidToken, ErrorCode::InvalidToken.describe().into()))
                     }
@@ -215,9 +228,12 @@ async fn authenticate(
         Err(e) => Err(reject(e.id, e.code, e.message)),
     };
     match frame {
-        Ok((id, session, token)) => {
-            Some((Caller { user: session.user, username: session.username }, session.id, id, token))
-        }
+        Ok((id, session, token)) => Some((
+            Caller { user: session.user, username: session.username, session: session.id },
+            session.id,
+            id,
+            token,
+        )),
         Err(f) => {
             let _ = sink.send(Message::Text(f.as_ref().into())).await;
             close(sink, CLOSE_SESSION_REVOKED, "unauthenticated").await;

@@ -28,6 +28,14 @@ pub struct Session {
     pub id: SessionId,
     pub user: UserId,
     pub username: String,
+    pub last_seen: Millis,
+}
+
+/// Which of a user's sessions to revoke.
+#[derive(Clone, Copy, Debug)]
+pub enum Revoke {
+    One(SessionId),
+    AllBut(SessionId),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +72,15 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>>;
     /// Deletes a session; returns its id if it existed.
     async fn delete_session(&self, token_hash: &[u8]) -> Result<Option<SessionId>>;
+    /// Records that a session was used now.
+    async fn touch_session(&self, session: SessionId, at: Millis) -> Result<()>;
+    /// A user's sessions: (id, device, created, last_seen), oldest first.
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<(SessionId, Option<String>, Millis, Millis)>>;
+    /// Deletes `user`'s sessions that `which` selects (one id, or all but
+    /// one); returns the deleted ids.
+    async fn revoke_sessions(&self, user: UserId, which: Revoke) -> Result<Vec<SessionId>>;
+    /// Deletes sessions unused since `before`; returns how many.
+    async fn expire_sessions(&self, before: Millis) -> Result<u64>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>>;
     async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()>;
     /// Users who share at least one conversation with `user` (not `user`).

@@ -3,7 +3,7 @@
 //! `SQLITE_BUSY` on upgrade); reads use a separate pool and see every
 //! committed write.
 
-use super::{now_ms, AppendOutcome, Membership, MessageMeta, Session, SessionId, Store};
+use super::{now_ms, AppendOutcome, Membership, MessageMeta, Revoke, Session, SessionId, Store};
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
@@ -373,26 +373,36 @@ impl Store for SqliteStore {
 
     async fn create_session(&self, user: UserId, token_hash: &[u8], device: Option<&str>) -> Result<SessionId> {
         let id = Uuid::now_v7();
-        sqlx::query("INSERT INTO sessions (id, token_hash, user_id, device, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(id.to_string())
-            .bind(token_hash)
-            .bind(user.to_string())
-            .bind(device)
-            .bind(now_ms())
-            .execute(&self.write)
-            .await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO sessions (id, token_hash, user_id, device, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(token_hash)
+        .bind(user.to_string())
+        .bind(device)
+        .bind(now)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
         Ok(id)
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>> {
         let row = sqlx::query(
-            "SELECT s.id, s.user_id, u.username FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
+            "SELECT s.id, s.user_id, u.username, s.last_seen FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = ?",
         )
         .bind(token_hash)
         .fetch_optional(&self.read)
         .await?;
         row.map(|r| {
-            Ok(Session { id: parse_id(r.get("id"))?, user: parse_id(r.get("user_id"))?, username: r.get("username") })
+            Ok(Session {
+                id: parse_id(r.get("id"))?,
+                user: parse_id(r.get("user_id"))?,
+                username: r.get("username"),
+                last_seen: r.get("last_seen"),
+            })
         })
         .transpose()
     }
@@ -403,6 +413,52 @@ impl Store for SqliteStore {
             .fetch_optional(&self.write)
             .await?;
         row.map(|r| parse_id(r.get("id"))).transpose()
+    }
+
+    async fn touch_session(&self, session: SessionId, at: Millis) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen = MAX(last_seen, ?) WHERE id = ?")
+            .bind(at)
+            .bind(session.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<(SessionId, Option<String>, Millis, Millis)>> {
+        let rows = sqlx::query(
+            "SELECT id, device, created_at, last_seen FROM sessions WHERE user_id = ? ORDER BY created_at, id",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((parse_id(r.get("id"))?, r.get("device"), r.get("created_at"), r.get("last_seen"))))
+            .collect()
+    }
+
+    async fn revoke_sessions(&self, user: UserId, which: Revoke) -> Result<Vec<SessionId>> {
+        let rows = match which {
+            Revoke::One(id) => {
+                sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id = ? RETURNING id")
+                    .bind(user.to_string())
+                    .bind(id.to_string())
+                    .fetch_all(&self.write)
+                    .await?
+            }
+            Revoke::AllBut(keep) => {
+                sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id != ? RETURNING id")
+                    .bind(user.to_string())
+                    .bind(keep.to_string())
+                    .fetch_all(&self.write)
+                    .await?
+            }
+        };
+        rows.iter().map(|r| parse_id(r.get("id"))).collect()
+    }
+
+    async fn expire_sessions(&self, before: Millis) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE last_seen < ?").bind(before).execute(&self.write).await?;
+        Ok(done.rows_affected())
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {

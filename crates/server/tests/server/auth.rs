@@ -170,3 +170,57 @@ async fn arbitrary_http_bodies_get_a_json_error_never_a_panic_or_a_5xx() {
     // Still serving.
     s.register("after_fuzz").await;
 }
+
+#[tokio::test]
+async fn a_user_lists_their_devices_and_signs_others_out_for_good() {
+    let s = TestServer::start().await;
+    let body = json!({"username": "gina", "password": PASSWORD, "device": "laptop"}).to_string();
+    let (_, first) = s.post("/v1/register", &body, None).await;
+    let laptop_token = first["token"].as_str().expect("token").to_owned();
+    let login = |device: &str| json!({"username": "gina", "password": PASSWORD, "device": device}).to_string();
+    let (_, phone_login) = s.post("/v1/login", &login("phone"), None).await;
+    let (_, tablet) = s.post("/v1/login", &login("tablet"), None).await;
+    let phone_token = phone_login["token"].as_str().expect("token").to_owned();
+    let mut laptop = s.connect(&laptop_token).await;
+    let mut phone = s.connect(&phone_token).await;
+    let mut tablet_ws = s.connect(tablet["token"].as_str().expect("token")).await;
+
+    let list = laptop.ok(json!({"type": "sessions"})).await;
+    let sessions = list["sessions"].as_array().expect("sessions").clone();
+    let devices: Vec<&str> = sessions.iter().map(|x| x["device"].as_str().expect("device")).collect();
+    assert_eq!(devices, ["laptop", "phone", "tablet"]);
+    assert_eq!(sessions.iter().filter(|x| x["current"] == true).count(), 1);
+    assert_eq!(sessions[0]["current"], true);
+    assert!(sessions.iter().all(|x| x["last_seen"].as_i64() >= x["created"].as_i64()));
+
+    // Another account's session is not ours to revoke.
+    let mut other = s.user("hank").await;
+    let phone_id = sessions[1]["id"].clone();
+    assert_eq!(other.err(json!({"type": "revoke_session", "session": phone_id})).await, "not_found");
+    // Revoking the phone closes its socket with 4001; its token is dead.
+    laptop.ok(json!({"type": "revoke_session", "session": phone_id})).await;
+    assert_eq!(phone.close_code().await, Some(4001));
+    let mut again = Ws::open(&s.url).await;
+    assert_eq!(again.err(json!({"type": "hello", "token": phone_token, "protocol": 1})).await, "invalid_token");
+    // Revoking the others leaves only the laptop.
+    laptop.ok(json!({"type": "revoke_other_sessions"})).await;
+    assert_eq!(tablet_ws.close_code().await, Some(4001));
+    let left = laptop.ok(json!({"type": "sessions"})).await;
+    assert_eq!(left["sessions"].as_array().expect("list").len(), 1);
+    laptop.ok(json!({"type": "ping"})).await;
+}
+
+#[tokio::test]
+async fn a_session_unused_for_longer_than_the_limit_expires() {
+    let s = TestServer::with_limits(confab_server::Limits {
+        session_ttl: std::time::Duration::from_millis(1500),
+        ..confab_server::Limits::default()
+    })
+    .await;
+    let token = s.register("ivy").await;
+    // Used: still valid, and its clock restarts.
+    drop(s.connect(&token).await);
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let mut ws = Ws::open(&s.url).await;
+    assert_eq!(ws.err(json!({"type": "hello", "token": token, "protocol": 1})).await, "invalid_token");
+}
