@@ -172,6 +172,27 @@ pub async fn typing(_app: AppHandle, shell: State<'_, Shell>, conversation: Conv
     Ok(shell.client().await?.typing(conversation).await?)
 }
 
+/// This account's signed-in devices.
+#[tauri::command]
+#[specta::specta]
+pub async fn devices(_app: AppHandle, shell: State<'_, Shell>) -> Result<Vec<confab_protocol::DeviceSession>> {
+    Ok(shell.client().await?.sessions().await?)
+}
+
+/// Signs one of this account's other devices out.
+#[tauri::command]
+#[specta::specta]
+pub async fn sign_out_device(_app: AppHandle, shell: State<'_, Shell>, session: uuid::Uuid) -> Result<()> {
+    Ok(shell.client().await?.revoke_session(session).await?)
+}
+
+/// Signs out every device of this account but this one.
+#[tauri::command]
+#[specta::specta]
+pub async fn sign_out_other_devices(_app: AppHandle, shell: State<'_, Shell>) -> Result<()> {
+    Ok(shell.client().await?.revoke_other_sessions().await?)
+}
+
 #[tauri::command]
 #[specta::specta]
 pub async fn open_direct(_app: AppHandle, shell: State<'_, Shell>, username: String) -> Result<ConversationId> {

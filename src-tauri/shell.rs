@@ -56,7 +56,11 @@ impl Shell {
     }
 
     pub async fn open_profile(&self) -> Result<Client> {
-        Ok(Client::open(&self.profile()).await?.with_secret_store(Arc::new(crate::keychain::Keychain)))
+        let host = confab_core::host_name().unwrap_or_else(|| std::env::consts::OS.to_owned());
+        Ok(Client::open(&self.profile())
+            .await?
+            .with_secret_store(Arc::new(crate::keychain::Keychain))
+            .with_device_name(format!("Confab app on {host}")))
     }
 
     pub fn attention(&self) -> Attention {

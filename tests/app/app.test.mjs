@@ -246,6 +246,16 @@ test("two people chat in the real app: messages, ticks, edits, reactions, offlin
   await new Promise((r) => setTimeout(r, 1500));
   assert.ok(!B.notifications().includes("muted message"), "no notification for a muted conversation");
 
+  // Settings list alice's devices: this app and the CLI she registered
+  // with. Signing the CLI out from here ends its session for good.
+  await A.d.click("[data-testid=settings-toggle]");
+  await A.d.until("two devices listed", async () => (await A.d.js("return document.querySelectorAll('[data-testid=device]').length")) === 2);
+  assert.ok((await A.d.js("return document.querySelector('[data-testid=devices]').textContent")).includes("(this device)"));
+  await snap(A.d, "alice-devices");
+  await A.d.click("[data-testid=sign-out-device]");
+  await A.d.until("one device left", async () => (await A.d.js("return document.querySelectorAll('[data-testid=device]').length")) === 1);
+  assert.throws(() => cli("alice", server.url, "conversations"), (e) => /login/.test(String(e.stderr)));
+
   // Phone width: one pane at a time, with a way back to the list.
   await B.d.cmd("POST", "/window/rect", { width: 390, height: 760 });
   await B.d.until("narrow layout", async () => await B.d.js("return getComputedStyle(document.querySelector('.sidebar')).display === 'none'"));

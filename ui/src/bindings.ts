@@ -25,6 +25,12 @@ export const commands = {
 	pin: (conversation: string, seq: number, pinned: boolean) => typedError<null, AppError>(__TAURI_INVOKE("pin", { conversation, seq, pinned })),
 	markRead: (conversation: string, seq: number) => typedError<null, AppError>(__TAURI_INVOKE("mark_read", { conversation, seq })),
 	typing: (conversation: string) => typedError<null, AppError>(__TAURI_INVOKE("typing", { conversation })),
+	/**  This account's signed-in devices. */
+	devices: () => typedError<DeviceSession_Serialize[], AppError>(__TAURI_INVOKE("devices")),
+	/**  Signs one of this account's other devices out. */
+	signOutDevice: (session: string) => typedError<null, AppError>(__TAURI_INVOKE("sign_out_device", { session })),
+	/**  Signs out every device of this account but this one. */
+	signOutOtherDevices: () => typedError<null, AppError>(__TAURI_INVOKE("sign_out_other_devices")),
 	openDirect: (username: string) => typedError<string, AppError>(__TAURI_INVOKE("open_direct", { username })),
 	createGroup: (name: string, members: string[]) => typedError<string, AppError>(__TAURI_INVOKE("create_group", { name, members })),
 	addMember: (conversation: string, username: string) => typedError<null, AppError>(__TAURI_INVOKE("add_member", { conversation, username })),
@@ -209,6 +215,33 @@ export type CoreEvent_Deserialize = ClientEvent_Deserialize;
 /**  Every core event, forwarded to the UI as is. */
 export type CoreEvent_Serialize = ClientEvent_Serialize;
 
+/**  One signed-in device of an account. */
+export type DeviceSession = DeviceSession_Serialize | DeviceSession_Deserialize;
+
+/**  One signed-in device of an account. */
+export type DeviceSession_Deserialize = {
+	id: string,
+	/**  The label the device gave when signing in. */
+	device?: string | null,
+	created: number,
+	/**  Its last connection (sessions unused for long expire). */
+	last_seen: number,
+	/**  The session of the device asking. */
+	current: boolean,
+};
+
+/**  One signed-in device of an account. */
+export type DeviceSession_Serialize = {
+	id: string,
+	/**  The label the device gave when signing in. */
+	device: string | null,
+	created: number,
+	/**  Its last connection (sessions unused for long expire). */
+	last_seen: number,
+	/**  The session of the device asking. */
+	current: boolean,
+};
+
 /**
  *  Stable, machine-readable error codes. Clients branch on these; the
  *  accompanying message is for people and may change.
@@ -231,7 +264,13 @@ export type ErrorCode =
 /**  The caller is a member but may not do this (not the sender, not admin). */
 "forbidden" | "rate_limited" | "too_many_connections" | 
 /**  The server cannot replay from the requested position; refetch. */
-"replay_unavailable" | "internal";
+"replay_unavailable" | "internal" | 
+/**  HTTP: no such endpoint. */
+"no_such_endpoint" | 
+/**  HTTP: the endpoint exists but not with this method. */
+"method_not_allowed" | 
+/**  HTTP: the body is not `application/json`. */
+"unsupported_media_type";
 
 export type MemberState = MemberState_Serialize | MemberState_Deserialize;
 

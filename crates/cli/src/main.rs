@@ -182,6 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let profile = cli.profile.unwrap_or_else(default_profile);
     let mut client =
         Client::open(&profile).await.with_context(|| format!("cannot open profile {}", profile.display()))?;
+    let host = confab_core::host_name().unwrap_or_else(|| std::env::consts::OS.to_owned());
+    client = client.with_device_name(format!("confab CLI on {host}"));
     if let Some(path) = &cli.ca_cert {
         let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         client = client.with_ca_cert(&pem)?;

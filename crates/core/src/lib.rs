@@ -51,6 +51,7 @@ pub struct Client {
     link_config: LinkConfig,
     secrets: Option<Arc<dyn SecretStore>>,
     trust: Option<tls::Trust>,
+    device_name: Option<String>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -108,6 +109,7 @@ impl Client {
             link_config: LinkConfig::default(),
             secrets: None,
             trust: None,
+            device_name: None,
             running: Default::default(),
         })
     }
@@ -126,6 +128,13 @@ impl Client {
     pub fn with_ca_cert(mut self, pem: &[u8]) -> Result<Self> {
         self.trust = Some(tls::Trust::with_extra_roots(pem)?);
         Ok(self)
+    }
+
+    /// How this device is listed among the account's sessions ("Confab on
+    /// alice-laptop"); set before signing in.
+    pub fn with_device_name(mut self, name: impl Into<String>) -> Self {
+        self.device_name = Some(name.into());
+        self
     }
 
     fn http(&self, timeout: Duration) -> Result<reqwest::Client> {
@@ -188,7 +197,7 @@ impl Client {
         let body = AuthRequest {
             username: username.clone(),
             password: password.to_owned(),
-            device: Some(format!("confab-core on {}", std::env::consts::OS)),
+            device: Some(self.device_name.clone().unwrap_or_else(|| format!("Confab on {}", std::env::consts::OS))),
         };
         let http = self.http(Duration::from_secs(30))?;
         let resp = http
@@ -554,4 +563,15 @@ impl Drop for Client {
             }
         }
     }
+}
+
+/// This machine's name, for naming a device's session ("alice-laptop"),
+/// where the system tells it.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
