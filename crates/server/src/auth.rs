@@ -53,12 +53,14 @@ pub async fn register(
     if req.password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "the password is too long"));
     }
+    // Limited before anything else, so probing which names exist costs
+    // the same as creating accounts.
+    state.auth_guard.check_register(state.auth_guard.client_address(peer, &headers))?;
     let store = &state.service.store;
     // Cheap early answer; the unique index decides races.
     if store.user_by_name(&req.username).await?.is_some() {
         return Err(ErrorCode::UsernameTaken.into());
     }
-    state.auth_guard.check_register(state.auth_guard.client_address(peer, &headers))?;
     let hash = state.hasher.hash(req.password.clone()).await?;
     let user = store.create_user(&req.username, &hash).await?;
     let token = new_token();
@@ -94,7 +96,10 @@ pub async fn login(
         return Err(ErrorCode::InvalidCredentials.into());
     };
     let token = new_token();
-    store.create_session(user, &token_hash(&token), device(&req)).await?;
+    let (_, evicted) = store.create_session(user, &token_hash(&token), device(&req)).await?;
+    for old in evicted {
+        state.service.hub.kick_session(old);
+    }
     Ok(Json(AuthResponse { user, username: req.username, token }))
 }
 

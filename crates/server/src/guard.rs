@@ -23,7 +23,36 @@ pub struct AuthGuard {
     login_by_name: DefaultKeyedRateLimiter<(IpAddr, String)>,
     login_by_address: DefaultKeyedRateLimiter<IpAddr>,
     register_by_address: DefaultKeyedRateLimiter<IpAddr>,
+    /// Coarser: a whole IPv4 /24 or IPv6 /48, so that an attacker with a
+    /// block of addresses does not multiply the limits by its size.
+    login_by_network: DefaultKeyedRateLimiter<IpAddr>,
+    register_by_network: DefaultKeyedRateLimiter<IpAddr>,
     trust_proxy: bool,
+}
+
+/// The /24 (IPv4) or /48 (IPv6) an address belongs to.
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(o[0], o[1], o[2], 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, perhaps with a port
+/// (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.trim_start_matches('[').split(']').next().and_then(|h| h.parse().ok()))
 }
 
 fn nz(n: u32) -> NonZeroU32 {
@@ -51,19 +80,30 @@ impl AuthGuard {
             register_by_address: RateLimiter::keyed(
                 Quota::per_hour(nz(accounts_per_hour)).allow_burst(nz(accounts_per_hour)),
             ),
+            // Ten times the single-address limits for a whole network.
+            login_by_network: RateLimiter::keyed(period(Duration::from_millis(100), 600)),
+            register_by_network: RateLimiter::keyed(
+                Quota::per_hour(nz(accounts_per_hour.saturating_mul(10)))
+                    .allow_burst(nz(accounts_per_hour.saturating_mul(10))),
+            ),
             trust_proxy,
         }
     }
 
     /// The client's address, as this server may believe it.
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        // The right-most entry of the last header line: the one our own
+        // proxy appended (a client can write any earlier ones).
         let forwarded = self
             .trust_proxy
-            .then(|| headers.get("x-forwarded-for"))
+            .then(|| headers.get_all("x-forwarded-for").iter().next_back())
             .flatten()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            .and_then(parse_forwarded);
+        if self.trust_proxy && forwarded.is_none() {
+            tracing::warn!("--trust-proxy is set but a request came without a usable X-Forwarded-For");
+        }
         let ip = forwarded.unwrap_or(peer.ip());
         match ip {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -79,12 +119,14 @@ impl AuthGuard {
 
     /// A sign-in attempt for a (valid) username from `address`.
     pub fn check_login(&self, address: IpAddr, username: &str) -> Result<()> {
+        check(&self.login_by_network, &network(address))?;
         check(&self.login_by_address, &address)?;
         check(&self.login_by_name, &(address, username.to_owned()))
     }
 
     /// An account about to be created from `address`.
     pub fn check_register(&self, address: IpAddr) -> Result<()> {
+        check(&self.register_by_network, &network(address))?;
         check(&self.register_by_address, &address)
     }
 
@@ -96,11 +138,19 @@ impl AuthGuard {
         self.login_by_address.shrink_to_fit();
         self.register_by_address.retain_recent();
         self.register_by_address.shrink_to_fit();
+        self.login_by_network.retain_recent();
+        self.login_by_network.shrink_to_fit();
+        self.register_by_network.retain_recent();
+        self.register_by_network.shrink_to_fit();
     }
 
     /// Keys held, for tests of pruning.
     pub fn keys(&self) -> usize {
-        self.login_by_name.len() + self.login_by_address.len() + self.register_by_address.len()
+        self.login_by_name.len()
+            + self.login_by_address.len()
+            + self.register_by_address.len()
+            + self.login_by_network.len()
+            + self.register_by_network.len()
     }
 }
 
@@ -125,6 +175,12 @@ mod tests {
             "1.2.3.4".parse::<IpAddr>().expect("ip")
         );
         assert_eq!(proxied.client_address(peer, &headers("garbage")), peer.ip());
+        assert_eq!(proxied.client_address(peer, &headers("1.2.3.4:5678")), "1.2.3.4".parse::<IpAddr>().expect("ip"));
+        // With two header lines, the last one counts (the first may be the
+        // client's own).
+        let mut two = headers("6.6.6.6");
+        two.append("x-forwarded-for", "5.5.5.5".parse().expect("header"));
+        assert_eq!(proxied.client_address(peer, &two), "5.5.5.5".parse::<IpAddr>().expect("ip"));
         let v6: SocketAddr = "[2001:db8:1:2:3:4:5:6]:1".parse().expect("addr");
         assert_eq!(open.client_address(v6, &HeaderMap::new()), "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
     }

@@ -96,7 +96,10 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
+        // A request whose client is gone is not worth the work.
         match job {
+            Job::Hash { reply, .. } if reply.is_closed() => {}
+            Job::Verify { reply, .. } if reply.is_closed() => {}
             Job::Hash { password, reply } => {
                 let _ = reply.send(hash(&password, &params, &mut blocks));
             }

@@ -84,7 +84,8 @@ impl Default for Limits {
             queue_bytes: 2 * confab_protocol::MAX_SERVER_FRAME_BYTES,
             write_timeout: Duration::from_secs(10),
             max_group_members: 1000,
-            hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            // One per core, up to four: each keeps a 19 MiB area for good.
+            hash_threads: std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2),
             hash_queue: 8,
             accounts_per_hour: 20,
             session_ttl: Duration::from_secs(90 * 24 * 3600),
@@ -258,13 +259,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let pruner = {
         let guard = state.auth_guard.clone();
         let (store, ttl) = (state.service.store.clone(), state.limits.session_ttl.as_millis() as i64);
+        let service = state.service.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 guard.prune();
                 match store.expire_sessions(store::now_ms() - ttl).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(n, "expired idle sessions"),
+                    Ok(expired) => {
+                        if !expired.is_empty() {
+                            tracing::info!(n = expired.len(), "expired idle sessions");
+                        }
+                        for session in expired {
+                            service.hub.kick_session(session);
+                        }
+                    }
                     Err(e) => tracing::warn!(%e, "cannot expire sessions"),
                 }
             }

@@ -29,6 +29,10 @@ struct Args {
     /// Accounts one address may create per hour.
     #[arg(long, default_value_t = 20)]
     accounts_per_hour: u32,
+    /// Threads hashing passwords (default: one per core, up to 4); each
+    /// keeps a 19 MiB argon2 area.
+    #[arg(long)]
+    hash_threads: Option<usize>,
     /// Days a device session may go unused before it expires.
     #[arg(long, default_value_t = 90)]
     session_days: u64,
@@ -91,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
     config.new_epoch = args.new_epoch;
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
+    if let Some(n) = args.hash_threads {
+        config.limits.hash_threads = n.clamp(1, 64);
+    }
     config.limits.session_ttl = std::time::Duration::from_secs(args.session_days.max(1) * 24 * 3600);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(confab_server::TlsFiles { cert, key });

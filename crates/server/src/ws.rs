@@ -150,6 +150,10 @@ async fn connection(socket: WebSocket, state: AppState) {
     let last = service.hub.unregister(caller.user, reg.id);
     drop(reg.queue);
     let _ = writer.await;
+    // In use until now: a device connected for months does not expire.
+    if let Err(e) = service.store.touch_session(caller.session, crate::store::now_ms()).await {
+        tracing::warn!(%e, "cannot record the session's use");
+    }
     // Re-check: another device may have connected while this one wound down.
     if last && !service.hub.is_online(caller.user) {
         let now = crate::store::now_ms();

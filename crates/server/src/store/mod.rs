@@ -19,6 +19,10 @@ use uuid::Uuid;
 
 pub type SessionId = Uuid;
 
+/// Sessions one account may hold; signing in on one more device signs the
+/// least recently used out, so the device list stays bounded.
+pub const MAX_SESSIONS_PER_USER: i64 = 100;
+
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
@@ -68,7 +72,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId>;
     /// (id, password hash) of a user.
     async fn credentials(&self, username: &str) -> Result<Option<(UserId, String)>>;
-    async fn create_session(&self, user: UserId, token_hash: &[u8], device: Option<&str>) -> Result<SessionId>;
+    /// Creates a session. An account keeps at most [`MAX_SESSIONS_PER_USER`]:
+    /// the least recently used beyond that are deleted, and returned.
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        device: Option<&str>,
+    ) -> Result<(SessionId, Vec<SessionId>)>;
     async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>>;
     /// Deletes a session; returns its id if it existed.
     async fn delete_session(&self, token_hash: &[u8]) -> Result<Option<SessionId>>;
@@ -79,8 +90,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `user`'s sessions that `which` selects (one id, or all but
     /// one); returns the deleted ids.
     async fn revoke_sessions(&self, user: UserId, which: Revoke) -> Result<Vec<SessionId>>;
-    /// Deletes sessions unused since `before`; returns how many.
-    async fn expire_sessions(&self, before: Millis) -> Result<u64>;
+    /// Deletes sessions unused since `before`; returns their ids.
+    async fn expire_sessions(&self, before: Millis) -> Result<Vec<SessionId>>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>>;
     async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()>;
     /// Users who share at least one conversation with `user` (not `user`).

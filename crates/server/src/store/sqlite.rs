@@ -371,9 +371,15 @@ impl Store for SqliteStore {
         row.map(|r| Ok((parse_id(r.get("id"))?, r.get("password_hash")))).transpose()
     }
 
-    async fn create_session(&self, user: UserId, token_hash: &[u8], device: Option<&str>) -> Result<SessionId> {
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        device: Option<&str>,
+    ) -> Result<(SessionId, Vec<SessionId>)> {
         let id = Uuid::now_v7();
         let now = now_ms();
+        let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, token_hash, user_id, device, created_at, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -383,9 +389,20 @@ impl Store for SqliteStore {
         .bind(device)
         .bind(now)
         .bind(now)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
-        Ok(id)
+        let evicted = sqlx::query(
+            "DELETE FROM sessions WHERE user_id = ?1 AND id NOT IN
+               (SELECT id FROM sessions WHERE user_id = ?1 ORDER BY last_seen DESC, id DESC LIMIT ?2)
+             RETURNING id",
+        )
+        .bind(user.to_string())
+        .bind(super::MAX_SESSIONS_PER_USER)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let evicted = evicted.iter().map(|r| parse_id(r.get("id"))).collect::<Result<Vec<_>>>()?;
+        Ok((id, evicted))
     }
 
     async fn session(&self, token_hash: &[u8]) -> Result<Option<Session>> {
@@ -456,9 +473,12 @@ impl Store for SqliteStore {
         rows.iter().map(|r| parse_id(r.get("id"))).collect()
     }
 
-    async fn expire_sessions(&self, before: Millis) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM sessions WHERE last_seen < ?").bind(before).execute(&self.write).await?;
-        Ok(done.rows_affected())
+    async fn expire_sessions(&self, before: Millis) -> Result<Vec<SessionId>> {
+        let rows = sqlx::query("DELETE FROM sessions WHERE last_seen < ? RETURNING id")
+            .bind(before)
+            .fetch_all(&self.write)
+            .await?;
+        rows.iter().map(|r| parse_id(r.get("id"))).collect()
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {

@@ -224,3 +224,22 @@ async fn a_session_unused_for_longer_than_the_limit_expires() {
     let mut ws = Ws::open(&s.url).await;
     assert_eq!(ws.err(json!({"type": "hello", "token": token, "protocol": 1})).await, "invalid_token");
 }
+
+#[tokio::test]
+async fn an_account_keeps_at_most_a_bounded_number_of_sessions() {
+    let s = TestServer::start().await;
+    let (user, _) = s.quick_user("kim").await;
+    let store = &s.server.state.service.store;
+    let mut evicted = Vec::new();
+    for i in 0..(confab_server::store::MAX_SESSIONS_PER_USER + 5) {
+        let token = confab_server::auth::new_token();
+        let device = format!("device {i}");
+        let (_, gone) =
+            store.create_session(user, &confab_server::auth::token_hash(&token), Some(&device)).await.expect("create");
+        evicted.extend(gone);
+    }
+    // The first (quick_user's) and the oldest are gone; the list is bounded.
+    assert_eq!(evicted.len(), 6);
+    let sessions = store.sessions_of(user).await.expect("list");
+    assert_eq!(sessions.len() as i64, confab_server::store::MAX_SESSIONS_PER_USER);
+}
