@@ -5,6 +5,7 @@
 //! - [`session`]: the signed-in session and the server's epoch;
 //! - [`outbox`]: own messages from composing to accepted (or refused);
 //! - [`apply`]: server events and snapshots, applied exactly once, in order;
+//! - [`messages`]: a server message's row, under the identity rule;
 //! - [`views`]: what the UI and CLI read.
 //!
 //! Identity: a message from the server *is* (conversation, seq). A client
@@ -14,6 +15,7 @@
 //! composing to deletion, that views use as a key.
 
 mod apply;
+mod messages;
 mod outbox;
 mod session;
 mod views;
