@@ -265,6 +265,8 @@ export type ErrorCode =
 "forbidden" | "rate_limited" | "too_many_connections" | 
 /**  The server cannot replay from the requested position; refetch. */
 "replay_unavailable" | "internal" | 
+/**  The callee (or the caller) is already in a call. */
+"busy" | 
 /**  HTTP: no such endpoint. */
 "no_such_endpoint" | 
 /**  HTTP: the endpoint exists but not with this method. */

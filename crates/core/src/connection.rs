@@ -369,6 +369,8 @@ async fn session(
                     ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
                     ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
                     ServerFrame::PresenceList { presence, snapshot } => Some(Inbound::PresenceList { presence, snapshot }),
+                    // Calls are not handled by this core yet.
+                    ServerFrame::Call { .. } => None,
                 };
                 // Never wait on the sync task here: it may itself be waiting
                 // for a reply only this loop can deliver. If it falls behind,

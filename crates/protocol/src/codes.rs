@@ -56,6 +56,9 @@ pub enum ErrorCode {
     ReplayUnavailable,
     #[error("internal")]
     Internal,
+    /// The callee (or the caller) is already in a call.
+    #[error("busy")]
+    Busy,
     /// HTTP: no such endpoint.
     #[error("no_such_endpoint")]
     NoSuchEndpoint,
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ReplayUnavailable => "replay_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
             ErrorCode::NoSuchEndpoint => "no_such_endpoint",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too many connections for this account",
             ErrorCode::ReplayUnavailable => "the server cannot replay from there; refetch",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::Busy => "they are in another call",
             ErrorCode::NoSuchEndpoint => "no such endpoint",
             ErrorCode::MethodNotAllowed => "this endpoint does not take that method",
             ErrorCode::UnsupportedMediaType => "send the body as application/json",
@@ -167,6 +172,7 @@ mod tests {
             ErrorCode::TooManyConnections,
             ErrorCode::ReplayUnavailable,
             ErrorCode::Internal,
+            ErrorCode::Busy,
             ErrorCode::NoSuchEndpoint,
             ErrorCode::MethodNotAllowed,
             ErrorCode::UnsupportedMediaType,

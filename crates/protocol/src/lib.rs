@@ -183,6 +183,34 @@ pub enum RequestBody {
         conversation: ConversationId,
         seq: i64,
     },
+    /// Calls the other member of a direct conversation; `call` is a new
+    /// UUID chosen by the caller. Every device of the callee rings.
+    /// Reply: [`Reply::Call`]; `busy` when either side is in a call.
+    CallInvite {
+        conversation: ConversationId,
+        call: CallId,
+        video: bool,
+    },
+    /// Takes a ringing call on this device (the first device wins).
+    /// Reply: [`Reply::Call`].
+    CallAccept {
+        call: CallId,
+    },
+    /// Declines a ringing call (every device stops ringing).
+    CallDecline {
+        call: CallId,
+    },
+    /// Ends a call: cancels it while it rings (caller), hangs up once
+    /// answered (either side).
+    CallHangup {
+        call: CallId,
+    },
+    /// WebRTC signaling for an answered call, relayed to the other side's
+    /// device in the call.
+    CallSignal {
+        call: CallId,
+        signal: CallSignal,
+    },
     /// This account's signed-in devices. Reply: [`Reply::Sessions`].
     Sessions {},
     /// Signs one of this account's devices out (its sockets close with
@@ -225,6 +253,11 @@ impl RequestBody {
         "delivered_many",
         "read",
         "typing",
+        "call_invite",
+        "call_accept",
+        "call_decline",
+        "call_hangup",
+        "call_signal",
         "sessions",
         "revoke_session",
         "revoke_other_sessions",
@@ -264,6 +297,16 @@ pub enum ServerFrame {
         online: bool,
         last_seen: Option<Millis>,
     },
+    /// Ephemeral: something happened to a call this device rings for or
+    /// takes part in. Never replayed; the outcome is logged as
+    /// [`EventBody::Call`].
+    Call {
+        call: CallId,
+        conversation: ConversationId,
+        /// The other party.
+        peer: UserId,
+        update: CallUpdate,
+    },
     /// Ephemeral: presence of several users at once — your online contacts
     /// right after `welcome`, the online members of a group you just joined.
     PresenceList {
@@ -279,6 +322,72 @@ pub struct Presence {
     pub user: UserId,
     pub online: bool,
     pub last_seen: Option<Millis>,
+}
+
+pub type CallId = Uuid;
+
+/// What happened to a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallUpdate {
+    /// Someone calls: ring.
+    Incoming {
+        video: bool,
+    },
+    /// The callee took the call on this device's other side: start WebRTC.
+    Accepted,
+    /// Another device of this account took (or declined) the call: stop
+    /// ringing.
+    AnsweredElsewhere,
+    DeclinedElsewhere,
+    /// WebRTC signaling from the other side.
+    Signal {
+        signal: CallSignal,
+    },
+    /// The call is over.
+    Ended {
+        reason: CallEnd,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEnd {
+    Declined,
+    Cancelled,
+    /// Nobody answered in time.
+    Missed,
+    HungUp,
+    /// Both called each other at once: this call gave way to the other
+    /// (the one with the lesser call id survives).
+    Superseded,
+}
+
+/// WebRTC signaling, relayed as is between the two devices in a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallSignal {
+    Offer { sdp: String },
+    Answer { sdp: String },
+    Candidate { candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16> },
+}
+
+/// A STUN or TURN server for WebRTC's ICE.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// How a call ended, as logged in its conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallOutcome {
+    Missed,
+    Declined,
+    Cancelled,
+    Completed { duration_ms: i64 },
 }
 
 /// One signed-in device of an account.
@@ -379,6 +488,11 @@ pub enum Reply {
     Sessions {
         sessions: Vec<DeviceSession>,
     },
+    /// A call this device takes part in, with the ICE servers to use.
+    Call {
+        call: CallId,
+        ice_servers: Vec<IceServer>,
+    },
     /// The change was committed at `pos` (or was a no-op and `pos` is `None`).
     Done {
         pos: Option<i64>,
@@ -476,6 +590,12 @@ pub enum EventBody {
     AdminChanged {
         user: UserId,
         admin: bool,
+    },
+    /// A call's outcome (the actor is the caller).
+    Call {
+        call: CallId,
+        video: bool,
+        outcome: CallOutcome,
     },
     /// A member's receipt watermarks moved forward.
     Receipt {

@@ -203,6 +203,27 @@ impl Hub {
         }
     }
 
+    /// Queues `frame` on one connection of `user`.
+    pub fn publish_conn(&self, user: UserId, conn: u64, frame: Arc<str>) {
+        let conns = lock(&self.conns);
+        for c in conns.get(&user).into_iter().flatten().filter(|c| c.id == conn) {
+            if !c.queue.offer(frame.clone()) && !c.queue.tx.is_closed() {
+                c.kick(SLOW);
+            }
+        }
+    }
+
+    /// Queues `frame` on every connection of `user` but `except`.
+    pub fn publish_user_except(&self, user: UserId, except: u64, frame: Option<Arc<str>>) {
+        let Some(frame) = frame else { return };
+        let conns = lock(&self.conns);
+        for c in conns.get(&user).into_iter().flatten().filter(|c| c.id != except) {
+            if !c.queue.offer(frame.clone()) && !c.queue.tx.is_closed() {
+                c.kick(SLOW);
+            }
+        }
+    }
+
     /// Closes every connection authenticated with `session` (after logout).
     pub fn kick_session(&self, session: Uuid) {
         for conn in lock(&self.conns).values().flatten().filter(|c| c.session == session) {

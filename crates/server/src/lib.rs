@@ -12,6 +12,7 @@
 //! ```
 
 pub mod auth;
+mod calls;
 pub mod epoch;
 pub mod error;
 pub mod guard;
@@ -63,6 +64,8 @@ pub struct Limits {
     pub accounts_per_hour: u32,
     /// A device session unused this long expires.
     pub session_ttl: Duration,
+    /// A call nobody answers within this long is missed.
+    pub call_ring_timeout: Duration,
     /// Take the client's address from `X-Forwarded-For` (only behind a
     /// proxy that sets it).
     pub trust_proxy: bool,
@@ -89,6 +92,7 @@ impl Default for Limits {
             hash_queue: 8,
             accounts_per_hour: 20,
             session_ttl: Duration::from_secs(90 * 24 * 3600),
+            call_ring_timeout: Duration::from_secs(45),
             trust_proxy: false,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
@@ -149,7 +153,10 @@ impl AppState {
         Ok(AppState {
             hasher: Arc::new(hasher),
             dummy_hash,
-            service: Arc::new(Service::new(store, hub, max_members, epoch, log_total)),
+            service: Arc::new(
+                Service::new(store, hub, max_members, epoch, log_total)
+                    .with_call_ring_timeout(limits.call_ring_timeout),
+            ),
             limits: Arc::new(limits.clone()),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
             auth_guard: Arc::new(guard::AuthGuard::new(limits.accounts_per_hour, limits.trust_proxy)),
@@ -255,6 +262,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     // Forget rate-limit keys that have recovered, so junk names and
     // one-off addresses cost no lasting memory.
+    // Calls that rang too long become missed calls.
+    let ringer = {
+        let service = state.service.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                service.expire_calls().await;
+            }
+        })
+    };
     // Also expire device sessions unused for the configured time.
     let pruner = {
         let guard = state.auth_guard.clone();
@@ -282,6 +299,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let shutdown = async move {
             let _ = stopped.await;
             pruner.abort();
+            ringer.abort();
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
             service.hub.kick_all();

@@ -28,6 +28,9 @@ const HEAD_BYTES: usize = 160;
 pub struct Service {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub(crate) calls: crate::calls::Calls,
+    /// STUN/TURN servers handed to callers.
+    pub(crate) ice_servers: Vec<confab_protocol::IceServer>,
     locks: Vec<Mutex<()>>,
     max_group_members: usize,
     /// The store epoch announced in `welcome` (see [`crate::epoch`]).
@@ -35,6 +38,8 @@ pub struct Service {
     /// Events in the log, kept in step with every append, so the epoch
     /// guard can record it without scanning the store.
     pub log_total: AtomicI64,
+    /// Call attempts per user: 10, then one every 6 s.
+    call_limiter: governor::DefaultKeyedRateLimiter<UserId>,
 }
 
 /// The authenticated caller of a request.
@@ -44,6 +49,8 @@ pub struct Caller {
     pub username: String,
     /// The device session this connection authenticated with.
     pub session: uuid::Uuid,
+    /// This connection (a device), for calls.
+    pub conn: u64,
 }
 
 /// About how many bytes an event takes in a reply.
@@ -60,10 +67,17 @@ impl Service {
         Service {
             store,
             hub,
+            calls: crate::calls::Calls::new(std::time::Duration::from_secs(45)),
+            ice_servers: Vec::new(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             max_group_members,
             epoch,
             log_total: AtomicI64::new(log_total),
+            call_limiter: governor::RateLimiter::keyed(
+                governor::Quota::with_period(std::time::Duration::from_secs(6))
+                    .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+                    .allow_burst(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN)),
+            ),
         }
     }
 
@@ -145,6 +159,24 @@ impl Service {
             .enumerate()
             .map(|(i, c)| frame(&ServerFrame::PresenceList { presence: c.to_vec(), snapshot: i == 0 }))
             .collect()
+    }
+
+    /// How long a call rings before it is missed.
+    pub fn with_call_ring_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.calls = crate::calls::Calls::new(timeout);
+        self
+    }
+
+    pub(crate) async fn member_of(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
+        self.member(conversation, user).await
+    }
+
+    /// Commits a call's outcome to its conversation's log and publishes it.
+    pub(crate) async fn log_call(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<()> {
+        let _guard = self.lock_for(conversation).lock().await;
+        let outcome = self.store.append(conversation, actor, body).await?;
+        self.publish(&outcome)?;
+        Ok(())
     }
 
     async fn member(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
@@ -442,6 +474,16 @@ impl Service {
                 let body = EventBody::Receipt { user: caller.user, delivered_seq: seq, read_seq: seq };
                 self.change(caller, conversation, body).await
             }
+            RequestBody::CallInvite { conversation, call, video } => {
+                if self.call_limiter.check_key(&caller.user).is_err() {
+                    return Err(ApiError::rate_limited(3000));
+                }
+                self.call_invite(caller, conversation, call, video).await
+            }
+            RequestBody::CallAccept { call } => self.call_accept(caller, call),
+            RequestBody::CallDecline { call } => self.call_decline(caller, call).await,
+            RequestBody::CallHangup { call } => self.call_hangup(caller, call).await,
+            RequestBody::CallSignal { call, signal } => self.call_signal(caller, call, signal),
             RequestBody::Sessions {} => {
                 let sessions = self
                     .store

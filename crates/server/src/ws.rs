@@ -106,6 +106,7 @@ async fn connection(socket: WebSocket, state: AppState) {
         close(&mut sink, CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections").await;
         return;
     };
+    let caller = Caller { conn: reg.id, ..caller };
     tracing::debug!(user = %caller.user, conn = reg.id, "connected");
     // When the writer ends — kicked, or a write stalled or failed — it
     // tells the reader through the kick signal, which the reader checks
@@ -150,6 +151,7 @@ async fn connection(socket: WebSocket, state: AppState) {
     let last = service.hub.unregister(caller.user, reg.id);
     drop(reg.queue);
     let _ = writer.await;
+    service.connection_gone(caller.user, reg.id).await;
     // In use until now: a device connected for months does not expire.
     if let Err(e) = service.store.touch_session(caller.session, crate::store::now_ms()).await {
         tracing::warn!(%e, "cannot record the session's use");
@@ -233,7 +235,7 @@ async fn authenticate(
     };
     match frame {
         Ok((id, session, token)) => Some((
-            Caller { user: session.user, username: session.username, session: session.id },
+            Caller { user: session.user, username: session.username, session: session.id, conn: 0 },
             session.id,
             id,
             token,

@@ -424,6 +424,9 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             }
             vec![Effect::Receipt { user: *user, delivered_seq: *delivered_seq, read_seq: *read_seq }]
         }
+        // A call's outcome: the conversation changed (call views come with
+        // the core's call module).
+        EventBody::Call { .. } => vec![Effect::ConversationChanged],
         EventBody::Edited { .. }
         | EventBody::Deleted { .. }
         | EventBody::Reaction { .. }

@@ -332,6 +332,8 @@ async fn apply_change(
                 None => false,
             }
         }
+        // A call's outcome changes no state: it is the log entry itself.
+        EventBody::Call { .. } => true,
         EventBody::Created { .. } | EventBody::Message { .. } => {
             return Err(ApiError::internal("apply_change", "created/message are appended elsewhere"))
         }

@@ -2,6 +2,7 @@
 //! authorization, resume and limits, spoken as raw frames.
 
 mod auth;
+mod calls;
 mod integrity;
 mod limits;
 mod protocol;

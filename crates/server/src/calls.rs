@@ -1,0 +1,330 @@
+//! 1:1 call signaling: the server owns each call's state and timeouts and
+//! relays WebRTC signaling between the call's two devices only.
+//!
+//! - **Invite** (a member of a direct conversation calls the other): every
+//!   device of the callee rings. Either side already in a call: `busy`.
+//! - **Glare**: when both call each other at once, the call with the lesser
+//!   id survives; the other ends as `superseded` for both, without a log
+//!   entry. Deterministic, no round trip.
+//! - **Accept**: the first of the callee's devices wins; the others get
+//!   `answered_elsewhere`. **Decline**: every device stops ringing.
+//!   **Hangup**: a cancel while ringing, a hangup once answered.
+//! - Nobody answering within the ring timeout makes a **missed** call. A
+//!   device in a call that disconnects ends it.
+//!
+//! Signaling frames are ephemeral and never enter the ordered log; only the
+//! outcome does, committed before anyone is told (`EventBody::Call`).
+
+use crate::error::{ApiError, Result};
+use crate::service::{Caller, Service};
+use confab_protocol::{
+    CallEnd, CallId, CallOutcome, CallSignal, CallUpdate, ConvKind, ConversationId, ErrorCode, EventBody, Reply,
+    ServerFrame, UserId,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Call {
+    conversation: ConversationId,
+    video: bool,
+    caller: UserId,
+    caller_conn: u64,
+    callee: UserId,
+    /// The callee's device that took the call, once answered.
+    callee_conn: Option<u64>,
+    rang_at: Instant,
+    answered_at: Option<Instant>,
+}
+
+impl Call {
+    fn involves(&self, user: UserId) -> bool {
+        self.caller == user || self.callee == user
+    }
+}
+
+pub struct Calls {
+    calls: Mutex<HashMap<CallId, Call>>,
+    ring_timeout: Duration,
+}
+
+fn lock(m: &Mutex<HashMap<CallId, Call>>) -> std::sync::MutexGuard<'_, HashMap<CallId, Call>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn no_call() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such call for you")
+}
+
+impl Calls {
+    pub fn new(ring_timeout: Duration) -> Calls {
+        Calls { calls: Mutex::new(HashMap::new()), ring_timeout }
+    }
+}
+
+/// What ending a call must do: tell devices, and maybe log the outcome.
+struct Ended {
+    call: CallId,
+    conversation: ConversationId,
+    caller: UserId,
+    video: bool,
+    /// (user, only this connection or all of theirs, reason)
+    notices: Vec<(UserId, Option<u64>, CallEnd)>,
+    outcome: Option<CallOutcome>,
+    peer_of: [(UserId, UserId); 2],
+}
+
+impl Service {
+    fn call_frame(
+        &self,
+        call: CallId,
+        conversation: ConversationId,
+        peer: UserId,
+        update: CallUpdate,
+    ) -> Option<std::sync::Arc<str>> {
+        serde_json::to_string(&ServerFrame::Call { call, conversation, peer, update }).ok().map(std::sync::Arc::from)
+    }
+
+    /// Tells one device (`Some(conn)`) or all of a user's devices.
+    fn tell(
+        &self,
+        user: UserId,
+        conn: Option<u64>,
+        call: CallId,
+        conversation: ConversationId,
+        peer: UserId,
+        update: CallUpdate,
+    ) {
+        let Some(frame) = self.call_frame(call, conversation, peer, update) else { return };
+        match conn {
+            Some(conn) => self.hub.publish_conn(user, conn, frame),
+            None => self.hub.publish(&[user], frame),
+        }
+    }
+
+    pub(crate) async fn call_invite(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        call: CallId,
+        video: bool,
+    ) -> Result<Reply> {
+        let membership = self.member_of(conversation, caller.user).await?;
+        if membership.kind != ConvKind::Direct {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "calls are between the two members of a direct conversation",
+            ));
+        }
+        let callee = self
+            .store
+            .member_ids(conversation)
+            .await?
+            .into_iter()
+            .find(|u| *u != caller.user)
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "nobody to call"))?;
+        let superseded = {
+            let mut calls = lock(&self.calls.calls);
+            if calls.contains_key(&call) {
+                return Err(ApiError::new(ErrorCode::InvalidRequest, "that call id is in use"));
+            }
+            // Glare: the callee is ringing us in this conversation right now.
+            let glare = calls
+                .iter()
+                .find(|(_, c)| c.conversation == conversation && c.caller == callee && c.answered_at.is_none())
+                .map(|(id, _)| *id);
+            let superseded = match glare {
+                Some(theirs) if call < theirs => calls.remove(&theirs).map(|c| (theirs, c)),
+                Some(_) => return Err(ApiError::new(ErrorCode::Busy, "they are calling you: answer their call")),
+                None => None,
+            };
+            if calls.values().any(|c| c.involves(caller.user) || c.involves(callee)) {
+                return Err(ErrorCode::Busy.into());
+            }
+            calls.insert(
+                call,
+                Call {
+                    conversation,
+                    video,
+                    caller: caller.user,
+                    caller_conn: caller.conn,
+                    callee,
+                    callee_conn: None,
+                    rang_at: Instant::now(),
+                    answered_at: None,
+                },
+            );
+            superseded
+        };
+        if let Some((id, old)) = superseded {
+            self.tell(
+                old.caller,
+                None,
+                id,
+                conversation,
+                old.callee,
+                CallUpdate::Ended { reason: CallEnd::Superseded },
+            );
+            self.tell(
+                old.callee,
+                None,
+                id,
+                conversation,
+                old.caller,
+                CallUpdate::Ended { reason: CallEnd::Superseded },
+            );
+        }
+        self.tell(callee, None, call, conversation, caller.user, CallUpdate::Incoming { video });
+        Ok(Reply::Call { call, ice_servers: self.ice_servers.clone() })
+    }
+
+    pub(crate) fn call_accept(&self, caller: &Caller, call: CallId) -> Result<Reply> {
+        let (conversation, peer) = {
+            let mut calls = lock(&self.calls.calls);
+            let c = calls.get_mut(&call).filter(|c| c.callee == caller.user).ok_or_else(no_call)?;
+            if c.answered_at.is_some() {
+                return Err(ApiError::new(ErrorCode::NotFound, "the call was answered on another device"));
+            }
+            c.answered_at = Some(Instant::now());
+            c.callee_conn = Some(caller.conn);
+            (c.conversation, c.caller)
+        };
+        self.tell(peer, None, call, conversation, caller.user, CallUpdate::Accepted);
+        self.hub.publish_user_except(
+            caller.user,
+            caller.conn,
+            self.call_frame(call, conversation, peer, CallUpdate::AnsweredElsewhere),
+        );
+        Ok(Reply::Call { call, ice_servers: self.ice_servers.clone() })
+    }
+
+    pub(crate) fn call_signal(&self, caller: &Caller, call: CallId, signal: CallSignal) -> Result<Reply> {
+        let (to, conn, conversation) = {
+            let calls = lock(&self.calls.calls);
+            // Nobody outside the call learns that it exists.
+            let c = calls.get(&call).filter(|c| c.involves(caller.user)).ok_or_else(no_call)?;
+            let callee_conn = c
+                .callee_conn
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "the call is not answered yet"))?;
+            // Only the two devices in the call may signal.
+            if caller.user == c.caller && caller.conn == c.caller_conn {
+                (c.callee, callee_conn, c.conversation)
+            } else if caller.user == c.callee && caller.conn == callee_conn {
+                (c.caller, c.caller_conn, c.conversation)
+            } else {
+                return Err(no_call());
+            }
+        };
+        self.tell(to, Some(conn), call, conversation, caller.user, CallUpdate::Signal { signal });
+        Ok(Reply::Done { pos: None })
+    }
+
+    pub(crate) async fn call_decline(&self, caller: &Caller, call: CallId) -> Result<Reply> {
+        let ended = {
+            let mut calls = lock(&self.calls.calls);
+            match calls.get(&call) {
+                Some(c) if c.callee == caller.user && c.answered_at.is_none() => {}
+                _ => return Err(no_call()),
+            }
+            let c = calls.remove(&call).ok_or_else(no_call)?;
+            Ended {
+                call,
+                conversation: c.conversation,
+                caller: c.caller,
+                video: c.video,
+                notices: vec![(c.caller, None, CallEnd::Declined), (c.callee, None, CallEnd::Declined)],
+                outcome: Some(CallOutcome::Declined),
+                peer_of: [(c.caller, c.callee), (c.callee, c.caller)],
+            }
+        };
+        self.finish(ended).await?;
+        Ok(Reply::Done { pos: None })
+    }
+
+    pub(crate) async fn call_hangup(&self, caller: &Caller, call: CallId) -> Result<Reply> {
+        let ended = {
+            let mut calls = lock(&self.calls.calls);
+            match calls.get(&call) {
+                Some(c) if c.involves(caller.user) => {}
+                _ => return Err(no_call()),
+            }
+            let c = calls.remove(&call).ok_or_else(no_call)?;
+            end_of(call, c, false)
+        };
+        self.finish(ended).await?;
+        Ok(Reply::Done { pos: None })
+    }
+
+    /// Ends calls that rang too long (missed).
+    pub async fn expire_calls(&self) {
+        let expired: Vec<Ended> = {
+            let mut calls = lock(&self.calls.calls);
+            let late: Vec<CallId> = calls
+                .iter()
+                .filter(|(_, c)| c.answered_at.is_none() && c.rang_at.elapsed() >= self.calls.ring_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            late.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, true))).collect()
+        };
+        for ended in expired {
+            if let Err(e) = self.finish(ended).await {
+                tracing::warn!(%e, "cannot log a missed call");
+            }
+        }
+    }
+
+    /// A connection ended: a call it was in (or rang from) ends with it.
+    pub async fn connection_gone(&self, user: UserId, conn: u64) {
+        let gone: Vec<Ended> = {
+            let mut calls = lock(&self.calls.calls);
+            let ids: Vec<CallId> = calls
+                .iter()
+                .filter(|(_, c)| {
+                    (c.caller == user && c.caller_conn == conn) || (c.callee == user && c.callee_conn == Some(conn))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, false))).collect()
+        };
+        for ended in gone {
+            if let Err(e) = self.finish(ended).await {
+                tracing::warn!(%e, "cannot log a call's end");
+            }
+        }
+    }
+
+    /// Logs the outcome (committed first), then tells the devices.
+    async fn finish(&self, ended: Ended) -> Result<()> {
+        if let Some(outcome) = ended.outcome {
+            let body = EventBody::Call { call: ended.call, video: ended.video, outcome };
+            self.log_call(ended.conversation, ended.caller, body).await?;
+        }
+        for (user, conn, reason) in ended.notices {
+            let peer = ended.peer_of.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap_or(user);
+            self.tell(user, conn, ended.call, ended.conversation, peer, CallUpdate::Ended { reason });
+        }
+        Ok(())
+    }
+}
+
+/// How a call that is removed ends: missed (timed out), cancelled (the
+/// caller gave up while it rang), or completed (answered, then hung up).
+fn end_of(call: CallId, c: Call, timed_out: bool) -> Ended {
+    let (reason, outcome) = match c.answered_at {
+        Some(at) => (CallEnd::HungUp, CallOutcome::Completed { duration_ms: at.elapsed().as_millis() as i64 }),
+        None if timed_out => (CallEnd::Missed, CallOutcome::Missed),
+        None => (CallEnd::Cancelled, CallOutcome::Cancelled),
+    };
+    // Once answered only the two devices in the call are told; before,
+    // every device of the callee was ringing.
+    let callee_conn = c.callee_conn;
+    Ended {
+        call,
+        conversation: c.conversation,
+        caller: c.caller,
+        video: c.video,
+        notices: vec![(c.caller, None, reason), (c.callee, callee_conn.filter(|_| c.answered_at.is_some()), reason)],
+        outcome: Some(outcome),
+        peer_of: [(c.caller, c.callee), (c.callee, c.caller)],
+    }
+}
