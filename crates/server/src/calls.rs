@@ -175,7 +175,7 @@ impl Service {
             );
         }
         self.tell(callee, None, call, conversation, caller.user, CallUpdate::Incoming { video });
-        Ok(Reply::Call { call, ice_servers: self.ice_servers.clone() })
+        Ok(Reply::Call { call, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
 
     pub(crate) fn call_accept(&self, caller: &Caller, call: CallId) -> Result<Reply> {
@@ -195,7 +195,7 @@ impl Service {
             caller.conn,
             self.call_frame(call, conversation, peer, CallUpdate::AnsweredElsewhere),
         );
-        Ok(Reply::Call { call, ice_servers: self.ice_servers.clone() })
+        Ok(Reply::Call { call, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
 
     pub(crate) fn call_signal(&self, caller: &Caller, call: CallId, signal: CallSignal) -> Result<Reply> {

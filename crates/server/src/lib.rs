@@ -18,6 +18,7 @@ pub mod error;
 pub mod guard;
 pub mod hasher;
 pub mod hub;
+pub mod ice;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -110,6 +111,8 @@ pub struct Config {
     pub new_epoch: bool,
     /// Serve https/wss with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// STUN and TURN servers for calls.
+    pub ice: ice::IceConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -120,7 +123,7 @@ pub struct TlsFiles {
 
 impl Config {
     pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
-        Config { listen, db, limits: Limits::default(), new_epoch: false, tls: None }
+        Config { listen, db, limits: Limits::default(), new_epoch: false, tls: None, ice: ice::IceConfig::default() }
     }
 }
 
@@ -141,7 +144,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(store: Arc<dyn Store>, limits: Limits, epoch: String, log_total: i64) -> error::Result<Self> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        epoch: String,
+        log_total: i64,
+        ice: ice::IceConfig,
+    ) -> error::Result<Self> {
         let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
         let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
@@ -155,7 +164,8 @@ impl AppState {
             dummy_hash,
             service: Arc::new(
                 Service::new(store, hub, max_members, epoch, log_total)
-                    .with_call_ring_timeout(limits.call_ring_timeout),
+                    .with_call_ring_timeout(limits.call_ring_timeout)
+                    .with_ice(ice),
             ),
             limits: Arc::new(limits.clone()),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
@@ -229,7 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
     let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
-    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total).await?;
+    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total, config.ice).await?;
     let sidecar = Arc::new(epoch::Sidecar::new(&config.db));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),

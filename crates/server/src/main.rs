@@ -46,6 +46,16 @@ struct Args {
     /// The certificate's private key (PEM).
     #[arg(long, env = "CONFAB_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// A STUN server for calls (`stun:host:port`); repeatable.
+    #[arg(long)]
+    stun: Vec<String>,
+    /// A TURN server for calls (`turn:host:port?transport=udp`); repeatable,
+    /// used with --turn-secret (coturn's use-auth-secret).
+    #[arg(long, requires = "turn_secret")]
+    turn: Vec<String>,
+    /// The secret shared with the TURN server (coturn's static-auth-secret).
+    #[arg(long, env = "CONFAB_TURN_SECRET")]
+    turn_secret: Option<String>,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -99,6 +109,12 @@ async fn main() -> anyhow::Result<()> {
         config.limits.hash_threads = n.clamp(1, 64);
     }
     config.limits.session_ttl = std::time::Duration::from_secs(args.session_days.max(1) * 24 * 3600);
+    config.ice = confab_server::ice::IceConfig {
+        stun: args.stun,
+        turn: args.turn,
+        turn_secret: args.turn_secret,
+        turn_ttl: std::time::Duration::from_secs(24 * 3600),
+    };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(confab_server::TlsFiles { cert, key });
     }

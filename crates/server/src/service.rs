@@ -29,8 +29,8 @@ pub struct Service {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub(crate) calls: crate::calls::Calls,
-    /// STUN/TURN servers handed to callers.
-    pub(crate) ice_servers: Vec<confab_protocol::IceServer>,
+    /// STUN/TURN servers handed to the two sides of a call.
+    pub(crate) ice: crate::ice::IceConfig,
     locks: Vec<Mutex<()>>,
     max_group_members: usize,
     /// The store epoch announced in `welcome` (see [`crate::epoch`]).
@@ -68,7 +68,7 @@ impl Service {
             store,
             hub,
             calls: crate::calls::Calls::new(std::time::Duration::from_secs(45)),
-            ice_servers: Vec::new(),
+            ice: crate::ice::IceConfig::default(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             max_group_members,
             epoch,
@@ -164,6 +164,11 @@ impl Service {
     /// How long a call rings before it is missed.
     pub fn with_call_ring_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.calls = crate::calls::Calls::new(timeout);
+        self
+    }
+
+    pub fn with_ice(mut self, ice: crate::ice::IceConfig) -> Self {
+        self.ice = ice;
         self
     }
 

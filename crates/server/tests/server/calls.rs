@@ -162,3 +162,35 @@ async fn calls_are_only_between_the_two_members_of_a_direct_conversation() {
     let invite = json!({"type": "call_invite", "conversation": group, "call": call_id(), "video": false});
     assert_eq!(alice.err(invite).await, "invalid_request");
 }
+
+#[tokio::test]
+async fn both_sides_get_short_lived_turn_credentials_when_turn_is_configured() {
+    let s = TestServer::with_config(|c| {
+        c.ice = confab_server::ice::IceConfig {
+            stun: vec!["stun:127.0.0.1:3478".into()],
+            turn: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+            turn_secret: Some("north".into()),
+            turn_ttl: Duration::from_secs(600),
+        }
+    })
+    .await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    let call = call_id();
+    let r = alice.ok(json!({"type": "call_invite", "conversation": conv, "call": call, "video": false})).await;
+    let servers = r["ice_servers"].as_array().expect("servers");
+    assert_eq!(servers[0]["urls"][0], "stun:127.0.0.1:3478");
+    let username = servers[1]["username"].as_str().expect("username");
+    let (expiry, user) = username.split_once(':').expect("expiry:user");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let expiry: u64 = expiry.parse().expect("seconds");
+    assert!(expiry > now && expiry <= now + 600);
+    assert_eq!(user, alice.welcome["user"].as_str().expect("user id"));
+    assert_eq!(servers[1]["credential"], confab_server::ice::turn_credential("north", username).as_str());
+    update(&mut bob, &call, "incoming").await;
+    let r = bob.ok(json!({"type": "call_accept", "call": call})).await;
+    assert!(r["ice_servers"][1]["username"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(bob.welcome["user"].as_str().unwrap_or("?"))));
+}

@@ -20,9 +20,15 @@ impl TestServer {
     }
 
     pub async fn with_limits(limits: Limits) -> TestServer {
+        TestServer::with_config(|c| c.limits = limits).await
+    }
+
+    /// A server with its default test limits, then `adjust`ed.
+    pub async fn with_config(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("server.db"));
-        config.limits = limits;
+        config.limits = Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() };
+        adjust(&mut config);
         let server = confab_server::start(config).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         TestServer { server, url, _dir: dir }
