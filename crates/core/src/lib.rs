@@ -6,6 +6,7 @@
 //! - [`outbox`]: persist-first sending with client ids, surviving restarts.
 //! - [`cache`]: the SQLite cache the views are read from.
 //! - [`notify`]: the notification policy, as plain logic.
+//! - [`call`]: the call state machine (media engines come next).
 //!
 //! ```no_run
 //! # async fn demo() -> confab_core::Result<()> {
@@ -19,6 +20,7 @@
 
 mod backoff;
 pub mod cache;
+pub mod call;
 pub mod connection;
 mod error;
 pub mod notify;
