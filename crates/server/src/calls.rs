@@ -16,13 +16,13 @@
 //! outcome does, committed before anyone is told (`EventBody::Call`).
 
 use crate::error::{ApiError, Result};
-use crate::service::{Caller, Service};
+use crate::service::{frame, Caller, Service};
 use confab_protocol::{
     CallEnd, CallId, CallOutcome, CallSignal, CallUpdate, ConvKind, ConversationId, ErrorCode, EventBody, Reply,
     ServerFrame, UserId,
 };
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Call {
@@ -81,8 +81,8 @@ impl Service {
         conversation: ConversationId,
         peer: UserId,
         update: CallUpdate,
-    ) -> Option<std::sync::Arc<str>> {
-        serde_json::to_string(&ServerFrame::Call { call, conversation, peer, update }).ok().map(std::sync::Arc::from)
+    ) -> Option<Arc<str>> {
+        frame(&ServerFrame::Call { call, conversation, peer, update }).ok()
     }
 
     /// Tells one device (`Some(conn)`) or all of a user's devices.
@@ -109,7 +109,7 @@ impl Service {
         call: CallId,
         video: bool,
     ) -> Result<Reply> {
-        let membership = self.member_of(conversation, caller.user).await?;
+        let membership = self.member(conversation, caller.user).await?;
         if membership.kind != ConvKind::Direct {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -190,11 +190,9 @@ impl Service {
             (c.conversation, c.caller)
         };
         self.tell(peer, None, call, conversation, caller.user, CallUpdate::Accepted);
-        self.hub.publish_user_except(
-            caller.user,
-            caller.conn,
-            self.call_frame(call, conversation, peer, CallUpdate::AnsweredElsewhere),
-        );
+        if let Some(f) = self.call_frame(call, conversation, peer, CallUpdate::AnsweredElsewhere) {
+            self.hub.publish_user_except(caller.user, caller.conn, f);
+        }
         Ok(Reply::Call { call, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
 

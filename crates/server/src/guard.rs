@@ -55,19 +55,26 @@ fn parse_forwarded(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.trim_start_matches('[').split(']').next().and_then(|h| h.parse().ok()))
 }
 
-fn nz(n: u32) -> NonZeroU32 {
+/// A quota count, at least one.
+pub(crate) fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
 }
 
-fn period(every: Duration, burst: u32) -> Quota {
+/// `burst` at once, then one every `every`.
+pub(crate) fn period(every: Duration, burst: u32) -> Quota {
     Quota::with_period(every).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(nz(burst))
 }
 
-fn check<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<()> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ApiError::rate_limited(wait.as_millis().max(1) as u64)
-    })
+/// The server's one translation of a limiter's "not until" into
+/// `rate_limited` with the wait it names.
+pub(crate) fn not_until(not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> ApiError {
+    let ms = not_until.wait_time_from(DefaultClock::default().now()).as_millis().max(1) as u64;
+    ApiError { message: format!("too many requests; retry in {ms} ms"), ..ApiError::rate_limited(ms) }
+}
+
+/// Takes one token for `key`, or says when to retry.
+pub(crate) fn check<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<()> {
+    limiter.check_key(key).map_err(not_until)
 }
 
 impl AuthGuard {

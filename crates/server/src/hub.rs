@@ -39,9 +39,19 @@ impl Conn {
     fn kick(&self, kick: Kick) {
         self.kick.send_replace(Some(kick));
     }
+
+    /// Queues `frame`; a connection that cannot take it is a slow consumer
+    /// and is closed (it resumes on reconnect).
+    fn deliver(&self, user: UserId, frame: &Arc<str>) {
+        if !self.queue.offer(frame.clone()) && !self.queue.tx.is_closed() {
+            tracing::warn!(%user, conn = self.id, "slow consumer: disconnecting; it will resume");
+            self.kick(SLOW);
+        }
+    }
 }
 
-const SLOW: Kick = Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" };
+/// The kick for a connection whose queue overflowed.
+pub const SLOW: Kick = Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" };
 
 /// The sending side of one connection's queue, with its byte count. The
 /// writer reports each frame it takes through [`Queue::meter`].
@@ -53,12 +63,20 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Counts `len` bytes in, unless that would pass the budget.
+    fn reserve(&self, len: usize) -> bool {
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.budget {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
     /// Queues a frame without waiting. False when the queue is over its
     /// frame count or byte budget (or closed): the caller kicks.
     pub fn offer(&self, frame: Arc<str>) -> bool {
         let len = frame.len();
-        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.budget {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
+        if !self.reserve(len) {
             return false;
         }
         if self.tx.try_send(frame).is_err() {
@@ -72,8 +90,7 @@ impl Queue {
     /// reader); false when over the byte budget or closed.
     pub async fn reply(&self, frame: Arc<str>) -> bool {
         let len = frame.len();
-        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.budget {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
+        if !self.reserve(len) {
             return false;
         }
         if self.tx.send(frame).await.is_err() {
@@ -195,10 +212,7 @@ impl Hub {
         let conns = lock(&self.conns);
         for user in users {
             for conn in conns.get(user).into_iter().flatten() {
-                if !conn.queue.offer(frame.clone()) && !conn.queue.tx.is_closed() {
-                    tracing::warn!(%user, conn = conn.id, "slow consumer: disconnecting; it will resume");
-                    conn.kick(SLOW);
-                }
+                conn.deliver(*user, &frame);
             }
         }
     }
@@ -207,20 +221,15 @@ impl Hub {
     pub fn publish_conn(&self, user: UserId, conn: u64, frame: Arc<str>) {
         let conns = lock(&self.conns);
         for c in conns.get(&user).into_iter().flatten().filter(|c| c.id == conn) {
-            if !c.queue.offer(frame.clone()) && !c.queue.tx.is_closed() {
-                c.kick(SLOW);
-            }
+            c.deliver(user, &frame);
         }
     }
 
     /// Queues `frame` on every connection of `user` but `except`.
-    pub fn publish_user_except(&self, user: UserId, except: u64, frame: Option<Arc<str>>) {
-        let Some(frame) = frame else { return };
+    pub fn publish_user_except(&self, user: UserId, except: u64, frame: Arc<str>) {
         let conns = lock(&self.conns);
         for c in conns.get(&user).into_iter().flatten().filter(|c| c.id != except) {
-            if !c.queue.offer(frame.clone()) && !c.queue.tx.is_closed() {
-                c.kick(SLOW);
-            }
+            c.deliver(user, &frame);
         }
     }
 

@@ -30,7 +30,6 @@ use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use service::Service;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +150,7 @@ impl AppState {
         log_total: i64,
         ice: ice::IceConfig,
     ) -> error::Result<Self> {
-        let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        let nz = guard::nz;
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
         let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
         let hub = hub::Hub::new(limits.max_connections_per_user, limits.queue_len, queue_bytes);

@@ -53,12 +53,7 @@ pub struct Caller {
     pub conn: u64,
 }
 
-/// About how many bytes an event takes in a reply.
-fn event_bytes(e: &confab_protocol::ConvEvent) -> usize {
-    serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0)
-}
-
-fn frame(f: &ServerFrame) -> Result<Arc<str>> {
+pub(crate) fn frame(f: &ServerFrame) -> Result<Arc<str>> {
     serde_json::to_string(f).map(Arc::from).map_err(|e| ApiError::internal("serialize frame", e))
 }
 
@@ -73,11 +68,7 @@ impl Service {
             max_group_members,
             epoch,
             log_total: AtomicI64::new(log_total),
-            call_limiter: governor::RateLimiter::keyed(
-                governor::Quota::with_period(std::time::Duration::from_secs(6))
-                    .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
-                    .allow_burst(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN)),
-            ),
+            call_limiter: governor::RateLimiter::keyed(crate::guard::period(std::time::Duration::from_secs(6), 10)),
         }
     }
 
@@ -172,10 +163,6 @@ impl Service {
         self
     }
 
-    pub(crate) async fn member_of(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
-        self.member(conversation, user).await
-    }
-
     /// Commits a call's outcome to its conversation's log and publishes it.
     pub(crate) async fn log_call(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<()> {
         let _guard = self.lock_for(conversation).lock().await;
@@ -184,7 +171,7 @@ impl Service {
         Ok(())
     }
 
-    async fn member(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
+    pub(crate) async fn member(&self, conversation: ConversationId, user: UserId) -> Result<Membership> {
         match self.store.membership(conversation, user).await? {
             Some(m) => Ok(m),
             // Same answer whether the conversation exists or not: a
@@ -284,25 +271,28 @@ impl Service {
                     if budget == 0 {
                         break;
                     }
-                    let page = match self.events_page(caller, f.conversation, f.after, MAX_PAGE, budget).await {
+                    let (page, spent) = match self.events_page(caller, f.conversation, f.after, MAX_PAGE, budget).await
+                    {
                         Ok(page) => page,
-                        Err(e) if e.code != ErrorCode::Internal => EventPage {
-                            conversation: f.conversation,
-                            events: Vec::new(),
-                            last_pos: 0,
-                            has_more: false,
-                            error: Some(e.code),
-                        },
+                        Err(e) if e.code != ErrorCode::Internal => {
+                            let page = EventPage {
+                                conversation: f.conversation,
+                                events: Vec::new(),
+                                last_pos: 0,
+                                has_more: false,
+                                error: Some(e.code),
+                            };
+                            (page, 0)
+                        }
                         Err(e) => return Err(e),
                     };
-                    let spent: usize = page.events.iter().map(event_bytes).sum();
                     budget = budget.saturating_sub(spent.max(100));
                     pages.push(page);
                 }
                 Ok(Reply::CatchUp { pages })
             }
             RequestBody::Events { conversation, after, limit } => {
-                let page = self.events_page(caller, conversation, after, limit, REPLY_BUDGET_BYTES).await?;
+                let (page, _) = self.events_page(caller, conversation, after, limit, REPLY_BUDGET_BYTES).await?;
                 Ok(Reply::Events {
                     conversation,
                     events: page.events,
@@ -480,9 +470,7 @@ impl Service {
                 self.change(caller, conversation, body).await
             }
             RequestBody::CallInvite { conversation, call, video } => {
-                if self.call_limiter.check_key(&caller.user).is_err() {
-                    return Err(ApiError::rate_limited(3000));
-                }
+                crate::guard::check(&self.call_limiter, &caller.user)?;
                 self.call_invite(caller, conversation, call, video).await
             }
             RequestBody::CallAccept { call } => self.call_accept(caller, call),
@@ -566,7 +554,7 @@ impl Service {
     }
 
     /// One conversation's events after `after`, bounded by `limit` and
-    /// `budget` bytes.
+    /// `budget` bytes, and the bytes it took.
     async fn events_page(
         &self,
         caller: &Caller,
@@ -574,13 +562,14 @@ impl Service {
         after: i64,
         limit: u32,
         budget: usize,
-    ) -> Result<EventPage> {
+    ) -> Result<(EventPage, usize)> {
         self.member(conversation, caller.user).await?;
         if after < 0 {
             return Err(ApiError::new(ErrorCode::InvalidRequest, "`after` must be >= 0"));
         }
         let limit = limit.clamp(1, MAX_PAGE);
-        let (events, last_pos) = self.store.events_after(conversation, after, limit, budget).await?;
+        let crate::store::LogPage { events, last_pos, bytes } =
+            self.store.events_after(conversation, after, limit, budget).await?;
         if after > last_pos {
             // The client has seen more than the server has: the server
             // lost data or the client talks to another server. The client
@@ -591,7 +580,7 @@ impl Service {
             ));
         }
         let has_more = events.last().is_some_and(|e| e.pos < last_pos);
-        Ok(EventPage { conversation, events, last_pos, has_more, error: None })
+        Ok((EventPage { conversation, events, last_pos, has_more, error: None }, bytes))
     }
 
     fn fill_presence(&self, c: &mut ConversationInfo) {

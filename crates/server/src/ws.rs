@@ -12,8 +12,9 @@
 //! Bad input never closes the socket, except a frame beyond the transport
 //! limit (close 1009) or an unauthenticated socket (close 4001).
 
+use crate::error::ApiError;
 use crate::hub::{Kick, CLOSE_SESSION_REVOKED};
-use crate::hub::{Meter, Queue, CLOSE_SLOW_CONSUMER};
+use crate::hub::{Meter, Queue, CLOSE_SLOW_CONSUMER, SLOW};
 use crate::service::Caller;
 use crate::{auth, AppState};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -137,7 +138,7 @@ async fn connection(socket: WebSocket, state: AppState) {
         Ok(frames) => {
             for f in frames {
                 if !reg.queue.offer(f) {
-                    reg.kick.send_replace(Some(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" }));
+                    reg.kick.send_replace(Some(SLOW));
                 }
             }
         }
@@ -257,7 +258,7 @@ async fn read_loop(
     kick: &watch::Sender<Option<Kick>>,
 ) {
     let slow = || {
-        kick.send_replace(Some(Kick { code: CLOSE_SLOW_CONSUMER, reason: "slow_consumer" }));
+        kick.send_replace(Some(SLOW));
     };
     let idle = state.limits.idle_timeout;
     loop {
@@ -316,20 +317,12 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
     let cost = std::num::NonZeroU32::new(cost as u32).unwrap_or(std::num::NonZeroU32::MIN);
     let limited = match state.request_limiter.check_key_n(&caller.user, cost) {
         Ok(Ok(())) => None,
-        Ok(Err(not_until)) => {
-            Some(not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default())))
-        }
+        Ok(Err(wait)) => Some(crate::guard::not_until(wait)),
         // More than the burst allows at all (a tiny configured burst).
-        Err(_) => Some(Duration::from_secs(1)),
+        Err(_) => Some(ApiError::rate_limited(1000)),
     };
-    if let Some(wait) = limited {
-        let ms = wait.as_millis().max(1) as u64;
-        return error_frame(
-            Some(req.id),
-            ErrorCode::RateLimited,
-            format!("too many requests; retry in {ms} ms"),
-            Some(ms),
-        );
+    if let Some(e) = limited {
+        return error_frame(Some(req.id), e.code, e.message, e.retry_after_ms);
     }
     match state.service.handle(caller, req.body).await {
         Ok(result) => encode(&ServerFrame::Result { id: req.id, result }),

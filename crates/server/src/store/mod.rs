@@ -35,6 +35,17 @@ pub struct Session {
     pub last_seen: Millis,
 }
 
+/// A page of one conversation's log.
+#[derive(Clone, Debug)]
+pub struct LogPage {
+    pub events: Vec<ConvEvent>,
+    /// The conversation's newest position.
+    pub last_pos: i64,
+    /// About how many bytes the events take in a reply, as the budget
+    /// counted them.
+    pub bytes: usize,
+}
+
 /// Which of a user's sessions to revoke.
 #[derive(Clone, Copy, Debug)]
 pub enum Revoke {
@@ -143,7 +154,7 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
         budget: usize,
-    ) -> Result<(Vec<ConvEvent>, i64)>;
+    ) -> Result<LogPage>;
     /// Messages with `seq < before` (all if `None`), newest first, at most
     /// `limit` and about `budget` bytes (at least one).
     async fn history(

@@ -3,7 +3,7 @@
 //! `SQLITE_BUSY` on upgrade); reads use a separate pool and see every
 //! committed write.
 
-use super::{now_ms, AppendOutcome, Membership, MessageMeta, Revoke, Session, SessionId, Store};
+use super::{now_ms, AppendOutcome, LogPage, Membership, MessageMeta, Revoke, Session, SessionId, Store};
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
@@ -709,7 +709,7 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
         budget: usize,
-    ) -> Result<(Vec<ConvEvent>, i64)> {
+    ) -> Result<LogPage> {
         use futures_util::TryStreamExt;
         let conv = conversation.to_string();
         // One read transaction, so the page and last_pos agree.
@@ -721,6 +721,7 @@ impl Store for SqliteStore {
             .map(|r| r.get("last_pos"))
             .ok_or_else(|| ApiError::from(ErrorCode::NotFound))?;
         let mut events = Vec::new();
+        let mut bytes = 0;
         {
             let mut rows = sqlx::query(
                 "SELECT pos, ts, actor, body FROM events WHERE conversation_id = ? AND pos > ? ORDER BY pos LIMIT ?",
@@ -729,7 +730,6 @@ impl Store for SqliteStore {
             .bind(after)
             .bind(i64::from(limit))
             .fetch(&mut *tx);
-            let mut bytes = 0;
             // Stop reading once the budget is spent: a page of large
             // messages must not be read (or sent) whole.
             while let Some(r) = rows.try_next().await? {
@@ -750,7 +750,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok((events, last_pos))
+        Ok(LogPage { events, last_pos, bytes })
     }
 
     async fn history(
