@@ -438,7 +438,7 @@ impl Sync {
             }
             // Only what is still unread (a fresh device replays history the
             // user read long ago).
-            let unread = self.inner.cache.unread(conversation, self.inner.me).await.unwrap_or(missed.count);
+            let unread = self.inner.cache.unread_after(conversation, self.inner.me, read).await.unwrap_or(missed.count);
             let count = missed.count.min(unread);
             self.inner.emit(ClientEvent::MissedMessages { conversation, count, senders: missed.senders, latest });
         }

@@ -14,6 +14,7 @@
 use super::messages::{load_message, save_reactions, store_message};
 use super::outbox::requeue;
 use super::session::upsert_user;
+use super::views::write_presence;
 use super::{id, kind_str, Cache, LocalId};
 use crate::{Error, Result};
 use confab_protocol::{
@@ -187,12 +188,7 @@ impl Cache {
             .bind(m.read_seq)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
-                .bind(m.online)
-                .bind(m.last_seen)
-                .bind(m.user.to_string())
-                .execute(&mut *tx)
-                .await?;
+            write_presence(&mut *tx, m.user, m.online, m.last_seen).await?;
         }
         for m in messages.iter().filter(|m| m.conversation == info.id) {
             store_message(&mut tx, me, m).await?;

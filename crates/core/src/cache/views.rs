@@ -29,15 +29,26 @@ fn member_view(r: &SqliteRow) -> Result<MemberView> {
     })
 }
 
+/// Records a user's presence (a known `last_seen` is kept when none is
+/// given): the one presence write, for a pool or a transaction.
+pub(super) async fn write_presence<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
+    executor: E,
+    user: UserId,
+    online: bool,
+    last_seen: Option<Millis>,
+) -> Result<()> {
+    sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
+        .bind(online)
+        .bind(last_seen)
+        .bind(user.to_string())
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 impl Cache {
     pub async fn set_presence(&self, user: UserId, online: bool, last_seen: Option<Millis>) -> Result<()> {
-        sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
-            .bind(online)
-            .bind(last_seen)
-            .bind(user.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        write_presence(&self.pool, user, online, last_seen).await
     }
 
     /// Presence from a `presence_list`; a snapshot (the one right after
@@ -48,20 +59,14 @@ impl Cache {
             sqlx::query("UPDATE users SET online = 0").execute(&mut *tx).await?;
         }
         for p in list {
-            sqlx::query("UPDATE users SET online = ?, last_seen = COALESCE(?, last_seen) WHERE id = ?")
-                .bind(p.online)
-                .bind(p.last_seen)
-                .bind(p.user.to_string())
-                .execute(&mut *tx)
-                .await?;
+            write_presence(&mut *tx, p.user, p.online, p.last_seen).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Messages from others after `me`'s read position.
-    pub async fn unread(&self, conversation: ConversationId, me: UserId) -> Result<i64> {
-        let read = self.read_seq(conversation, me).await?;
+    /// Messages from others after `read` (`me`'s read position).
+    pub async fn unread_after(&self, conversation: ConversationId, me: UserId, read: i64) -> Result<i64> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM messages WHERE conversation_id = ? AND seq > ? AND sender != ? AND deleted = 0",
         )

@@ -19,7 +19,15 @@ struct Raw {
 impl Raw {
     async fn connect(url: &str, username: &str) -> Raw {
         let body = json!({"username": username, "password": PASSWORD});
-        let resp: Value = reqwest_post(&format!("{url}/v1/register"), &body).await;
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{url}/v1/register"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("json");
         let token = resp["token"].as_str().expect("token").to_owned();
         let (ws, _) =
             tokio_tungstenite::connect_async(format!("{}/v1/ws", url.replace("http", "ws"))).await.expect("connect");
@@ -43,24 +51,6 @@ impl Raw {
             }
         }
     }
-}
-
-async fn reqwest_post(url: &str, body: &Value) -> Value {
-    // The core's own HTTP client is private; a bare HTTP/1.1 POST will do.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut tcp = tokio::net::TcpStream::connect(host).await.expect("tcp");
-    let body = body.to_string();
-    let req = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.expect("read");
-    let (_, json) = out.split_once("\r\n\r\n").expect("http body");
-    serde_json::from_str(json).expect("json body")
 }
 
 #[tokio::test]
