@@ -401,3 +401,114 @@ pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.2, key.serialize_pem()).expect("write");
     paths
 }
+
+/// Runs the calling test inside a private network namespace that has only
+/// loopback, so no call traffic can leave this machine however ICE
+/// gathers. Returns true when this is the outer process (the test ran in
+/// the child, and passed); false inside the namespace, where the test body
+/// runs. `test` is the test's full name (`module::name`).
+///
+/// Needs `unshare -n` (root, as in CI). Without it the test fails with a
+/// message rather than skipping.
+pub fn ran_in_loopback_namespace(test: &str) -> bool {
+    if std::env::var_os("CONFAB_IN_NETNS").is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let out = Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("CONFAB_IN_NETNS", "1")
+        .output()
+        .expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{test} in a loopback-only network namespace failed (it needs `unshare -n`, i.e. root):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "{test} did not run in the namespace:\n{stdout}\n{stderr}");
+    true
+}
+
+/// A WAV file of a sine tone: 48 kHz mono, 16-bit, at half scale.
+pub fn write_tone(path: &Path, hz: f64, seconds: f64) {
+    let rate = 48_000u32;
+    let n = (seconds * rate as f64) as u32;
+    let mut data = Vec::with_capacity(n as usize * 2);
+    for i in 0..n {
+        let s = (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() * 0.5;
+        data.extend_from_slice(&((s * i16::MAX as f64) as i16).to_le_bytes());
+    }
+    let mut f = Vec::with_capacity(44 + data.len());
+    f.extend_from_slice(b"RIFF");
+    f.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    f.extend_from_slice(b"WAVEfmt ");
+    f.extend_from_slice(&16u32.to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    f.extend_from_slice(&1u16.to_le_bytes()); // mono
+    f.extend_from_slice(&rate.to_le_bytes());
+    f.extend_from_slice(&(rate * 2).to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&16u16.to_le_bytes());
+    f.extend_from_slice(b"data");
+    f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    f.extend_from_slice(&data);
+    std::fs::write(path, f).expect("write wav");
+}
+
+/// The samples of a 16-bit PCM mono WAV file (as the CLI records them),
+/// and its rate.
+pub fn read_wav(path: &Path) -> (Vec<f64>, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.len() >= 44 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
+        "{} is not a WAV file",
+        path.display()
+    );
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().expect("rate"));
+    // Find the data chunk.
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("len")) as usize;
+        if id == b"data" {
+            let data = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+            let samples =
+                data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64 / i16::MAX as f64).collect();
+            return (samples, rate);
+        }
+        at += 8 + len;
+    }
+    panic!("{} has no data chunk", path.display());
+}
+
+/// The amplitude of the `hz` component of `samples` (Goertzel).
+pub fn tone_level(samples: &[f64], rate: u32, hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / rate as f64;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / samples.len().max(1) as f64
+}
+
+/// The share of 100 ms windows of a recording in which `want` is clearly
+/// present (amplitude over `min_level`) and stronger than `other` by 10×.
+pub fn share_hearing(samples: &[f64], rate: u32, want: f64, other: f64, min_level: f64) -> (f64, usize) {
+    let window = rate as usize / 10;
+    let windows: Vec<&[f64]> = samples.chunks_exact(window).collect();
+    let good = windows
+        .iter()
+        .filter(|w| {
+            let (a, b) = (tone_level(w, rate, want), tone_level(w, rate, other));
+            a > min_level && a > 10.0 * b
+        })
+        .count();
+    (good as f64 / windows.len().max(1) as f64, windows.len())
+}

@@ -1,6 +1,7 @@
 //! `confab`: the command line on the client core, for scripting, bots and
 //! black-box tests. Its surface is a contract; see `confab --help`.
 
+mod call;
 mod output;
 
 use anyhow::{anyhow, bail, Context};
@@ -87,6 +88,29 @@ enum Command {
     Read { conversation: String, seq: Option<i64> },
     /// Tell the others you are typing.
     Typing { conversation: String },
+    /// Call a user (voice, or video with --video) and stay in the call until
+    /// it ends, --for runs out, or Ctrl-C.
+    Call {
+        username: String,
+        #[arg(long)]
+        video: bool,
+        #[command(flatten)]
+        media: call::MediaArgs,
+    },
+    /// Wait for a call to ring on this device (up to --wait) and take it.
+    Answer {
+        #[arg(long, default_value = "60s", value_parser = call::parse_wait)]
+        wait: Duration,
+        #[command(flatten)]
+        media: call::MediaArgs,
+    },
+    /// Wait for a call to ring on this device (up to --wait) and decline it.
+    Decline {
+        #[arg(long, default_value = "60s", value_parser = call::parse_wait)]
+        wait: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// List this account's signed-in devices, or sign some out.
     Sessions {
         #[command(subcommand)]
@@ -193,6 +217,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => client.server().await?.unwrap_or_else(|| DEFAULT_SERVER.into()),
     };
     match cli.command {
+        Command::Call { username, video, media } => return call::call(client, &username, video, media).await,
+        Command::Answer { wait, media } => return call::answer(client, wait, media).await,
+        Command::Decline { wait, json } => return call::decline(client, wait, json).await,
         Command::Register { username } => {
             let pw = password()?;
             client.register(&server, &username, &pw).await?;

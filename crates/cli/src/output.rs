@@ -172,8 +172,39 @@ impl<'a> Printer<'a> {
                     print_json(json!({"type": "synced"}));
                 }
             }
+            ClientEvent::Call { call } => call_view(call, self.json),
         }
     }
+}
+
+/// A call's phase: `call <id> with bob: ringing (voice)`.
+pub fn call_view(c: &confab_core::CallView, json: bool) {
+    if json {
+        print_json(json!({"type": "call", "call": c}));
+        return;
+    }
+    use confab_core::CallPhase as P;
+    let phase = match &c.phase {
+        P::Calling => "calling…".to_owned(),
+        P::Ringing => format!("incoming {} call", if c.video { "video" } else { "voice" }),
+        P::Connecting => "connecting…".to_owned(),
+        P::Active { .. } => "connected".to_owned(),
+        P::Reconnecting { .. } => "reconnecting…".to_owned(),
+        P::Ended { reason, duration_ms, error } => {
+            let mut s = format!(
+                "ended: {}",
+                serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            );
+            if let Some(ms) = duration_ms {
+                s.push_str(&format!(" after {:.1} s", *ms as f64 / 1000.0));
+            }
+            if let Some(e) = error {
+                s.push_str(&format!(" ({e})"));
+            }
+            s
+        }
+    };
+    line(&format!("call {} with {}: {phase}", c.call, c.peer_name));
 }
 
 /// One signed-in device: `<id>  <device>  last seen <time>  (this device)`.

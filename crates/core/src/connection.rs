@@ -11,6 +11,7 @@
 //! retry).
 
 use crate::backoff::Backoff;
+use crate::call::manager::CallFrame;
 use crate::types::ConnectionState;
 use crate::{Error, Result};
 use confab_protocol::{
@@ -181,6 +182,7 @@ pub(crate) fn spawn(
     token: String,
     config: LinkConfig,
     inbound: mpsc::Sender<Inbound>,
+    calls: mpsc::Sender<CallFrame>,
 ) -> (Link, watch::Receiver<ConnectionState>, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::channel(256);
     let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
@@ -192,8 +194,16 @@ pub(crate) fn spawn(
         sent: Default::default(),
         generation: generation.clone(),
     };
-    let task = tokio::spawn(run(server, token, config, rx, state_tx, inbound, generation));
+    let outlets = Outlets { inbound, calls };
+    let task = tokio::spawn(run(server, token, config, rx, state_tx, outlets, generation));
     (link, state, task)
+}
+
+/// Where a connection's frames go: most to the sync task, call frames to
+/// the call manager, which must not wait behind a large catch-up.
+struct Outlets {
+    inbound: mpsc::Sender<Inbound>,
+    calls: mpsc::Sender<CallFrame>,
 }
 
 enum Ended {
@@ -211,7 +221,7 @@ async fn run(
     config: LinkConfig,
     mut commands: mpsc::Receiver<Command>,
     state: watch::Sender<ConnectionState>,
-    inbound: mpsc::Sender<Inbound>,
+    outlets: Outlets,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
@@ -224,10 +234,10 @@ async fn run(
                 // Connected first, so the sync task's requests go through
                 // when it sees the marker.
                 state.send_replace(ConnectionState::Connected);
-                if inbound.send(Inbound::Connected { epoch, generation }).await.is_err() {
+                if outlets.inbound.send(Inbound::Connected { epoch, generation }).await.is_err() {
                     return;
                 }
-                session(ws, &config, &mut commands, &inbound).await
+                session(ws, &config, &mut commands, &outlets).await
             }
             Err(Error::Server { code: ErrorCode::InvalidToken, .. }) => Ended::SignedOut,
             Err(e) => Ended::Retry(e.to_string()),
@@ -313,12 +323,8 @@ async fn connect(server: &str, token: &str, config: &LinkConfig) -> Result<(Ws, 
 }
 
 /// Runs one authenticated connection until it ends.
-async fn session(
-    ws: Ws,
-    config: &LinkConfig,
-    commands: &mut mpsc::Receiver<Command>,
-    inbound: &mpsc::Sender<Inbound>,
-) -> Ended {
+async fn session(ws: Ws, config: &LinkConfig, commands: &mut mpsc::Receiver<Command>, outlets: &Outlets) -> Ended {
+    let inbound = &outlets.inbound;
     let (mut sink, mut stream) = ws.split();
     let mut pending: HashMap<u64, oneshot::Sender<Result<Reply>>> = HashMap::new();
     let mut next_id: u64 = 1;
@@ -369,8 +375,15 @@ async fn session(
                     ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
                     ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
                     ServerFrame::PresenceList { presence, snapshot } => Some(Inbound::PresenceList { presence, snapshot }),
-                    // Calls are not handled by this core yet.
-                    ServerFrame::Call { .. } => None,
+                    ServerFrame::Call { call, conversation, peer, update } => {
+                        // A full queue means the call manager is stuck;
+                        // losing a frame ends that call by timeout rather
+                        // than blocking every other frame.
+                        if outlets.calls.try_send(CallFrame { call, conversation, peer, update }).is_err() {
+                            tracing::warn!(%call, "call frame dropped: the call manager is behind");
+                        }
+                        None
+                    }
                 };
                 // Never wait on the sync task here: it may itself be waiting
                 // for a reply only this loop can deliver. If it falls behind,

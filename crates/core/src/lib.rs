@@ -6,7 +6,7 @@
 //! - [`outbox`]: persist-first sending with client ids, surviving restarts.
 //! - [`cache`]: the SQLite cache the views are read from.
 //! - [`notify`]: the notification policy, as plain logic.
-//! - [`call`]: the call state machine (media engines come next).
+//! - [`call`]: calls: the state machine, the media seam and the native engine.
 //!
 //! ```no_run
 //! # async fn demo() -> confab_core::Result<()> {
@@ -54,6 +54,7 @@ pub struct Client {
     secrets: Option<Arc<dyn SecretStore>>,
     trust: Option<tls::Trust>,
     device_name: Option<String>,
+    media: Option<Arc<dyn call::MediaEngine>>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -69,6 +70,7 @@ pub(crate) struct Inner {
     link: Mutex<Option<Link>>,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) outbox_wakeup: Notify,
+    calls: mpsc::Sender<call::manager::Command>,
 }
 
 impl Inner {
@@ -112,6 +114,7 @@ impl Client {
             secrets: None,
             trust: None,
             device_name: None,
+            media: None,
             running: Default::default(),
         })
     }
@@ -145,6 +148,14 @@ impl Client {
             builder = trust.http(builder)?;
         }
         builder.build().map_err(|e| Error::Unreachable(e.to_string()))
+    }
+
+    /// Carries calls' media with `engine`: the native one (feature
+    /// `native-calls`), or the webview's through [`call::ExternalEngine`].
+    /// Without one, calls still ring but cannot be placed or answered.
+    pub fn with_media_engine(mut self, engine: Arc<dyn call::MediaEngine>) -> Self {
+        self.media = Some(engine);
+        self
     }
 
     /// Keeps the session token in `store` (the OS keychain) rather than in
@@ -273,16 +284,19 @@ impl Client {
             return Ok(());
         }
         let session = self.session().await?.ok_or(Error::NotSignedIn)?;
+        let (calls_tx, calls_rx) = mpsc::channel(16);
         let inner = Arc::new(Inner {
             cache: self.cache.clone(),
             me: session.user,
             link: Mutex::new(None),
             events: self.events.clone(),
             outbox_wakeup: Notify::new(),
+            calls: calls_tx,
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+        let (frames_tx, frames_rx) = mpsc::channel(256);
         let (link, mut state, link_task) =
-            connection::spawn(session.server.clone(), session.token.clone(), self.link_config(), inbound_tx);
+            connection::spawn(session.server.clone(), session.token.clone(), self.link_config(), inbound_tx, frames_tx);
         *inner.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
         let events = self.events.clone();
         let state_task = tokio::spawn(async move {
@@ -302,7 +316,8 @@ impl Client {
                 while inbound_rx.recv().await.is_some() {}
             })
         };
-        let tasks = vec![link_task, state_task, incoming, tokio::spawn(outbox::run(inner.clone()))];
+        let calls = tokio::spawn(call::manager::run(inner.clone(), self.media.clone(), calls_rx, frames_rx));
+        let tasks = vec![link_task, state_task, incoming, tokio::spawn(outbox::run(inner.clone())), calls];
         *running = Some(Running { inner, tasks });
         Ok(())
     }
@@ -476,6 +491,41 @@ impl Client {
     /// Signs out every other device of this account.
     pub async fn revoke_other_sessions(&self) -> Result<()> {
         self.request(RequestBody::RevokeOtherSessions {}).await.map(drop)
+    }
+
+    async fn call_command<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> call::manager::Command,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner().await?.calls.send(make(tx)).await.map_err(|_| Error::Invalid("calls are not running".into()))?;
+        rx.await.map_err(|_| Error::Invalid("calls are not running".into()))
+    }
+
+    /// Calls the other member of a direct conversation. Progress comes as
+    /// [`ClientEvent::Call`]; a busy callee ends it with `busy` at once.
+    pub async fn call(&self, conversation: ConversationId, video: bool) -> Result<confab_protocol::CallId> {
+        self.call_command(|reply| call::manager::Command::Dial { conversation, video, reply }).await?
+    }
+
+    /// Takes the call ringing on this device.
+    pub async fn accept_call(&self, call: confab_protocol::CallId) -> Result<()> {
+        self.call_command(|reply| call::manager::Command::Accept { call, reply }).await?
+    }
+
+    /// Declines the call ringing on this device (all devices stop ringing).
+    pub async fn decline_call(&self, call: confab_protocol::CallId) -> Result<()> {
+        self.call_command(|reply| call::manager::Command::Decline { call, reply }).await?
+    }
+
+    /// Cancels (while it rings) or hangs up this device's call.
+    pub async fn hang_up(&self, call: confab_protocol::CallId) -> Result<()> {
+        self.call_command(|reply| call::manager::Command::HangUp { call, reply }).await?
+    }
+
+    /// This device's call, if any (the last one, once ended).
+    pub async fn current_call(&self) -> Result<Option<CallView>> {
+        self.call_command(|reply| call::manager::Command::Current { reply }).await
     }
 
     /// Tells the others this user is typing (throttled by the server).

@@ -1,7 +1,7 @@
 //! What the core reports to its users (CLI, app, tests): views of cached
 //! state and the one event stream.
 
-use confab_protocol::{ClientId, ConvKind, ConversationId, ErrorCode, Millis, Reaction, UserId};
+use confab_protocol::{CallId, ClientId, ConvKind, ConversationId, ErrorCode, Millis, Reaction, UserId};
 use serde::{Deserialize, Serialize};
 use specta::Type;
 
@@ -138,4 +138,63 @@ pub enum ClientEvent {
     },
     /// Caught up with the server after (re)connecting.
     SyncCompleted,
+    /// A call this device rings for or takes part in changed phase.
+    Call {
+        call: CallView,
+    },
+}
+
+/// A call as this device sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct CallView {
+    pub call: CallId,
+    pub conversation: ConversationId,
+    pub peer: UserId,
+    pub peer_name: String,
+    pub video: bool,
+    /// This device placed the call.
+    pub outgoing: bool,
+    pub phase: CallPhase,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum CallPhase {
+    /// We called; their devices ring.
+    Calling,
+    /// They call; this device rings.
+    Ringing,
+    /// Answered; media is being set up.
+    Connecting,
+    /// Media flows since `since` (this device's clock).
+    Active { since: Millis },
+    /// Media was lost; an ICE restart is under way.
+    Reconnecting { since: Millis },
+    Ended {
+        reason: CallEndReason,
+        /// How long media flowed, as this device measured it.
+        duration_ms: Option<i64>,
+        /// What went wrong, when `reason` is `failed`.
+        error: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEndReason {
+    Declined,
+    Cancelled,
+    Missed,
+    HungUp,
+    /// Both called at once and the other call was kept.
+    Superseded,
+    AnsweredElsewhere,
+    DeclinedElsewhere,
+    Busy,
+    /// Media (or the link to the server) could not be restored in time.
+    ConnectionLost,
+    /// This device hung up, declined or cancelled.
+    EndedHere,
+    /// The media engine could not run (no microphone, …).
+    Failed,
 }

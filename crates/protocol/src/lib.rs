@@ -488,9 +488,11 @@ pub enum Reply {
     Sessions {
         sessions: Vec<DeviceSession>,
     },
-    /// A call this device takes part in, with the ICE servers to use.
+    /// A call this device takes part in: the other side, and the ICE
+    /// servers to use.
     Call {
         call: CallId,
+        peer: UserId,
         ice_servers: Vec<IceServer>,
     },
     /// The change was committed at `pos` (or was a no-op and `pos` is `None`).

@@ -175,7 +175,11 @@ impl Service {
             );
         }
         self.tell(callee, None, call, conversation, caller.user, CallUpdate::Incoming { video });
-        Ok(Reply::Call { call, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
+        Ok(Reply::Call {
+            call,
+            peer: callee,
+            ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()),
+        })
     }
 
     pub(crate) fn call_accept(&self, caller: &Caller, call: CallId) -> Result<Reply> {
@@ -193,7 +197,7 @@ impl Service {
         if let Some(f) = self.call_frame(call, conversation, peer, CallUpdate::AnsweredElsewhere) {
             self.hub.publish_user_except(caller.user, caller.conn, f);
         }
-        Ok(Reply::Call { call, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
+        Ok(Reply::Call { call, peer, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
 
     pub(crate) fn call_signal(&self, caller: &Caller, call: CallId, signal: CallSignal) -> Result<Reply> {
@@ -251,6 +255,22 @@ impl Service {
         };
         self.finish(ended).await?;
         Ok(Reply::Done { pos: None })
+    }
+
+    /// `incoming` frames for the calls ringing for `user` now, for a
+    /// device of theirs that just connected.
+    pub(crate) fn calls_ringing_for(&self, user: UserId) -> Vec<Arc<str>> {
+        let ringing: Vec<(CallId, ConversationId, UserId, bool)> = lock(&self.calls.calls)
+            .iter()
+            .filter(|(_, c)| c.callee == user && c.answered_at.is_none())
+            .map(|(id, c)| (*id, c.conversation, c.caller, c.video))
+            .collect();
+        ringing
+            .into_iter()
+            .filter_map(|(call, conversation, caller, video)| {
+                self.call_frame(call, conversation, caller, CallUpdate::Incoming { video })
+            })
+            .collect()
     }
 
     /// Ends calls that rang too long (missed).

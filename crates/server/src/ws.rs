@@ -144,6 +144,13 @@ async fn connection(socket: WebSocket, state: AppState) {
         }
         Err(e) => tracing::warn!(%e, "presence snapshot failed"),
     }
+    // A device that connects while a call rings for it (a phone woken by
+    // a push, a laptop opened) rings too.
+    for f in service.calls_ringing_for(caller.user) {
+        if !reg.queue.offer(f) {
+            reg.kick.send_replace(Some(SLOW));
+        }
+    }
     read_loop(&mut stream, &state, &caller, &reg.queue, reg.kicked, &reg.kick).await;
     // Dropping our sender (the hub's goes with unregister) ends the writer
     // once it has flushed what is queued. If the writer ended first, the

@@ -96,6 +96,16 @@ impl Cache {
         Ok(row.map(|r| r.get("username")))
     }
 
+    /// The other member of a direct conversation, as far as the cache knows.
+    pub async fn other_member(&self, conversation: ConversationId, me: UserId) -> Result<Option<UserId>> {
+        let row = sqlx::query("SELECT user_id FROM members WHERE conversation_id = ? AND user_id != ? LIMIT 1")
+            .bind(conversation.to_string())
+            .bind(me.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| id(&r.get::<String, _>("user_id"))).transpose()
+    }
+
     async fn members(&self, conversation: &str) -> Result<Vec<MemberView>> {
         let rows = sqlx::query(&format!("{MEMBER_SELECT} WHERE m.conversation_id = ? ORDER BY username"))
             .bind(conversation)

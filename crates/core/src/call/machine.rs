@@ -11,6 +11,8 @@ use confab_protocol::{CallEnd, CallId, CallUpdate, Millis};
 
 /// How long media may be lost before the call is given up.
 pub const RECONNECT_GRACE_MS: Millis = 15_000;
+/// How long an answered call may take to get media flowing.
+pub const CONNECT_TIMEOUT_MS: Millis = RECONNECT_GRACE_MS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallState {
@@ -192,6 +194,9 @@ pub fn step(state: &CallState, input: &CallInput, now: Millis) -> (CallState, Ve
         }
         (S::Reconnecting { call, video, since, .. }, In::MediaConnected) => {
             (S::Active { call: *call, video: *video, since: *since }, vec![])
+        }
+        (S::Connecting { call, answered_at, .. }, In::Tick) if now - answered_at >= CONNECT_TIMEOUT_MS => {
+            ended(*call, Ending::ConnectionLost, vec![StopMedia, SendHangup { call: *call }])
         }
         (S::Reconnecting { call, lost_at, .. }, In::Tick) if now - lost_at >= RECONNECT_GRACE_MS => {
             ended(*call, Ending::ConnectionLost, vec![StopMedia, SendHangup { call: *call }])

@@ -1,0 +1,463 @@
+//! Where the native engine's audio comes from and goes to: 20 ms frames of
+//! 48 kHz mono, the unit Opus encodes. Sources and sinks are files (WAV,
+//! for scripts, bots and tests), silence, or real devices through `cpal`.
+
+use crate::{Error, Result};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Samples in one 20 ms frame.
+pub const FRAME: usize = 960;
+
+/// What a call sends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AudioInput {
+    /// Nothing: silence (a listen-only bot).
+    Silence,
+    /// A WAV file, played once from the start of the call, then silence.
+    Wav(PathBuf),
+    /// A capture device: the system default, or the one whose name
+    /// contains this text.
+    #[default]
+    Device,
+    NamedDevice(String),
+}
+
+/// What a call does with what it hears.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AudioOutput {
+    Discard,
+    /// A 48 kHz mono WAV file of everything decoded, in arrival order.
+    Wav(PathBuf),
+    #[default]
+    Device,
+    NamedDevice(String),
+}
+
+/// Produces one frame at a time; called every 20 ms.
+pub trait AudioSource: Send + 'static {
+    fn read(&mut self, frame: &mut [i16; FRAME]);
+}
+
+/// Takes decoded frames.
+pub trait AudioSink: Send + 'static {
+    fn write(&mut self, frame: &[i16]) -> Result<()>;
+    /// Flushes what is buffered (a file's header and tail).
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) fn open_source(input: &AudioInput) -> Result<Box<dyn AudioSource>> {
+    Ok(match input {
+        AudioInput::Silence => Box::new(Silence),
+        AudioInput::Wav(path) => Box::new(WavSource::open(path)?),
+        AudioInput::Device => Box::new(device::Capture::open(None)?),
+        AudioInput::NamedDevice(name) => Box::new(device::Capture::open(Some(name))?),
+    })
+}
+
+pub(crate) fn open_sink(output: &AudioOutput) -> Result<Box<dyn AudioSink>> {
+    Ok(match output {
+        AudioOutput::Discard => Box::new(Discard),
+        AudioOutput::Wav(path) => Box::new(WavSink::create(path)?),
+        AudioOutput::Device => Box::new(device::Playback::open(None)?),
+        AudioOutput::NamedDevice(name) => Box::new(device::Playback::open(Some(name))?),
+    })
+}
+
+struct Silence;
+
+impl AudioSource for Silence {
+    fn read(&mut self, frame: &mut [i16; FRAME]) {
+        frame.fill(0);
+    }
+}
+
+struct Discard;
+
+impl AudioSink for Discard {
+    fn write(&mut self, _: &[i16]) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn wav_error(path: &std::path::Path, e: hound::Error) -> Error {
+    Error::Invalid(format!("{}: {e}", path.display()))
+}
+
+/// A whole WAV file, decoded up front to 48 kHz mono.
+pub struct WavSource {
+    samples: Vec<i16>,
+    at: usize,
+}
+
+impl WavSource {
+    /// Longer files are refused rather than read into memory.
+    const MAX_SECONDS: usize = 3600;
+
+    pub fn open(path: &std::path::Path) -> Result<WavSource> {
+        let reader = hound::WavReader::open(path).map_err(|e| wav_error(path, e))?;
+        let spec = reader.spec();
+        let channels = usize::from(spec.channels.max(1));
+        if reader.duration() as usize > Self::MAX_SECONDS * spec.sample_rate as usize {
+            return Err(Error::Invalid(format!("{}: longer than an hour", path.display())));
+        }
+        let interleaved: Vec<f32> = match spec.sample_format {
+            hound::SampleFormat::Float => {
+                reader.into_samples::<f32>().collect::<std::result::Result<_, _>>().map_err(|e| wav_error(path, e))?
+            }
+            hound::SampleFormat::Int => {
+                let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
+                reader
+                    .into_samples::<i32>()
+                    .map(|s| s.map(|v| v as f32 * scale))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| wav_error(path, e))?
+            }
+        };
+        let mono: Vec<f32> = interleaved.chunks(channels).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
+        let samples = resample(&mono, spec.sample_rate, SAMPLE_RATE).into_iter().map(to_i16).collect();
+        Ok(WavSource { samples, at: 0 })
+    }
+}
+
+impl AudioSource for WavSource {
+    fn read(&mut self, frame: &mut [i16; FRAME]) {
+        let rest = &self.samples[self.at.min(self.samples.len())..];
+        let n = rest.len().min(FRAME);
+        frame[..n].copy_from_slice(&rest[..n]);
+        frame[n..].fill(0);
+        self.at += n;
+    }
+}
+
+pub struct WavSink {
+    writer: Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>,
+    path: PathBuf,
+}
+
+impl WavSink {
+    pub fn create(path: &std::path::Path) -> Result<WavSink> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: SAMPLE_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let writer = hound::WavWriter::create(path, spec).map_err(|e| wav_error(path, e))?;
+        Ok(WavSink { writer: Some(writer), path: path.to_owned() })
+    }
+}
+
+impl AudioSink for WavSink {
+    fn write(&mut self, frame: &[i16]) -> Result<()> {
+        let Some(writer) = self.writer.as_mut() else { return Ok(()) };
+        let mut w = writer.get_i16_writer(frame.len() as u32);
+        for s in frame {
+            w.write_sample(*s);
+        }
+        w.flush().map_err(|e| wav_error(&self.path, e))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.writer.take() {
+            Some(w) => w.finalize().map_err(|e| wav_error(&self.path, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WavSink {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+fn to_i16(s: f32) -> i16 {
+    (s.clamp(-1.0, 1.0) * i16::MAX as f32) as i16
+}
+
+/// Linear interpolation: good enough for speech between common rates.
+fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
+    if from == to || input.is_empty() || from == 0 {
+        return input.to_vec();
+    }
+    let ratio = from as f64 / to as f64;
+    let n = (input.len() as f64 / ratio) as usize;
+    (0..n)
+        .map(|i| {
+            let x = i as f64 * ratio;
+            let j = x as usize;
+            let f = (x - j as f64) as f32;
+            let a = input[j.min(input.len() - 1)];
+            let b = input[(j + 1).min(input.len() - 1)];
+            a + (b - a) * f
+        })
+        .collect()
+}
+
+/// A bounded queue of 48 kHz mono samples between a device's callback
+/// thread and the engine. When it is full the oldest samples go: for a
+/// call, late audio is worse than lost audio.
+#[derive(Clone)]
+struct Ring {
+    inner: Arc<Mutex<VecDeque<i16>>>,
+    cap: usize,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Ring {
+        Ring { inner: Arc::new(Mutex::new(VecDeque::with_capacity(cap))), cap }
+    }
+
+    fn push(&self, samples: impl IntoIterator<Item = i16>) {
+        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for s in samples {
+            if q.len() == self.cap {
+                q.pop_front();
+            }
+            q.push_back(s);
+        }
+    }
+
+    fn pop_into(&self, out: &mut [i16]) -> usize {
+        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let n = q.len().min(out.len());
+        for (o, s) in out.iter_mut().zip(q.drain(..n)) {
+            *o = s;
+        }
+        out[n..].fill(0);
+        n
+    }
+}
+
+/// Real devices through cpal. A cpal stream is not `Send` everywhere, so
+/// each lives on its own thread, fed through a [`Ring`].
+mod device {
+    use super::*;
+    use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+    use std::sync::mpsc as std_mpsc;
+
+    fn pick(input: bool, name: Option<&str>) -> Result<cpal::Device> {
+        let host = cpal::default_host();
+        let what = if input { "microphone" } else { "speaker" };
+        let device = match name {
+            None if input => host.default_input_device(),
+            None => host.default_output_device(),
+            Some(name) => {
+                let devices = if input { host.input_devices() } else { host.output_devices() }
+                    .map_err(|e| Error::Invalid(format!("cannot list audio devices: {e}")))?;
+                let mut found = None;
+                for d in devices {
+                    if d.description().is_ok_and(|desc| desc.name().contains(name)) {
+                        found = Some(d);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        device.ok_or_else(|| Error::Invalid(format!("no {what} found")))
+    }
+
+    /// Runs `build` on a thread that keeps the stream it returns alive
+    /// until `stop` is dropped; reports whether it could start.
+    fn spawn_stream(build: impl FnOnce() -> Result<cpal::Stream> + Send + 'static) -> Result<std_mpsc::Sender<()>> {
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("confab-audio".into())
+            .spawn(move || {
+                let stream = match build().and_then(|s| {
+                    s.play().map_err(|e| Error::Invalid(format!("cannot start audio: {e}")))?;
+                    Ok(s)
+                }) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // Until the engine drops its end.
+                let _ = stop_rx.recv();
+                drop(stream);
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start an audio thread: {e}")))?;
+        ready_rx.recv().map_err(|_| Error::Invalid("the audio thread died".into()))??;
+        Ok(stop_tx)
+    }
+
+    fn stream_error(e: cpal::Error) {
+        tracing::warn!(%e, "audio device error");
+    }
+
+    pub struct Capture {
+        ring: Ring,
+        _stop: std_mpsc::Sender<()>,
+    }
+
+    impl Capture {
+        pub fn open(name: Option<&str>) -> Result<Capture> {
+            let device = pick(true, name)?;
+            let supported = device.default_input_config().map_err(|e| Error::Invalid(format!("microphone: {e}")))?;
+            let config = supported.config();
+            let (rate, channels) = (config.sample_rate, usize::from(config.channels.max(1)));
+            // Half a second at most: more is latency, not audio.
+            let ring = Ring::new(SAMPLE_RATE as usize / 2);
+            let feed = ring.clone();
+            let format = supported.sample_format();
+            let stop = spawn_stream(move || {
+                let push = move |mono: Vec<f32>| feed.push(resample(&mono, rate, SAMPLE_RATE).into_iter().map(to_i16));
+                let downmix =
+                    move |data: &[f32]| data.chunks(channels).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
+                let built = match format {
+                    cpal::SampleFormat::F32 => {
+                        device.build_input_stream::<f32, _, _>(config, move |d, _| push(downmix(d)), stream_error, None)
+                    }
+                    cpal::SampleFormat::I16 => device.build_input_stream::<i16, _, _>(
+                        config,
+                        move |d, _| {
+                            let f: Vec<f32> = d.iter().map(|s| *s as f32 / i16::MAX as f32).collect();
+                            push(downmix(&f))
+                        },
+                        stream_error,
+                        None,
+                    ),
+                    other => return Err(Error::Invalid(format!("microphone sample format {other} is not supported"))),
+                };
+                built.map_err(|e| Error::Invalid(format!("cannot open the microphone: {e}")))
+            })?;
+            Ok(Capture { ring, _stop: stop })
+        }
+    }
+
+    impl AudioSource for Capture {
+        fn read(&mut self, frame: &mut [i16; FRAME]) {
+            self.ring.pop_into(frame);
+        }
+    }
+
+    pub struct Playback {
+        ring: Ring,
+        _stop: std_mpsc::Sender<()>,
+    }
+
+    impl Playback {
+        pub fn open(name: Option<&str>) -> Result<Playback> {
+            let device = pick(false, name)?;
+            let supported = device.default_output_config().map_err(|e| Error::Invalid(format!("speaker: {e}")))?;
+            let config = supported.config();
+            let (rate, channels) = (config.sample_rate, usize::from(config.channels.max(1)));
+            // 200 ms at most queued for the speaker.
+            let ring = Ring::new(SAMPLE_RATE as usize / 5);
+            let drain = ring.clone();
+            let format = supported.sample_format();
+            let stop = spawn_stream(move || {
+                // Pulls enough 48 kHz samples for `frames` device frames.
+                let pull = move |frames: usize| -> Vec<f32> {
+                    let want = (frames as u64 * SAMPLE_RATE as u64 / rate.max(1) as u64) as usize + 1;
+                    let mut buf = vec![0i16; want];
+                    drain.pop_into(&mut buf);
+                    let f: Vec<f32> = buf.iter().map(|s| *s as f32 / i16::MAX as f32).collect();
+                    let mut out = resample(&f, SAMPLE_RATE, rate);
+                    out.resize(frames, 0.0);
+                    out
+                };
+                let built = match format {
+                    cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(
+                        config,
+                        move |d, _| {
+                            let mono = pull(d.len() / channels);
+                            for (frame, s) in d.chunks_mut(channels).zip(mono) {
+                                frame.fill(s);
+                            }
+                        },
+                        stream_error,
+                        None,
+                    ),
+                    cpal::SampleFormat::I16 => device.build_output_stream::<i16, _, _>(
+                        config,
+                        move |d, _| {
+                            let mono = pull(d.len() / channels);
+                            for (frame, s) in d.chunks_mut(channels).zip(mono) {
+                                frame.fill(to_i16(s));
+                            }
+                        },
+                        stream_error,
+                        None,
+                    ),
+                    other => return Err(Error::Invalid(format!("speaker sample format {other} is not supported"))),
+                };
+                built.map_err(|e| Error::Invalid(format!("cannot open the speaker: {e}")))
+            })?;
+            Ok(Playback { ring, _stop: stop })
+        }
+    }
+
+    impl AudioSink for Playback {
+        fn write(&mut self, frame: &[i16]) -> Result<()> {
+            self.ring.push(frame.iter().copied());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wav_file_comes_back_as_48k_mono_frames_then_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.wav");
+        // 16 kHz stereo, 0.1 s of a constant half-scale level.
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for _ in 0..1600 {
+            w.write_sample(i16::MAX / 2).unwrap();
+            w.write_sample(i16::MAX / 2).unwrap();
+        }
+        w.finalize().unwrap();
+        let mut src = WavSource::open(&path).unwrap();
+        let mut frame = [0i16; FRAME];
+        let mut loud = 0;
+        for _ in 0..10 {
+            src.read(&mut frame);
+            loud += frame.iter().filter(|s| (**s - i16::MAX / 2).abs() < 50).count();
+        }
+        // 0.1 s at 48 kHz, give or take the interpolation's last sample.
+        assert!((4790..=4800).contains(&loud), "{loud}");
+        src.read(&mut frame);
+        assert!(frame.iter().all(|s| *s == 0));
+    }
+
+    #[test]
+    fn a_wav_sink_writes_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.wav");
+        let mut sink = WavSink::create(&path).unwrap();
+        sink.write(&[1, 2, 3]).unwrap();
+        sink.finish().unwrap();
+        let r = hound::WavReader::open(&path).unwrap();
+        assert_eq!(r.spec().sample_rate, SAMPLE_RATE);
+        assert_eq!(r.into_samples::<i16>().map(|s| s.unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_full_ring_drops_the_oldest_samples() {
+        let ring = Ring::new(4);
+        ring.push([1, 2, 3, 4, 5, 6]);
+        let mut out = [0i16; 6];
+        assert_eq!(ring.pop_into(&mut out), 4);
+        assert_eq!(out, [3, 4, 5, 6, 0, 0]);
+    }
+}
