@@ -123,7 +123,7 @@ async fn forward<R: Runtime>(
         // summarised, one notification per conversation, by the same policy.
         let notice = match &event {
             ClientEvent::MessageAdded { message, live: true } => {
-                Some((message, message.text.chars().take(200).collect::<String>()))
+                Some((message, confab_core::notify::body(message)))
             }
             ClientEvent::MissedMessages { latest, count, senders, .. } => {
                 Some((latest, confab_core::notify::missed_summary(*count, senders)))

@@ -61,6 +61,87 @@ export type AppError = {
 	message: string,
 };
 
+export type CallEndReason = "declined" | "cancelled" | "missed" | "hung_up" | 
+/**  Both called at once and the other call was kept. */
+"superseded" | "answered_elsewhere" | "declined_elsewhere" | "busy" | 
+/**  Media (or the link to the server) could not be restored in time. */
+"connection_lost" | 
+/**  This device hung up, declined or cancelled. */
+"ended_here" | 
+/**  The media engine could not run (no microphone, …). */
+"failed";
+
+/**  How a call ended, as logged in its conversation. */
+export type CallOutcome = { type: "missed" } | { type: "declined" } | { type: "cancelled" } | { type: "completed"; duration_ms: number };
+
+export type CallPhase = CallPhase_Serialize | CallPhase_Deserialize;
+
+export type CallPhase_Deserialize = 
+/**  We called; their devices ring. */
+{ phase: "calling" } | 
+/**  They call; this device rings. */
+{ phase: "ringing" } | 
+/**  Answered; media is being set up. */
+{ phase: "connecting" } | 
+/**  Media flows since `since` (this device's clock). */
+{ phase: "active"; since: number } | 
+/**  Media was lost; an ICE restart is under way. */
+{ phase: "reconnecting"; since: number } | { phase: "ended"; reason: CallEndReason; 
+/**  How long media flowed, as this device measured it. */
+duration_ms?: number | null; 
+/**  What went wrong, when `reason` is `failed`. */
+error?: string | null };
+
+export type CallPhase_Serialize = 
+/**  We called; their devices ring. */
+{ phase: "calling" } | 
+/**  They call; this device rings. */
+{ phase: "ringing" } | 
+/**  Answered; media is being set up. */
+{ phase: "connecting" } | 
+/**  Media flows since `since` (this device's clock). */
+{ phase: "active"; since: number } | 
+/**  Media was lost; an ICE restart is under way. */
+{ phase: "reconnecting"; since: number } | { phase: "ended"; reason: CallEndReason; 
+/**  How long media flowed, as this device measured it. */
+duration_ms: number | null; 
+/**  What went wrong, when `reason` is `failed`. */
+error: string | null };
+
+/**  A call, as its entry in the conversation records it. */
+export type CallRecord = {
+	call: string,
+	video: boolean,
+	outcome: CallOutcome,
+};
+
+/**  A call as this device sees it. */
+export type CallView = CallView_Serialize | CallView_Deserialize;
+
+/**  A call as this device sees it. */
+export type CallView_Deserialize = {
+	call: string,
+	conversation: string,
+	peer: string,
+	peer_name: string,
+	video: boolean,
+	/**  This device placed the call. */
+	outgoing: boolean,
+	phase: CallPhase_Deserialize,
+};
+
+/**  A call as this device sees it. */
+export type CallView_Serialize = {
+	call: string,
+	conversation: string,
+	peer: string,
+	peer_name: string,
+	video: boolean,
+	/**  This device placed the call. */
+	outgoing: boolean,
+	phase: CallPhase_Serialize,
+};
+
 export type ChatMessage = ChatMessage_Serialize | ChatMessage_Deserialize;
 
 export type ChatMessage_Deserialize = {
@@ -89,6 +170,8 @@ export type ChatMessage_Deserialize = {
 	status: MessageStatus,
 	error?: SendError | null,
 	reactions: Reaction[],
+	/**  Set for a call's entry ("Missed voice call"): `text` is empty. */
+	call?: CallRecord | null,
 };
 
 export type ChatMessage_Serialize = {
@@ -117,6 +200,8 @@ export type ChatMessage_Serialize = {
 	status: MessageStatus,
 	error: SendError | null,
 	reactions: Reaction[],
+	/**  Set for a call's entry ("Missed voice call"): `text` is empty. */
+	call: CallRecord | null,
 };
 
 /**  Everything the core tells its user, in one stream. */
@@ -144,7 +229,9 @@ senders: string[]; latest: ChatMessage_Deserialize } |
 /**  Created, renamed, members changed, or reloaded from a snapshot. */
 { type: "conversation_updated"; conversation: string } | { type: "typing"; conversation: string; user: string; username: string; ttl_ms: number } | { type: "presence"; user: string; online: boolean; last_seen?: number | null } | 
 /**  Caught up with the server after (re)connecting. */
-{ type: "sync_completed" };
+{ type: "sync_completed" } | 
+/**  A call this device rings for or takes part in changed phase. */
+{ type: "call"; call: CallView_Deserialize };
 
 /**  Everything the core tells its user, in one stream. */
 export type ClientEvent_Serialize = { type: "connection"; state: ConnectionState } | 
@@ -168,7 +255,9 @@ senders: string[]; latest: ChatMessage_Serialize } |
 /**  Created, renamed, members changed, or reloaded from a snapshot. */
 { type: "conversation_updated"; conversation: string } | { type: "typing"; conversation: string; user: string; username: string; ttl_ms: number } | { type: "presence"; user: string; online: boolean; last_seen: number | null } | 
 /**  Caught up with the server after (re)connecting. */
-{ type: "sync_completed" };
+{ type: "sync_completed" } | 
+/**  A call this device rings for or takes part in changed phase. */
+{ type: "call"; call: CallView_Serialize };
 
 export type ConnectionState = { state: "connecting"; attempt: number } | { state: "connected" } | 
 /**  Waiting `retry_in_ms` before the next attempt. */

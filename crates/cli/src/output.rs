@@ -38,12 +38,13 @@ fn message_json(kind: &str, m: &ChatMessage) -> Value {
         "pinned": m.pinned,
         "reactions": m.reactions.iter().map(|r| json!({"emoji": r.emoji, "count": r.users.len()})).collect::<Vec<_>>(),
         "error": m.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
+        "call": m.call,
     })
 }
 
 fn message_line(m: &ChatMessage) -> String {
     let seq = m.seq.map(|s| format!("#{s}")).unwrap_or_else(|| "#-".into());
-    let body = if m.deleted { "(deleted)".to_owned() } else { m.text.clone() };
+    let body = if m.deleted { "(deleted)".to_owned() } else { confab_core::notify::body(m) };
     let mut line = format!("{seq} {}: {body}", m.sender_name);
     if m.edited_at.is_some() && !m.deleted {
         line.push_str(" (edited)");

@@ -52,8 +52,14 @@ impl Decision {
 /// The sound follows the same rule, if enabled.
 pub fn decide(me: UserId, message: &ChatMessage, attention: &Attention, settings: &NotifySettings) -> Decision {
     let conv = message.conversation;
+    // A call's entry notifies only of a call this user did not take; they
+    // saw the others ring.
+    let taken_call = message.call.is_some_and(|c| {
+        !matches!(c.outcome, confab_protocol::CallOutcome::Missed | confab_protocol::CallOutcome::Cancelled)
+    });
     let silent = message.sender == me
         || message.deleted
+        || taken_call
         || !settings.notifications
         || settings.muted.contains(&conv)
         || attention.typing_in == Some(conv);
@@ -65,6 +71,15 @@ pub fn decide(me: UserId, message: &ChatMessage, attention: &Attention, settings
         return Decision::SILENT;
     }
     Decision { notify: true, sound: settings.sound }
+}
+
+/// What a notification (or a one-line preview) says for a message: its
+/// text, or for a call's entry its summary ("Missed voice call").
+pub fn body(message: &ChatMessage) -> String {
+    match &message.call {
+        Some(call) => call.summary(),
+        None => message.text.chars().take(200).collect(),
+    }
 }
 
 /// The text of the one notification for messages that arrived while away
@@ -105,6 +120,26 @@ mod tests {
             status: MessageStatus::Received,
             error: None,
             reactions: vec![],
+            call: None,
+        }
+    }
+
+    #[test]
+    fn a_call_entry_notifies_only_of_a_call_not_taken() {
+        let (me, other, conv) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let attention = Attention::default();
+        let settings = NotifySettings::default();
+        for (outcome, notify) in [
+            (confab_protocol::CallOutcome::Missed, true),
+            (confab_protocol::CallOutcome::Cancelled, true),
+            (confab_protocol::CallOutcome::Declined, false),
+            (confab_protocol::CallOutcome::Completed { duration_ms: 5_000 }, false),
+        ] {
+            let mut m = message(other, conv);
+            m.text.clear();
+            m.call = Some(confab_protocol::CallRecord { call: Uuid::now_v7(), video: false, outcome });
+            assert_eq!(decide(me, &m, &attention, &settings).notify, notify, "{outcome:?}");
+            assert!(body(&m).to_lowercase().contains("voice call"), "{}", body(&m));
         }
     }
 

@@ -62,6 +62,8 @@ pub struct ChatMessage {
     pub status: MessageStatus,
     pub error: Option<SendError>,
     pub reactions: Vec<Reaction>,
+    /// Set for a call's entry ("Missed voice call"): `text` is empty.
+    pub call: Option<confab_protocol::CallRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]

@@ -593,8 +593,13 @@ pub enum EventBody {
         user: UserId,
         admin: bool,
     },
-    /// A call's outcome (the actor is the caller).
+    /// A call's outcome (the actor is the caller). It is also a message
+    /// of the conversation, at `seq`, with [`Message::call`] set, so
+    /// history, unread counts and notifications see it. (`seq` 0: logged
+    /// before calls were messages.)
     Call {
+        #[serde(default)]
+        seq: i64,
         call: CallId,
         video: bool,
         outcome: CallOutcome,
@@ -627,6 +632,39 @@ pub struct Message {
     pub deleted: bool,
     pub pinned: bool,
     pub reactions: Vec<Reaction>,
+    /// Set when this message is a call's entry ("Missed voice call"): its
+    /// text is empty and it cannot be edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallRecord>,
+}
+
+/// A call, as its entry in the conversation records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct CallRecord {
+    pub call: CallId,
+    pub video: bool,
+    pub outcome: CallOutcome,
+}
+
+impl CallRecord {
+    /// "Missed voice call", "Video call · 3:12".
+    pub fn summary(&self) -> String {
+        let kind = if self.video { "video" } else { "voice" };
+        match self.outcome {
+            CallOutcome::Missed => format!("Missed {kind} call"),
+            CallOutcome::Declined => format!("Declined {kind} call"),
+            CallOutcome::Cancelled => format!("Cancelled {kind} call"),
+            CallOutcome::Completed { duration_ms } => {
+                let secs = duration_ms.max(0) / 1000;
+                let kind = if self.video { "Video" } else { "Voice" };
+                if secs >= 3600 {
+                    format!("{kind} call · {}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+                } else {
+                    format!("{kind} call · {}:{:02}", secs / 60, secs % 60)
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]

@@ -30,6 +30,10 @@ pub fn apply_to_message(msg: &mut Message, actor: UserId, ts: Millis, body: &Eve
             if msg.deleted {
                 return Err(ErrorCode::NotFound);
             }
+            // A call's entry says what happened; nobody rewrites it.
+            if msg.call.is_some() {
+                return Err(ErrorCode::Forbidden);
+            }
             if msg.text == *text {
                 return Ok(false);
             }
@@ -109,7 +113,29 @@ mod tests {
             deleted: false,
             pinned: false,
             reactions: vec![],
+            call: None,
         }
+    }
+
+    #[test]
+    fn a_calls_entry_cannot_be_edited_but_can_be_reacted_to_and_deleted() {
+        let a = Uuid::now_v7();
+        let mut m = message(a);
+        m.text.clear();
+        m.call = Some(crate::CallRecord { call: Uuid::now_v7(), video: false, outcome: crate::CallOutcome::Missed });
+        let edit = EventBody::Edited { seq: 1, text: "I did answer".into() };
+        assert_eq!(apply_to_message(&mut m, a, 5, &edit), Err(ErrorCode::Forbidden));
+        let react = EventBody::Reaction { seq: 1, emoji: "😢".into(), added: true };
+        assert_eq!(apply_to_message(&mut m, a, 6, &react), Ok(true));
+        assert_eq!(apply_to_message(&mut m, a, 7, &EventBody::Deleted { seq: 1 }), Ok(true));
+    }
+
+    #[test]
+    fn call_summaries_read_like_a_messenger() {
+        let r = |video, outcome| crate::CallRecord { call: Uuid::nil(), video, outcome };
+        assert_eq!(r(false, crate::CallOutcome::Missed).summary(), "Missed voice call");
+        assert_eq!(r(true, crate::CallOutcome::Completed { duration_ms: 192_400 }).summary(), "Video call · 3:12");
+        assert_eq!(r(false, crate::CallOutcome::Completed { duration_ms: 3_723_000 }).summary(), "Voice call · 1:02:03");
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl Service {
     /// Logs the outcome (committed first), then tells the devices.
     async fn finish(&self, ended: Ended) -> Result<()> {
         if let Some(outcome) = ended.outcome {
-            let body = EventBody::Call { call: ended.call, video: ended.video, outcome };
+            let body = EventBody::Call { seq: 0, call: ended.call, video: ended.video, outcome };
             self.log_call(ended.conversation, ended.caller, body).await?;
         }
         for (user, conn, reason) in ended.notices {

@@ -346,21 +346,30 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 deleted: false,
                 pinned: false,
                 reactions: Vec::new(),
+                call: None,
             };
-            let stored = store_message(tx, me, &m).await?;
-            sqlx::query("UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?")
-                .bind(seq)
-                .bind(&conv)
-                .execute(&mut **tx)
-                .await?;
-            let mut effects = vec![if stored.new {
-                Effect::NewMessage { id: stored.id, from_other: ev.actor != me }
-            } else {
-                Effect::MessageChanged { id: stored.id }
-            }];
-            effects.extend(stored.requeued.map(|id| Effect::Requeued { id }));
-            effects
+            new_message(tx, me, &conv, ev, &m).await?
         }
+        // A call's entry: a message of the caller's with the call record.
+        EventBody::Call { seq, call, video, outcome } if *seq > 0 => {
+            let m = Message {
+                conversation: ev.conversation,
+                seq: *seq,
+                pos: ev.pos,
+                client_id: *call,
+                sender: ev.actor,
+                text: String::new(),
+                ts: ev.ts,
+                edited_at: None,
+                deleted: false,
+                pinned: false,
+                reactions: Vec::new(),
+                call: Some(confab_protocol::CallRecord { call: *call, video: *video, outcome: *outcome }),
+            };
+            new_message(tx, me, &conv, ev, &m).await?
+        }
+        // Logged before calls were messages: nothing to show.
+        EventBody::Call { .. } => vec![Effect::ConversationChanged],
         EventBody::MemberAdded { member } => {
             upsert_member(tx, &conv, member).await?;
             if member.user == me {
@@ -420,12 +429,32 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             }
             vec![Effect::Receipt { user: *user, delivered_seq: *delivered_seq, read_seq: *read_seq }]
         }
-        // A call's outcome: the conversation changed (call views come with
-        // the core's call module).
-        EventBody::Call { .. } => vec![Effect::ConversationChanged],
         EventBody::Edited { .. }
         | EventBody::Deleted { .. }
         | EventBody::Reaction { .. }
         | EventBody::Pinned { .. } => Vec::new(),
     })
+}
+
+/// Stores a new message (or a call's entry) from the log.
+async fn new_message(
+    tx: &mut Transaction<'_, Sqlite>,
+    me: UserId,
+    conv: &str,
+    ev: &ConvEvent,
+    m: &Message,
+) -> Result<Vec<Effect>> {
+    let stored = store_message(tx, me, m).await?;
+    sqlx::query("UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?")
+        .bind(m.seq)
+        .bind(conv)
+        .execute(&mut **tx)
+        .await?;
+    let mut effects = vec![if stored.new {
+        Effect::NewMessage { id: stored.id, from_other: ev.actor != me }
+    } else {
+        Effect::MessageChanged { id: stored.id }
+    }];
+    effects.extend(stored.requeued.map(|id| Effect::Requeued { id }));
+    Ok(effects)
 }

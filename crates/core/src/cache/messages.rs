@@ -131,6 +131,10 @@ pub(super) async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, 
         }
     };
     save_reactions(tx, &conv, m.seq, &m.reactions).await?;
+    if let Some(call) = &m.call {
+        let json = serde_json::to_string(call).map_err(|e| crate::Error::Protocol(e.to_string()))?;
+        sqlx::query("UPDATE messages SET call = ? WHERE id = ?").bind(json).bind(local).execute(&mut **tx).await?;
+    }
     Ok(Stored { id: local, new, requeued })
 }
 
@@ -167,7 +171,7 @@ pub(super) async fn load_message(
 ) -> Result<Option<(LocalId, Message)>> {
     let conv = conversation.to_string();
     let Some(r) = sqlx::query(
-        "SELECT id, own_client_id, sender, text, ts, edited_at, deleted, pinned FROM messages
+        "SELECT id, own_client_id, sender, text, ts, edited_at, deleted, pinned, call FROM messages
          WHERE conversation_id = ? AND seq = ?",
     )
     .bind(&conv)
@@ -200,6 +204,12 @@ pub(super) async fn load_message(
         deleted: r.get::<i64, _>("deleted") != 0,
         pinned: r.get::<i64, _>("pinned") != 0,
         reactions,
+        call: call_record(r.get("call")),
     };
     Ok(Some((r.get("id"), message)))
+}
+
+/// A stored call record; one that no longer parses is shown as a plain row.
+pub(super) fn call_record(json: Option<&str>) -> Option<confab_protocol::CallRecord> {
+    json.and_then(|j| serde_json::from_str(j).ok())
 }

@@ -11,7 +11,12 @@ use std::collections::HashMap;
 
 const MESSAGE_COLUMNS: &str =
     "m.id, m.own_client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
-     m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message";
+     m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message, m.call";
+
+/// Which messages count as unread besides ordinary ones: calls the user
+/// did not take (missed, or cancelled while ringing), not the ones they
+/// answered or declined.
+const UNREAD_CALL: &str = "(m.call IS NULL OR json_extract(m.call, '$.outcome.type') IN ('missed', 'cancelled'))";
 
 const MEMBER_SELECT: &str = "SELECT m.conversation_id, m.user_id, COALESCE(u.username, '') AS username, m.admin,
        m.delivered_seq, m.read_seq, COALESCE(u.online, 0) AS online, u.last_seen
@@ -67,9 +72,10 @@ impl Cache {
 
     /// Messages from others after `read` (`me`'s read position).
     pub async fn unread_after(&self, conversation: ConversationId, me: UserId, read: i64) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM messages WHERE conversation_id = ? AND seq > ? AND sender != ? AND deleted = 0",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM messages m WHERE m.conversation_id = ? AND m.seq > ? AND m.sender != ?
+             AND m.deleted = 0 AND {UNREAD_CALL}"
+        ))
         .bind(conversation.to_string())
         .bind(read)
         .bind(me.to_string())
@@ -169,6 +175,7 @@ impl Cache {
             status,
             error,
             reactions: seq.and_then(|s| reactions.remove(&s)).unwrap_or_default(),
+            call: super::messages::call_record(r.get("call")),
         })
     }
 
@@ -286,11 +293,12 @@ impl Cache {
         for r in &member_rows {
             members.entry(r.get("conversation_id")).or_default().push(member_view(r)?);
         }
-        let unread_rows = sqlx::query(
+        let unread_rows = sqlx::query(&format!(
             "SELECT m.conversation_id, COUNT(*) AS n FROM messages m
              JOIN members me ON me.conversation_id = m.conversation_id AND me.user_id = ?1
-             WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 GROUP BY m.conversation_id",
-        )
+             WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 AND {UNREAD_CALL}
+             GROUP BY m.conversation_id"
+        ))
         .bind(me.to_string())
         .fetch_all(&self.pool)
         .await?;

@@ -119,6 +119,7 @@ async fn push_event(
     let seq: i64 = row.get("last_seq");
     let body = match body {
         EventBody::Message { client_id, text, .. } => EventBody::Message { seq, client_id, text },
+        EventBody::Call { call, video, outcome, .. } => EventBody::Call { seq, call, video, outcome },
         other => other,
     };
     let json = serde_json::to_string(&body).map_err(|e| ApiError::internal("serialize event", e))?;
@@ -159,7 +160,7 @@ async fn message_tx(
 ) -> Result<Option<Message>> {
     let conv = conversation.to_string();
     let Some(r) = sqlx::query(
-        "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
+        "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call FROM messages
          WHERE conversation_id = ? AND seq = ?",
     )
     .bind(&conv)
@@ -200,6 +201,10 @@ fn message_from_row(
         deleted: r.get::<i64, _>("deleted") != 0,
         pinned: r.get::<i64, _>("pinned") != 0,
         reactions,
+        call: match r.get::<Option<&str>, _>("call") {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| ApiError::internal("stored call", e))?),
+            None => None,
+        },
     })
 }
 
@@ -332,9 +337,7 @@ async fn apply_change(
                 None => false,
             }
         }
-        // A call's outcome changes no state: it is the log entry itself.
-        EventBody::Call { .. } => true,
-        EventBody::Created { .. } | EventBody::Message { .. } => {
+        EventBody::Created { .. } | EventBody::Message { .. } | EventBody::Call { .. } => {
             return Err(ApiError::internal("apply_change", "created/message are appended elsewhere"))
         }
         EventBody::Edited { .. }
@@ -690,6 +693,29 @@ impl Store for SqliteStore {
             return Ok(AppendOutcome::Appended { event, recipients });
         }
         debug_assert!(!is_message);
+        if let EventBody::Call { call, video, outcome, .. } = &body {
+            // The call's entry, a message of the caller's keyed by the call
+            // id: each call is logged once.
+            let record = confab_protocol::CallRecord { call: *call, video: *video, outcome: *outcome };
+            let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("serialize call", e))?;
+            let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
+            let EventBody::Call { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
+            sqlx::query(
+                "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call) VALUES (?, ?, ?, ?, ?, '', ?, ?)",
+            )
+            .bind(&conv)
+            .bind(seq)
+            .bind(event.pos)
+            .bind(actor.to_string())
+            .bind(call.to_string())
+            .bind(event.ts)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+            let recipients = member_ids_tx(&mut tx, &conv).await?;
+            tx.commit().await?;
+            return Ok(AppendOutcome::Appended { event, recipients });
+        }
         let ts = now_ms();
         if !apply_change(&mut tx, conversation, actor, ts, &mut body).await? {
             return Ok(AppendOutcome::Unchanged);
@@ -766,7 +792,7 @@ impl Store for SqliteStore {
         let mut rows = Vec::new();
         {
             let mut stream = sqlx::query(
-                "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned FROM messages
+                "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call FROM messages
                  WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             )
             .bind(&conv)
@@ -778,6 +804,7 @@ impl Store for SqliteStore {
                 let text: &str = r.get("text");
                 // Control characters are sent as six-byte escapes.
                 bytes += text.len() + 5 * text.chars().filter(|c| c.is_control()).count() + MESSAGE_OVERHEAD;
+                bytes += r.get::<Option<&str>, _>("call").map_or(0, |c| c.len() + 10);
                 rows.push(r);
                 if bytes >= budget {
                     break;
