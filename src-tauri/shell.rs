@@ -122,9 +122,7 @@ async fn forward<R: Runtime>(
         // Live messages notify one by one; what arrived while away is
         // summarised, one notification per conversation, by the same policy.
         let notice = match &event {
-            ClientEvent::MessageAdded { message, live: true } => {
-                Some((message, confab_core::notify::body(message)))
-            }
+            ClientEvent::MessageAdded { message, live: true } => Some((message, confab_core::notify::body(message))),
             ClientEvent::MissedMessages { latest, count, senders, .. } => {
                 Some((latest, confab_core::notify::missed_summary(*count, senders)))
             }

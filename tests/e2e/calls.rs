@@ -108,3 +108,201 @@ fn two_clis_call_each_other_and_each_hears_the_others_tone() {
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The cases around one call, with clients of the core in this process
+/// (their native engines sending silence on loopback) and the real server.
+mod cases {
+    use super::*;
+    use confab_core::call::native::audio::{AudioInput, AudioOutput};
+    use confab_core::call::native::{NativeConfig, NativeEngine};
+    use confab_core::{CallEndReason, CallPhase, CallView, Client, ClientEvent};
+    use std::sync::Arc;
+    use tokio::sync::broadcast;
+
+    const T: Duration = Duration::from_secs(20);
+
+    struct Device {
+        client: Client,
+        events: broadcast::Receiver<ClientEvent>,
+    }
+
+    async fn device(root: &Path, server: &str, name: &str, profile: &str, register: bool) -> Device {
+        let engine = NativeEngine::new(NativeConfig {
+            input: AudioInput::Silence,
+            output: AudioOutput::Discard,
+            bind: vec![[127, 0, 0, 1].into()],
+            relay_only: false,
+        });
+        let client = Client::open(&root.join(profile)).await.expect("profile").with_media_engine(Arc::new(engine));
+        if register {
+            client.register(server, name, PASSWORD).await.expect("register");
+        } else {
+            client.login(server, name, PASSWORD).await.expect("login");
+        }
+        let events = client.subscribe();
+        client.start().await.expect("start");
+        client.wait_connected(T).await.expect("connected");
+        Device { client, events }
+    }
+
+    impl Device {
+        /// The next view of a call that satisfies `want`.
+        async fn until(&mut self, what: &str, mut want: impl FnMut(&CallView) -> bool) -> CallView {
+            let wait = async {
+                loop {
+                    match self.events.recv().await {
+                        Ok(ClientEvent::Call { call }) if want(&call) => return call,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(e) => panic!("{what}: {e}"),
+                    }
+                }
+            };
+            tokio::time::timeout(T, wait).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        }
+
+        async fn ringing(&mut self) -> CallView {
+            self.until("ringing", |c| c.phase == CallPhase::Ringing).await
+        }
+
+        async fn active(&mut self, call: confab_protocol::CallId) -> CallView {
+            self.until("active", |c| c.call == call && matches!(c.phase, CallPhase::Active { .. })).await
+        }
+
+        async fn ended(&mut self, call: confab_protocol::CallId) -> CallEndReason {
+            let v = self.until("ended", |c| c.call == call && matches!(c.phase, CallPhase::Ended { .. })).await;
+            let CallPhase::Ended { reason, .. } = v.phase else { unreachable!() };
+            reason
+        }
+    }
+
+    fn run(test: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Runtime::new().expect("runtime").block_on(test)
+    }
+
+    #[test]
+    fn when_both_call_at_once_one_call_survives_and_both_join_it() {
+        if ran_in_loopback_namespace("calls::cases::when_both_call_at_once_one_call_survives_and_both_join_it") {
+            return;
+        }
+        let dir = temp_dir("call-glare");
+        let server = Server::start(dir.path());
+        run(async {
+            let mut alice = device(dir.path(), &server.url, "alice", "a", true).await;
+            let mut bob = device(dir.path(), &server.url, "bob", "b", true).await;
+            let conv = alice.client.open_direct("bob").await.expect("dm");
+            let (a, b) = tokio::join!(alice.client.call(conv, false), bob.client.call(conv, false));
+            let (a, b) = (a.expect("alice dials"), b.expect("bob dials"));
+            let survivor = a.min(b);
+            // The side whose call lost rings for the other's, and answers.
+            let (caller, callee) = if survivor == a { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+            let ring = callee.ringing().await;
+            assert_eq!(ring.call, survivor);
+            callee.client.accept_call(survivor).await.expect("accept");
+            caller.active(survivor).await;
+            callee.active(survivor).await;
+            caller.client.hang_up(survivor).await.expect("hang up");
+            assert_eq!(callee.ended(survivor).await, CallEndReason::HungUp);
+            // One call, one entry.
+            let calls = |h: Vec<confab_core::ChatMessage>| h.into_iter().filter_map(|m| m.call).collect::<Vec<_>>();
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let entries = calls(alice.client.history(conv, None, 20).await.expect("history"));
+                if !entries.is_empty() {
+                    assert_eq!(entries.len(), 1, "{entries:?}");
+                    assert_eq!(entries[0].call, survivor);
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no call entry");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    #[test]
+    fn a_second_device_answers_the_first_stops_ringing_and_others_get_busy() {
+        if ran_in_loopback_namespace(
+            "calls::cases::a_second_device_answers_the_first_stops_ringing_and_others_get_busy",
+        ) {
+            return;
+        }
+        let dir = temp_dir("call-devices");
+        let server = Server::start(dir.path());
+        run(async {
+            let mut alice = device(dir.path(), &server.url, "alice", "a", true).await;
+            let mut bob_phone = device(dir.path(), &server.url, "bob", "b1", true).await;
+            let mut bob_laptop = device(dir.path(), &server.url, "bob", "b2", false).await;
+            let mut carol = device(dir.path(), &server.url, "carol", "c", true).await;
+            let conv = alice.client.open_direct("bob").await.expect("dm");
+            let call = alice.client.call(conv, false).await.expect("dial");
+            assert_eq!(bob_phone.ringing().await.call, call);
+            assert_eq!(bob_laptop.ringing().await.call, call);
+            bob_laptop.client.accept_call(call).await.expect("accept");
+            assert_eq!(bob_phone.ended(call).await, CallEndReason::AnsweredElsewhere);
+            // The phone can no longer take it.
+            assert!(bob_phone.client.accept_call(call).await.is_err());
+            alice.active(call).await;
+            bob_laptop.active(call).await;
+            // Carol calls either of them: busy.
+            for who in ["bob", "alice"] {
+                let c_conv = carol.client.open_direct(who).await.expect("dm");
+                let c_call = carol.client.call(c_conv, false).await.expect("dial");
+                assert_eq!(carol.ended(c_call).await, CallEndReason::Busy, "calling {who}");
+            }
+            bob_laptop.client.hang_up(call).await.expect("hang up");
+            assert_eq!(alice.ended(call).await, CallEndReason::HungUp);
+        });
+    }
+
+    #[test]
+    fn decline_cancel_and_no_answer_end_the_call_and_a_missed_call_is_unread() {
+        if ran_in_loopback_namespace(
+            "calls::cases::decline_cancel_and_no_answer_end_the_call_and_a_missed_call_is_unread",
+        ) {
+            return;
+        }
+        let dir = temp_dir("call-outcomes");
+        let server = Server::start_with(
+            dir.path(),
+            0,
+            &["--rate-limit", "1000000", "--rate-burst", "1000000", "--call-ring-seconds", "2"],
+        );
+        run(async {
+            let mut alice = device(dir.path(), &server.url, "alice", "a", true).await;
+            let mut bob = device(dir.path(), &server.url, "bob", "b", true).await;
+            let conv = alice.client.open_direct("bob").await.expect("dm");
+
+            let call = alice.client.call(conv, false).await.expect("dial");
+            bob.ringing().await;
+            bob.client.decline_call(call).await.expect("decline");
+            assert_eq!(alice.ended(call).await, CallEndReason::Declined);
+            assert_eq!(bob.ended(call).await, CallEndReason::EndedHere);
+
+            let call = alice.client.call(conv, false).await.expect("dial");
+            bob.ringing().await;
+            alice.client.hang_up(call).await.expect("cancel");
+            assert_eq!(bob.ended(call).await, CallEndReason::Cancelled);
+
+            let call = alice.client.call(conv, true).await.expect("dial");
+            bob.ringing().await;
+            assert_eq!(alice.ended(call).await, CallEndReason::Missed);
+            assert_eq!(bob.ended(call).await, CallEndReason::Missed);
+
+            // The entries, in order; the missed and cancelled ones are unread.
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let summary = bob.client.conversations().await.expect("list");
+                let history = bob.client.history(conv, None, 20).await.expect("history");
+                let outcomes: Vec<String> =
+                    history.iter().filter_map(|m| m.call).map(|c| confab_protocol::CallRecord::summary(&c)).collect();
+                if outcomes.len() == 3 {
+                    assert_eq!(outcomes, ["Declined voice call", "Cancelled voice call", "Missed video call"]);
+                    let unread = summary.iter().find(|c| c.id == conv).map(|c| c.unread);
+                    assert_eq!(unread, Some(2));
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "entries: {outcomes:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}

@@ -135,7 +135,10 @@ mod tests {
         let r = |video, outcome| crate::CallRecord { call: Uuid::nil(), video, outcome };
         assert_eq!(r(false, crate::CallOutcome::Missed).summary(), "Missed voice call");
         assert_eq!(r(true, crate::CallOutcome::Completed { duration_ms: 192_400 }).summary(), "Video call · 3:12");
-        assert_eq!(r(false, crate::CallOutcome::Completed { duration_ms: 3_723_000 }).summary(), "Voice call · 1:02:03");
+        assert_eq!(
+            r(false, crate::CallOutcome::Completed { duration_ms: 3_723_000 }).summary(),
+            "Voice call · 1:02:03"
+        );
     }
 
     #[test]

@@ -56,6 +56,9 @@ struct Args {
     /// The secret shared with the TURN server (coturn's static-auth-secret).
     #[arg(long, env = "CONFAB_TURN_SECRET")]
     turn_secret: Option<String>,
+    /// How long a call rings before it is missed, in seconds.
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..=600))]
+    call_ring_seconds: u64,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -105,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
     config.new_epoch = args.new_epoch;
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
+    config.limits.call_ring_timeout = std::time::Duration::from_secs(args.call_ring_seconds);
     if let Some(n) = args.hash_threads {
         config.limits.hash_threads = n.clamp(1, 64);
     }
