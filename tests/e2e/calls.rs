@@ -109,6 +109,155 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Headless Chromium (Debian's) on `page`, its fake microphone playing
+/// `tone` and a fake camera. Killed on drop.
+struct Browser(Child, tempfile::TempDir);
+
+impl Browser {
+    fn open(url: &str, tone: &Path, log: &Path) -> Browser {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let log = std::fs::File::create(log).expect("browser log");
+        let child = std::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+                "--enable-logging=stderr",
+            ])
+            .arg(format!("--use-file-for-fake-audio-capture={}", tone.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chromium (Debian package `chromium`)");
+        Browser(child, profile)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The page's URL, its parameters in the fragment.
+fn page(server: &str, token: &str, conversation: &str, mode: &str, hangup_after_ms: Option<u64>) -> String {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/browser/call.html");
+    let params = serde_json::json!({
+        "ws": format!("{}/v1/ws", server.replacen("http", "ws", 1)),
+        "token": token,
+        "conversation": conversation,
+        "mode": mode,
+        "video": true,
+        "hangup_after_ms": hangup_after_ms,
+    });
+    let fragment: String = params
+        .to_string()
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("file://{}#{fragment}", here.display())
+}
+
+/// The page's report (its `RESULT` message), as seen in the history.
+fn browser_report(p: &Profile, conversation: &str, nth: usize) -> Value {
+    let mut found = None;
+    wait_until(Duration::from_secs(20), || {
+        let results: Vec<Value> = p
+            .history(conversation, 50)
+            .into_iter()
+            .filter_map(|m| m["text"].as_str().and_then(|t| t.strip_prefix("RESULT ")).map(str::to_owned))
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect();
+        found = results.get(nth).cloned();
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("the browser reported nothing (call {nth})"))
+}
+
+fn assert_browser_got_media(report: &Value, want_hz: f64) {
+    let packets = report["in_audio_packets"].as_u64().unwrap_or(0);
+    assert!(packets > 100, "the browser got {packets} audio packets: {report}");
+    assert!(report["out_video_packets"].as_u64().unwrap_or(0) > 20, "the browser sent no video: {report}");
+    // Most of what it heard peaks at our tone (an FFT bin is ~6 Hz wide).
+    let peaks: Vec<f64> =
+        report["peaks"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let near = peaks.iter().filter(|p| (**p - want_hz).abs() < 15.0).count();
+    assert!(
+        peaks.len() > 10 && near * 10 > peaks.len() * 7,
+        "the browser heard peaks at {peaks:?}, wanted {want_hz} Hz"
+    );
+}
+
+#[test]
+fn the_native_engine_calls_and_is_called_by_chromium_with_audio_both_ways_and_video() {
+    if ran_in_loopback_namespace(
+        "calls::the_native_engine_calls_and_is_called_by_chromium_with_audio_both_ways_and_video",
+    ) {
+        return;
+    }
+    let dir = temp_dir("call-chromium");
+    let server = Server::start(dir.path());
+    let alice = Profile::register(dir.path(), &server.url, "alice");
+    let body = serde_json::json!({"username": "web", "password": PASSWORD}).to_string();
+    let (status, reply) = http_post(&server.url, "/v1/register", &body, &[]);
+    assert_eq!(status, 201, "{reply}");
+    let token = serde_json::from_str::<Value>(&reply).expect("json")["token"].as_str().expect("token").to_owned();
+    let conv = alice.ok(&["dm", "web"]);
+    let (native_tone, browser_tone) = (dir.path().join("660.wav"), dir.path().join("440.wav"));
+    write_tone(&native_tone, 660.0, 12.0);
+    write_tone(&browser_tone, 440.0, 12.0);
+
+    // Chromium answers a video call from the CLI.
+    let browser = Browser::open(
+        &page(&server.url, &token, &conv, "answer", None),
+        &browser_tone,
+        &dir.path().join("chromium-1.log"),
+    );
+    let heard = dir.path().join("native-heard-1.wav");
+    let call = spawn(
+        &alice,
+        &["call", "web", "--video", "--json", "--for", "5s", "--play", path(&native_tone), "--record", path(&heard)],
+    );
+    let (ok, lines, out) = finish(call, Duration::from_secs(60));
+    assert!(ok, "the CLI's call to the browser failed:\n{out}");
+    let s = summary(&lines);
+    assert!(s["video_packets_received"].as_u64().unwrap_or(0) > 20, "no video from the browser: {s}");
+    assert_hears(&heard, 440.0, 660.0, "the CLI (calling)");
+    assert_browser_got_media(&browser_report(&alice, &conv, 0), 660.0);
+    drop(browser);
+
+    // Chromium calls the CLI, and hangs up after 5 s.
+    let heard = dir.path().join("native-heard-2.wav");
+    let answer =
+        spawn(&alice, &["answer", "--json", "--wait", "30s", "--play", path(&native_tone), "--record", path(&heard)]);
+    let browser = Browser::open(
+        &page(&server.url, &token, &conv, "call", Some(5000)),
+        &browser_tone,
+        &dir.path().join("chromium-2.log"),
+    );
+    let (ok, lines, out) = finish(answer, Duration::from_secs(60));
+    assert!(ok, "the CLI's answer to the browser failed:\n{out}");
+    let s = summary(&lines);
+    assert_eq!(s["reason"], "hung_up", "{out}");
+    assert!(s["video_packets_received"].as_u64().unwrap_or(0) > 20, "no video from the browser: {s}");
+    assert_hears(&heard, 440.0, 660.0, "the CLI (answering)");
+    assert_browser_got_media(&browser_report(&alice, &conv, 1), 660.0);
+    drop(browser);
+}
+
 /// The cases around one call, with clients of the core in this process
 /// (their native engines sending silence on loopback) and the real server.
 mod cases {

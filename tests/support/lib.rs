@@ -426,7 +426,7 @@ pub fn ran_in_loopback_namespace(test: &str) -> bool {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "{test} in a loopback-only network namespace failed (it needs `unshare -n`, i.e. root):\n{stdout}\n{stderr}"
+        "{test} failed in a loopback-only network namespace (made with `unshare -n`, which needs root):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("1 passed"), "{test} did not run in the namespace:\n{stdout}\n{stderr}");
     true
