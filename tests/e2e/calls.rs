@@ -109,6 +109,110 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// A real coturn on loopback with the REST-API shared secret.
+struct Turn(Child);
+
+impl Turn {
+    fn start(dir: &Path, port: u16, secret: &str) -> Turn {
+        let log = dir.join("turnserver.log");
+        let child = std::process::Command::new("turnserver")
+            .args(["-n", "-v", "--no-cli", "--no-tls", "--no-dtls", "--fingerprint", "--allow-loopback-peers"])
+            .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-port", &port.to_string(), "--min-port", "40000", "--max-port", "40100"])
+            .args(["--use-auth-secret", "--static-auth-secret", secret, "--realm", "confab.test"])
+            .args(["--simple-log", "--no-stdout-log", "--log-file"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnserver (Debian package `coturn`)");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Total UDP servers"))
+                || std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+        });
+        assert!(up, "turnserver did not start");
+        Turn(child)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_relay_only_ice_the_call_goes_through_coturn_with_rest_credentials() {
+    if ran_in_loopback_namespace("calls::with_relay_only_ice_the_call_goes_through_coturn_with_rest_credentials") {
+        return;
+    }
+    let dir = temp_dir("call-turn");
+    let secret = "turn-shared-secret";
+    let turn = Turn::start(dir.path(), 3478, secret);
+    let server = Server::start_with(
+        dir.path(),
+        0,
+        &[
+            "--rate-limit",
+            "1000000",
+            "--rate-burst",
+            "1000000",
+            "--turn",
+            "turn:127.0.0.1:3478?transport=udp",
+            "--turn-secret",
+            secret,
+        ],
+    );
+    let alice = Profile::register(dir.path(), &server.url, "alice");
+    let bob = Profile::register(dir.path(), &server.url, "bob");
+    let (a_tone, b_tone) = (dir.path().join("a440.wav"), dir.path().join("b660.wav"));
+    write_tone(&a_tone, 440.0, 10.0);
+    write_tone(&b_tone, 660.0, 10.0);
+    let (a_heard, b_heard) = (dir.path().join("alice-heard.wav"), dir.path().join("bob-heard.wav"));
+    let relay = |p: &Profile, args: &[&str]| {
+        p.cmd(args)
+            .env("CONFAB_MEDIA_BIND", "127.0.0.1")
+            .env("CONFAB_RELAY_ONLY", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn confab")
+    };
+    let answer =
+        relay(&bob, &["answer", "--json", "--wait", "30s", "--play", path(&b_tone), "--record", path(&b_heard)]);
+    let call =
+        relay(&alice, &["call", "bob", "--json", "--for", "4s", "--play", path(&a_tone), "--record", path(&a_heard)]);
+    let (a_ok, _, a_out) = finish(call, Duration::from_secs(60));
+    let (b_ok, _, b_out) = finish(answer, Duration::from_secs(30));
+    assert!(a_ok, "alice's relayed call failed:\n{a_out}");
+    assert!(b_ok, "bob's relayed answer failed:\n{b_out}");
+    assert_hears(&a_heard, 660.0, 440.0, "alice (relayed)");
+    assert_hears(&b_heard, 440.0, 660.0, "bob (relayed)");
+    // coturn accounts for each allocation when it closes (the engines
+    // release theirs on hangup): both sides' media went through it, under
+    // REST usernames `<expiry>:<user id>`.
+    let log_path = dir.path().join("turnserver.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until(Duration::from_secs(15), || read_log().matches("usage:").count() >= 2);
+    drop(turn);
+    let log = read_log();
+    let usage: Vec<&str> = log.lines().filter(|l| l.contains("usage:") && l.contains("realm=<confab.test>")).collect();
+    let relayed: Vec<u64> = usage
+        .iter()
+        .filter_map(|l| l.split("rp=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert!(relayed.iter().filter(|rp| **rp > 100).count() >= 2, "coturn relayed too little: {usage:?}\n{log}");
+    assert!(
+        usage.iter().all(|l| l
+            .split("username=<")
+            .nth(1)
+            .is_some_and(|u| u.split(':').next().is_some_and(|e| e.parse::<u64>().is_ok()))),
+        "{usage:?}"
+    );
+}
+
 /// Headless Chromium (Debian's) on `page`, its fake microphone playing
 /// `tone` and a fake camera. Killed on drop.
 struct Browser(Child, tempfile::TempDir);
