@@ -6,7 +6,7 @@
 use crate::output;
 use anyhow::{anyhow, bail};
 use confab_core::call::native::audio::{AudioInput, AudioOutput};
-use confab_core::call::native::{NativeConfig, NativeEngine, NativeStats};
+use confab_core::call::native::{NativeConfig, NativeEngine};
 use confab_core::{CallPhase, CallView, Client, ClientEvent};
 use confab_protocol::CallId;
 use std::net::IpAddr;
@@ -108,7 +108,7 @@ async fn follow(
     events: &mut broadcast::Receiver<ClientEvent>,
     call: CallId,
     args: &MediaArgs,
-    stats: Arc<NativeStats>,
+    engine: &NativeEngine,
 ) -> anyhow::Result<ExitCode> {
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut stop = std::pin::pin!(crate::shutdown_signal());
@@ -144,6 +144,8 @@ async fn follow(
         }
     };
     let CallPhase::Ended { reason, duration_ms, error } = &ended.phase else { unreachable!() };
+    // The session of this call (none if it never got to media).
+    let stats = Some(engine.stats()).filter(|s| s.call == Some(call)).unwrap_or_default();
     let summary = serde_json::json!({
         "type": "call_summary",
         "call": call,
@@ -168,26 +170,24 @@ async fn follow(
 
 pub async fn call(client: Client, username: &str, video: bool, args: MediaArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(args.engine());
-    let stats = engine.stats();
-    let client = client.with_media_engine(engine);
+    let client = client.with_media_engine(engine.clone());
     let mut events = client.subscribe();
     crate::start(&client).await?;
     let conversation = client.open_direct(username).await?;
     let call = client.call(conversation, video).await?;
-    let code = follow(&client, &mut events, call, &args, stats).await;
+    let code = follow(&client, &mut events, call, &args, &engine).await;
     client.stop().await;
     code
 }
 
 pub async fn answer(client: Client, wait: Duration, args: MediaArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(args.engine());
-    let stats = engine.stats();
-    let client = client.with_media_engine(engine);
+    let client = client.with_media_engine(engine.clone());
     let mut events = client.subscribe();
     crate::start(&client).await?;
     let call = ringing(&client, &mut events, wait, args.json).await?;
     client.accept_call(call).await?;
-    let code = follow(&client, &mut events, call, &args, stats).await;
+    let code = follow(&client, &mut events, call, &args, &engine).await;
     client.stop().await;
     code
 }
