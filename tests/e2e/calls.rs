@@ -214,8 +214,8 @@ fn with_relay_only_ice_the_call_goes_through_coturn_with_rest_credentials() {
 }
 
 /// Headless Chromium (Debian's) on `page`, its fake microphone playing
-/// `tone` and a fake camera. Killed on drop.
-struct Browser(Child, tempfile::TempDir);
+/// `tone` and a fake camera. Killed on drop (its profile directory with it).
+struct Browser(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Browser {
     fn open(url: &str, tone: &Path, log: &Path) -> Browser {

@@ -113,7 +113,7 @@ fn media_engine() -> Result<(RtcMediaEngine, Registry)> {
     let mut media = RtcMediaEngine::default();
     media
         .register_codec(
-            RTCRtpCodecParameters { rtp_codec: opus(), payload_type: OPUS_PT, ..Default::default() },
+            RTCRtpCodecParameters { rtp_codec: opus(), payload_type: OPUS_PT },
             RtpCodecKind::Audio,
         )
         .map_err(rtc_error("opus"))?;
@@ -126,7 +126,7 @@ fn media_engine() -> Result<(RtcMediaEngine, Registry)> {
     };
     media
         .register_codec(
-            RTCRtpCodecParameters { rtp_codec: vp8, payload_type: VP8_PT, ..Default::default() },
+            RTCRtpCodecParameters { rtp_codec: vp8, payload_type: VP8_PT },
             RtpCodecKind::Video,
         )
         .map_err(rtc_error("vp8"))?;
