@@ -11,8 +11,14 @@ use std::time::Duration;
 
 /// Spawns a CLI call command with its media on loopback.
 fn spawn(p: &Profile, args: &[&str]) -> Child {
+    spawn_with(p, args, &[])
+}
+
+/// The same, with extra environment (`CONFAB_RELAY_ONLY`, …).
+fn spawn_with(p: &Profile, args: &[&str], env: &[(&str, &str)]) -> Child {
     p.cmd(args)
         .env("CONFAB_MEDIA_BIND", "127.0.0.1")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -171,15 +177,7 @@ fn with_relay_only_ice_the_call_goes_through_coturn_with_rest_credentials() {
     write_tone(&a_tone, 440.0, 10.0);
     write_tone(&b_tone, 660.0, 10.0);
     let (a_heard, b_heard) = (dir.path().join("alice-heard.wav"), dir.path().join("bob-heard.wav"));
-    let relay = |p: &Profile, args: &[&str]| {
-        p.cmd(args)
-            .env("CONFAB_MEDIA_BIND", "127.0.0.1")
-            .env("CONFAB_RELAY_ONLY", "true")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn confab")
-    };
+    let relay = |p: &Profile, args: &[&str]| spawn_with(p, args, &[("CONFAB_RELAY_ONLY", "true")]);
     let answer =
         relay(&bob, &["answer", "--json", "--wait", "30s", "--play", path(&b_tone), "--record", path(&b_heard)]);
     let call =

@@ -123,6 +123,13 @@ pub enum Action {
     StopMedia,
 }
 
+impl CallState {
+    /// The call this state is about (`None` when idle).
+    pub fn call(&self) -> Option<CallId> {
+        call_of(self)
+    }
+}
+
 fn call_of(state: &CallState) -> Option<CallId> {
     match state {
         CallState::Idle => None,

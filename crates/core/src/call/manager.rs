@@ -7,6 +7,7 @@
 
 use super::engine::{MediaEngine, MediaEvent, MediaParams, MediaSession};
 use super::machine::{step, Action, CallInput, CallState, Ending};
+use crate::cache::now_ms;
 use crate::types::{CallEndReason, CallPhase, CallView, ClientEvent};
 use crate::{Error, Inner, Result};
 use confab_protocol::{
@@ -56,22 +57,6 @@ struct Manager {
     /// Signals that came before the session started.
     early: Vec<confab_protocol::CallSignal>,
     media_tx: mpsc::Sender<(CallId, MediaEvent)>,
-}
-
-fn now() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
-}
-
-fn call_of(state: &CallState) -> Option<CallId> {
-    match state {
-        CallState::Idle => None,
-        CallState::Outgoing { call, .. }
-        | CallState::Incoming { call, .. }
-        | CallState::Connecting { call, .. }
-        | CallState::Active { call, .. }
-        | CallState::Reconnecting { call, .. }
-        | CallState::Ended { call, .. } => Some(*call),
-    }
 }
 
 fn reason_of(end: Ending) -> CallEndReason {
@@ -129,7 +114,7 @@ pub(crate) async fn run(
 impl Manager {
     fn view(&self) -> Option<CallView> {
         let d = self.details.as_ref()?;
-        let call = call_of(&self.state)?;
+        let call = self.state.call()?;
         let phase = match &self.state {
             CallState::Idle => return None,
             CallState::Outgoing { .. } => CallPhase::Calling,
@@ -139,7 +124,7 @@ impl Manager {
             CallState::Reconnecting { since, .. } => CallPhase::Reconnecting { since: *since },
             CallState::Ended { end, .. } => CallPhase::Ended {
                 reason: if d.error.is_some() { CallEndReason::Failed } else { reason_of(*end) },
-                duration_ms: d.active_since.map(|s| now() - s),
+                duration_ms: d.active_since.map(|s| now_ms() - s),
                 error: d.error.clone(),
             },
         };
@@ -156,7 +141,7 @@ impl Manager {
 
     /// Steps the machine and carries out what it says.
     async fn input(&mut self, input: CallInput) {
-        let (next, actions) = step(&self.state, &input, now());
+        let (next, actions) = step(&self.state, &input, now_ms());
         let changed = next != self.state;
         if let (CallState::Active { since, .. }, Some(d)) = (&next, self.details.as_mut()) {
             d.active_since.get_or_insert(*since);
@@ -204,7 +189,7 @@ impl Manager {
     }
 
     async fn start_media(&mut self, offerer: bool, video: bool) {
-        let Some(call) = call_of(&self.state) else { return };
+        let Some(call) = self.state.call() else { return };
         let Some(engine) = self.engine.clone() else {
             return self.fail("this device has no media engine for calls".into()).await;
         };
@@ -270,7 +255,7 @@ impl Manager {
     }
 
     fn ours(&self, call: CallId, ok_state: bool) -> Result<()> {
-        if call_of(&self.state) == Some(call) && ok_state {
+        if self.state.call() == Some(call) && ok_state {
             Ok(())
         } else {
             Err(Error::Invalid("no such call on this device".into()))
@@ -346,7 +331,7 @@ impl Manager {
         let CallFrame { call, conversation, peer, update } = frame;
         match &update {
             CallUpdate::Signal { signal } => {
-                if call_of(&self.state) != Some(call) {
+                if self.state.call() != Some(call) {
                     return;
                 }
                 match self.session.as_mut() {
@@ -383,7 +368,7 @@ impl Manager {
     }
 
     async fn media(&mut self, call: CallId, event: MediaEvent) {
-        if call_of(&self.state) != Some(call) || self.session.is_none() {
+        if self.state.call() != Some(call) || self.session.is_none() {
             return;
         }
         match event {

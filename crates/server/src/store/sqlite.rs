@@ -7,8 +7,8 @@ use super::{now_ms, AppendOutcome, LogPage, Membership, MessageMeta, Revoke, Ses
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
-    rules, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody, Member,
-    MemberState, Message, Millis, Reaction, UserId,
+    rules, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody,
+    Member, MemberState, Message, Millis, Reaction, UserId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -149,6 +149,32 @@ async fn insert_member(tx: &mut Transaction<'_, Sqlite>, conversation: &str, m: 
         .bind(m.admin)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// The row of a message just appended as `event` (its sender the actor);
+/// `call` is a call entry's record (JSON).
+async fn insert_message(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &ConvEvent,
+    seq: i64,
+    client_id: ClientId,
+    text: &str,
+    call: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event.conversation.to_string())
+    .bind(seq)
+    .bind(event.pos)
+    .bind(event.actor.to_string())
+    .bind(client_id.to_string())
+    .bind(text)
+    .bind(event.ts)
+    .bind(call)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -676,18 +702,7 @@ impl Store for SqliteStore {
             }
             let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
             let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
-            sqlx::query(
-                "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&conv)
-            .bind(seq)
-            .bind(event.pos)
-            .bind(actor.to_string())
-            .bind(client_id.to_string())
-            .bind(text)
-            .bind(event.ts)
-            .execute(&mut *tx)
-            .await?;
+            insert_message(&mut tx, &event, seq, *client_id, text, None).await?;
             let recipients = member_ids_tx(&mut tx, &conv).await?;
             tx.commit().await?;
             return Ok(AppendOutcome::Appended { event, recipients });
@@ -700,18 +715,7 @@ impl Store for SqliteStore {
             let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("serialize call", e))?;
             let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
             let EventBody::Call { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
-            sqlx::query(
-                "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call) VALUES (?, ?, ?, ?, ?, '', ?, ?)",
-            )
-            .bind(&conv)
-            .bind(seq)
-            .bind(event.pos)
-            .bind(actor.to_string())
-            .bind(call.to_string())
-            .bind(event.ts)
-            .bind(json)
-            .execute(&mut *tx)
-            .await?;
+            insert_message(&mut tx, &event, seq, *call, "", Some(&json)).await?;
             let recipients = member_ids_tx(&mut tx, &conv).await?;
             tx.commit().await?;
             return Ok(AppendOutcome::Appended { event, recipients });

@@ -112,10 +112,7 @@ fn opus() -> RTCRtpCodec {
 fn media_engine() -> Result<(RtcMediaEngine, Registry)> {
     let mut media = RtcMediaEngine::default();
     media
-        .register_codec(
-            RTCRtpCodecParameters { rtp_codec: opus(), payload_type: OPUS_PT },
-            RtpCodecKind::Audio,
-        )
+        .register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: OPUS_PT }, RtpCodecKind::Audio)
         .map_err(rtc_error("opus"))?;
     let vp8 = RTCRtpCodec {
         mime_type: MIME_TYPE_VP8.to_owned(),
@@ -125,10 +122,7 @@ fn media_engine() -> Result<(RtcMediaEngine, Registry)> {
         rtcp_feedback: vec![],
     };
     media
-        .register_codec(
-            RTCRtpCodecParameters { rtp_codec: vp8, payload_type: VP8_PT },
-            RtpCodecKind::Video,
-        )
+        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8, payload_type: VP8_PT }, RtpCodecKind::Video)
         .map_err(rtc_error("vp8"))?;
     let registry = webrtc::peer_connection::register_default_interceptors(Registry::new(), &mut media)
         .map_err(rtc_error("interceptors"))?;
