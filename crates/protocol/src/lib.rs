@@ -211,6 +211,13 @@ pub enum RequestBody {
         call: CallId,
         signal: CallSignal,
     },
+    /// After reconnecting: this device takes its place in an answered call
+    /// again. Only the device session that was in the call may rejoin, and
+    /// only within the server's rejoin grace. Reply: [`Reply::Call`];
+    /// `not_found` when the call is over.
+    CallRejoin {
+        call: CallId,
+    },
     /// This account's signed-in devices. Reply: [`Reply::Sessions`].
     Sessions {},
     /// Signs one of this account's devices out (its sockets close with
@@ -258,6 +265,7 @@ impl RequestBody {
         "call_decline",
         "call_hangup",
         "call_signal",
+        "call_rejoin",
         "sessions",
         "revoke_session",
         "revoke_other_sessions",
@@ -361,6 +369,9 @@ pub enum CallEnd {
     /// Both called each other at once: this call gave way to the other
     /// (the one with the lesser call id survives).
     Superseded,
+    /// The other side's device lost its connection and did not come back
+    /// within the rejoin grace.
+    ConnectionLost,
 }
 
 /// WebRTC signaling, relayed as is between the two devices in a call.

@@ -10,7 +10,12 @@
 //!   `answered_elsewhere`. **Decline**: every device stops ringing.
 //!   **Hangup**: a cancel while ringing, a hangup once answered.
 //! - Nobody answering within the ring timeout makes a **missed** call. A
-//!   device in a call that disconnects ends it.
+//!   caller that disconnects while it rings cancels it.
+//! - **Rejoin**: a device that disconnects from an answered call keeps its
+//!   place for the rejoin grace, because media runs peer to peer and often
+//!   outlives a signaling hiccup. The same device session (not another
+//!   device of the account) takes it back with `call_rejoin` after it
+//!   reconnects; otherwise the call ends as `connection_lost`.
 //!
 //! Signaling frames are ephemeral and never enter the ordered log; only the
 //! outcome does, committed before anyone is told (`EventBody::Call`).
@@ -24,28 +29,40 @@ use confab_protocol::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 struct Call {
     conversation: ConversationId,
     video: bool,
     caller: UserId,
     caller_conn: u64,
+    caller_session: Uuid,
     callee: UserId,
     /// The callee's device that took the call, once answered.
     callee_conn: Option<u64>,
+    callee_session: Option<Uuid>,
     rang_at: Instant,
     answered_at: Option<Instant>,
+    /// Since when a side's device has been disconnected (answered calls).
+    caller_gone: Option<Instant>,
+    callee_gone: Option<Instant>,
 }
 
 impl Call {
     fn involves(&self, user: UserId) -> bool {
         self.caller == user || self.callee == user
     }
+
+    /// When the first of its devices went away, if one is away.
+    fn gone_since(&self) -> Option<Instant> {
+        self.caller_gone.into_iter().chain(self.callee_gone).min()
+    }
 }
 
 pub struct Calls {
     calls: Mutex<HashMap<CallId, Call>>,
     ring_timeout: Duration,
+    rejoin_grace: Duration,
 }
 
 fn lock(m: &Mutex<HashMap<CallId, Call>>) -> std::sync::MutexGuard<'_, HashMap<CallId, Call>> {
@@ -57,8 +74,8 @@ fn no_call() -> ApiError {
 }
 
 impl Calls {
-    pub fn new(ring_timeout: Duration) -> Calls {
-        Calls { calls: Mutex::new(HashMap::new()), ring_timeout }
+    pub fn new(ring_timeout: Duration, rejoin_grace: Duration) -> Calls {
+        Calls { calls: Mutex::new(HashMap::new()), ring_timeout, rejoin_grace }
     }
 }
 
@@ -148,10 +165,14 @@ impl Service {
                     video,
                     caller: caller.user,
                     caller_conn: caller.conn,
+                    caller_session: caller.session,
                     callee,
                     callee_conn: None,
+                    callee_session: None,
                     rang_at: Instant::now(),
                     answered_at: None,
+                    caller_gone: None,
+                    callee_gone: None,
                 },
             );
             superseded
@@ -191,6 +212,7 @@ impl Service {
             }
             c.answered_at = Some(Instant::now());
             c.callee_conn = Some(caller.conn);
+            c.callee_session = Some(caller.session);
             (c.conversation, c.caller)
         };
         self.tell(peer, None, call, conversation, caller.user, CallUpdate::Accepted);
@@ -219,6 +241,28 @@ impl Service {
         };
         self.tell(to, Some(conn), call, conversation, caller.user, CallUpdate::Signal { signal });
         Ok(Reply::Done { pos: None })
+    }
+
+    /// The device that was in the call takes its place again, on the
+    /// connection it has now.
+    pub(crate) fn call_rejoin(&self, caller: &Caller, call: CallId) -> Result<Reply> {
+        let peer = {
+            let mut calls = lock(&self.calls.calls);
+            let c = calls.get_mut(&call).filter(|c| c.answered_at.is_some()).ok_or_else(no_call)?;
+            if c.caller == caller.user && c.caller_session == caller.session {
+                c.caller_conn = caller.conn;
+                c.caller_gone = None;
+                c.callee
+            } else if c.callee == caller.user && c.callee_session == Some(caller.session) {
+                c.callee_conn = Some(caller.conn);
+                c.callee_gone = None;
+                c.caller
+            } else {
+                // Another device of the account, or someone else entirely.
+                return Err(no_call());
+            }
+        };
+        Ok(Reply::Call { call, peer, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
 
     pub(crate) async fn call_decline(&self, caller: &Caller, call: CallId) -> Result<Reply> {
@@ -273,13 +317,17 @@ impl Service {
             .collect()
     }
 
-    /// Ends calls that rang too long (missed).
+    /// Ends calls that rang too long (missed) and calls whose device did
+    /// not come back within the rejoin grace (connection lost).
     pub async fn expire_calls(&self) {
         let expired: Vec<Ended> = {
             let mut calls = lock(&self.calls.calls);
             let late: Vec<CallId> = calls
                 .iter()
-                .filter(|(_, c)| c.answered_at.is_none() && c.rang_at.elapsed() >= self.calls.ring_timeout)
+                .filter(|(_, c)| match c.answered_at {
+                    None => c.rang_at.elapsed() >= self.calls.ring_timeout,
+                    Some(_) => c.gone_since().is_some_and(|t| t.elapsed() >= self.calls.rejoin_grace),
+                })
                 .map(|(id, _)| *id)
                 .collect();
             late.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, true))).collect()
@@ -291,18 +339,27 @@ impl Service {
         }
     }
 
-    /// A connection ended: a call it was in (or rang from) ends with it.
+    /// A connection ended: a call that rang from it is cancelled; in an
+    /// answered call its side waits for the device to rejoin.
     pub async fn connection_gone(&self, user: UserId, conn: u64) {
         let gone: Vec<Ended> = {
             let mut calls = lock(&self.calls.calls);
-            let ids: Vec<CallId> = calls
-                .iter()
-                .filter(|(_, c)| {
-                    (c.caller == user && c.caller_conn == conn) || (c.callee == user && c.callee_conn == Some(conn))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, false))).collect()
+            let now = Instant::now();
+            let mut cancelled = Vec::new();
+            for (id, c) in calls.iter_mut() {
+                let as_caller = c.caller == user && c.caller_conn == conn;
+                let as_callee = c.callee == user && c.callee_conn == Some(conn);
+                if c.answered_at.is_none() {
+                    if as_caller {
+                        cancelled.push(*id);
+                    }
+                } else if as_caller {
+                    c.caller_gone.get_or_insert(now);
+                } else if as_callee {
+                    c.callee_gone.get_or_insert(now);
+                }
+            }
+            cancelled.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, false))).collect()
         };
         for ended in gone {
             if let Err(e) = self.finish(ended).await {
@@ -325,13 +382,19 @@ impl Service {
     }
 }
 
-/// How a call that is removed ends: missed (timed out), cancelled (the
-/// caller gave up while it rang), or completed (answered, then hung up).
+/// How a call that is removed ends: missed (timed out while it rang),
+/// cancelled (the caller gave up while it rang), completed (answered, then
+/// hung up), or completed with its connection lost (a device stayed away
+/// past the rejoin grace; the call lasted until it left).
 fn end_of(call: CallId, c: Call, timed_out: bool) -> Ended {
-    let (reason, outcome) = match c.answered_at {
-        Some(at) => (CallEnd::HungUp, CallOutcome::Completed { duration_ms: at.elapsed().as_millis() as i64 }),
-        None if timed_out => (CallEnd::Missed, CallOutcome::Missed),
-        None => (CallEnd::Cancelled, CallOutcome::Cancelled),
+    let completed = |at: Instant, until: Instant| CallOutcome::Completed {
+        duration_ms: until.saturating_duration_since(at).as_millis() as i64,
+    };
+    let (reason, outcome) = match (c.answered_at, c.gone_since()) {
+        (Some(at), Some(gone)) if timed_out => (CallEnd::ConnectionLost, completed(at, gone)),
+        (Some(at), _) => (CallEnd::HungUp, completed(at, Instant::now())),
+        (None, _) if timed_out => (CallEnd::Missed, CallOutcome::Missed),
+        (None, _) => (CallEnd::Cancelled, CallOutcome::Cancelled),
     };
     // Once answered only the two devices in the call are told; before,
     // every device of the callee was ringing.

@@ -66,6 +66,9 @@ pub struct Limits {
     pub session_ttl: Duration,
     /// A call nobody answers within this long is missed.
     pub call_ring_timeout: Duration,
+    /// How long a device that dropped out of an answered call may take to
+    /// reconnect and rejoin it.
+    pub call_rejoin_grace: Duration,
     /// Take the client's address from `X-Forwarded-For` (only behind a
     /// proxy that sets it).
     pub trust_proxy: bool,
@@ -93,6 +96,7 @@ impl Default for Limits {
             accounts_per_hour: 20,
             session_ttl: Duration::from_secs(90 * 24 * 3600),
             call_ring_timeout: Duration::from_secs(45),
+            call_rejoin_grace: Duration::from_secs(20),
             trust_proxy: false,
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
@@ -163,7 +167,7 @@ impl AppState {
             dummy_hash,
             service: Arc::new(
                 Service::new(store, hub, max_members, epoch, log_total)
-                    .with_call_ring_timeout(limits.call_ring_timeout)
+                    .with_call_timeouts(limits.call_ring_timeout, limits.call_rejoin_grace)
                     .with_ice(ice),
             ),
             limits: Arc::new(limits.clone()),

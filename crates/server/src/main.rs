@@ -59,6 +59,10 @@ struct Args {
     /// How long a call rings before it is missed, in seconds.
     #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..=600))]
     call_ring_seconds: u64,
+    /// How long a device that dropped out of an answered call may take to
+    /// reconnect and rejoin it, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    call_rejoin_seconds: u64,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -109,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
     config.limits.call_ring_timeout = std::time::Duration::from_secs(args.call_ring_seconds);
+    config.limits.call_rejoin_grace = std::time::Duration::from_secs(args.call_rejoin_seconds);
     if let Some(n) = args.hash_threads {
         config.limits.hash_threads = n.clamp(1, 64);
     }

@@ -62,7 +62,7 @@ impl Service {
         Service {
             store,
             hub,
-            calls: crate::calls::Calls::new(std::time::Duration::from_secs(45)),
+            calls: crate::calls::Calls::new(std::time::Duration::from_secs(45), std::time::Duration::from_secs(20)),
             ice: crate::ice::IceConfig::default(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             max_group_members,
@@ -153,8 +153,8 @@ impl Service {
     }
 
     /// How long a call rings before it is missed.
-    pub fn with_call_ring_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.calls = crate::calls::Calls::new(timeout);
+    pub fn with_call_timeouts(mut self, ring: std::time::Duration, rejoin: std::time::Duration) -> Self {
+        self.calls = crate::calls::Calls::new(ring, rejoin);
         self
     }
 
@@ -477,6 +477,7 @@ impl Service {
             RequestBody::CallDecline { call } => self.call_decline(caller, call).await,
             RequestBody::CallHangup { call } => self.call_hangup(caller, call).await,
             RequestBody::CallSignal { call, signal } => self.call_signal(caller, call, signal),
+            RequestBody::CallRejoin { call } => self.call_rejoin(caller, call),
             RequestBody::Sessions {} => {
                 let sessions = self
                     .store

@@ -124,6 +124,88 @@ async fn decline_cancel_and_no_answer_end_the_call_and_are_logged() {
     assert_eq!(update(&mut bob, &dropped, "ended").await["update"]["reason"], "cancelled");
 }
 
+/// Alice calls bob and bob answers; returns the call.
+async fn answered(alice: &mut Ws, bob: &mut Ws, conv: &str) -> String {
+    let call = call_id();
+    alice.ok(json!({"type": "call_invite", "conversation": conv, "call": call, "video": false})).await;
+    update(bob, &call, "incoming").await;
+    bob.ok(json!({"type": "call_accept", "call": call})).await;
+    update(alice, &call, "accepted").await;
+    call
+}
+
+#[tokio::test]
+async fn a_device_that_drops_out_of_a_call_rejoins_it_and_only_that_device_can() {
+    let s = TestServer::with_limits(Limits {
+        requests_per_sec: 100_000,
+        request_burst: 100_000,
+        call_rejoin_grace: Duration::from_millis(800),
+        ..Limits::default()
+    })
+    .await;
+    let alice_token = s.register("alice").await;
+    let mut alice = s.connect(&alice_token).await;
+    let (_, other) = s.post("/v1/login", &json!({"username": "alice", "password": PASSWORD}).to_string(), None).await;
+    let mut alice_laptop = s.connect(other["token"].as_str().expect("token")).await;
+    let mut bob = s.user("bob").await;
+    let mut carol = s.user("carol").await;
+    let conv = dm(&mut alice, "bob").await;
+    let call = answered(&mut alice, &mut bob, &conv).await;
+
+    // Alice's socket drops. The call waits for her; nobody is told it ended.
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Neither another device of hers nor a third party can take her place.
+    assert_eq!(alice_laptop.err(json!({"type": "call_rejoin", "call": call})).await, "not_found");
+    assert_eq!(carol.err(json!({"type": "call_rejoin", "call": call})).await, "not_found");
+    assert_eq!(bob.err(json!({"type": "call_rejoin", "call": call_id()})).await, "not_found");
+    // The same device, reconnected, rejoins; signaling flows both ways again.
+    let mut alice = s.connect(&alice_token).await;
+    let r = alice.ok(json!({"type": "call_rejoin", "call": call})).await;
+    assert_eq!(r["call"], call.as_str());
+    assert!(r["ice_servers"].is_array());
+    alice.ok(json!({"type": "call_signal", "call": call, "signal": {"type": "offer", "sdp": "v=0 restart"}})).await;
+    assert_eq!(update(&mut bob, &call, "signal").await["update"]["signal"]["sdp"], "v=0 restart");
+    bob.ok(json!({"type": "call_signal", "call": call, "signal": {"type": "answer", "sdp": "v=0 ok"}})).await;
+    assert_eq!(update(&mut alice, &call, "signal").await["update"]["signal"]["sdp"], "v=0 ok");
+    // Past the grace the call is still up: the rejoin counted.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    bob.quiet(Duration::from_millis(100), |f| f["update"]["type"] == "ended").await;
+    bob.ok(json!({"type": "call_hangup", "call": call})).await;
+    assert_eq!(update(&mut alice, &call, "ended").await["update"]["reason"], "hung_up");
+    let entry = logged(&mut bob, &conv).await;
+    assert_eq!(entry["outcome"]["type"], "completed");
+    assert!(entry["outcome"]["duration_ms"].as_i64().is_some_and(|d| d >= 1500), "{entry}");
+}
+
+#[tokio::test]
+async fn a_device_that_does_not_come_back_in_time_ends_the_call_as_connection_lost() {
+    let s = TestServer::with_limits(Limits {
+        requests_per_sec: 100_000,
+        request_burst: 100_000,
+        call_rejoin_grace: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .await;
+    let alice_token = s.register("alice").await;
+    let mut alice = s.connect(&alice_token).await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    let call = answered(&mut alice, &mut bob, &conv).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(alice);
+    assert_eq!(update(&mut bob, &call, "ended").await["update"]["reason"], "connection_lost");
+    // The call lasted until alice left, not until the grace ran out.
+    let entry = logged(&mut bob, &conv).await;
+    assert_eq!(entry["outcome"]["type"], "completed");
+    let duration = entry["outcome"]["duration_ms"].as_i64().expect("duration");
+    assert!((250..500).contains(&duration), "{entry}");
+    // Too late to rejoin; bob is free for a new call.
+    let mut alice = s.connect(&alice_token).await;
+    assert_eq!(alice.err(json!({"type": "call_rejoin", "call": call})).await, "not_found");
+    answered(&mut alice, &mut bob, &conv).await;
+}
+
 #[tokio::test]
 async fn when_both_call_at_once_the_lesser_call_id_survives() {
     let s = TestServer::start().await;
