@@ -375,16 +375,17 @@ mod cases {
     struct Device {
         client: Client,
         events: broadcast::Receiver<ClientEvent>,
+        engine: Arc<NativeEngine>,
     }
 
     async fn device(root: &Path, server: &str, name: &str, profile: &str, register: bool) -> Device {
-        let engine = NativeEngine::new(NativeConfig {
+        let engine = Arc::new(NativeEngine::new(NativeConfig {
             input: AudioInput::Silence,
             output: AudioOutput::Discard,
             bind: vec![[127, 0, 0, 1].into()],
             relay_only: false,
-        });
-        let client = Client::open(&root.join(profile)).await.expect("profile").with_media_engine(Arc::new(engine));
+        }));
+        let client = Client::open(&root.join(profile)).await.expect("profile").with_media_engine(engine.clone());
         if register {
             client.register(server, name, PASSWORD).await.expect("register");
         } else {
@@ -393,7 +394,7 @@ mod cases {
         let events = client.subscribe();
         client.start().await.expect("start");
         client.wait_connected(T).await.expect("connected");
-        Device { client, events }
+        Device { client, events, engine }
     }
 
     impl Device {
@@ -417,6 +418,22 @@ mod cases {
 
         async fn active(&mut self, call: confab_protocol::CallId) -> CallView {
             self.until("active", |c| c.call == call && matches!(c.phase, CallPhase::Active { .. })).await
+        }
+
+        fn decoded(&self) -> u64 {
+            self.engine.stats().audio_frames_decoded.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        /// The call's phase now; panics if it ended since the last look.
+        async fn still_in(&mut self, call: confab_protocol::CallId) -> CallPhase {
+            while let Ok(e) = self.events.try_recv() {
+                if let ClientEvent::Call { call: v } = e {
+                    assert!(!matches!(v.phase, CallPhase::Ended { .. }), "the call ended: {v:?}");
+                }
+            }
+            let view = self.client.current_call().await.expect("current call").expect("a call");
+            assert_eq!(view.call, call);
+            view.phase
         }
 
         async fn ended(&mut self, call: confab_protocol::CallId) -> CallEndReason {
@@ -554,6 +571,103 @@ mod cases {
                 assert!(tokio::time::Instant::now() < deadline, "entries: {outcomes:?}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        });
+    }
+
+    /// Alice calls bob and bob answers; both see media flowing.
+    async fn answered(
+        alice: &mut Device,
+        bob: &mut Device,
+    ) -> (confab_protocol::ConversationId, confab_protocol::CallId) {
+        let conv = alice.client.open_direct("bob").await.expect("dm");
+        let call = alice.client.call(conv, false).await.expect("dial");
+        bob.ringing().await;
+        bob.client.accept_call(call).await.expect("accept");
+        alice.active(call).await;
+        bob.active(call).await;
+        (conv, call)
+    }
+
+    async fn entry(device: &Device, conv: confab_protocol::ConversationId) -> confab_protocol::CallRecord {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let history = device.client.history(conv, None, 20).await.expect("history");
+            if let Some(c) = history.iter().rev().find_map(|m| m.call) {
+                return c;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no call entry");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[test]
+    fn an_answered_call_outlives_a_signaling_outage_and_the_device_rejoins_it() {
+        if ran_in_loopback_namespace(
+            "calls::cases::an_answered_call_outlives_a_signaling_outage_and_the_device_rejoins_it",
+        ) {
+            return;
+        }
+        let dir = temp_dir("call-outage");
+        let server = Server::start_with(dir.path(), 0, &["--call-rejoin-seconds", "4"]);
+        // Alice reaches the server through a link the test can cut.
+        let proxy = Proxy::start(&server.url);
+        run(async {
+            let mut alice = device(dir.path(), &proxy.url, "alice", "a", true).await;
+            let mut bob = device(dir.path(), &server.url, "bob", "b", true).await;
+            let (conv, call) = answered(&mut alice, &mut bob).await;
+            let started = tokio::time::Instant::now();
+            let before = (alice.decoded(), bob.decoded());
+            proxy.cut();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Media runs peer to peer: both still hear each other.
+            let during = (alice.decoded(), bob.decoded());
+            assert!(during.0 >= before.0 + 50 && during.1 >= before.1 + 50, "{before:?} -> {during:?}");
+            assert!(matches!(alice.still_in(call).await, CallPhase::Active { .. }));
+            proxy.restore();
+            alice.client.wait_connected(T).await.expect("reconnects");
+            // Past the server's rejoin grace, counted from the cut: had
+            // alice not rejoined, the server would have ended the call.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert!(matches!(alice.still_in(call).await, CallPhase::Active { .. }));
+            assert!(matches!(bob.still_in(call).await, CallPhase::Active { .. }));
+            // Signaling reaches alice again: bob hangs up, she hears of it.
+            bob.client.hang_up(call).await.expect("hang up");
+            assert_eq!(alice.ended(call).await, CallEndReason::HungUp);
+            let lasted = started.elapsed().as_millis() as i64;
+            match entry(&bob, conv).await.outcome {
+                confab_protocol::CallOutcome::Completed { duration_ms } => {
+                    assert!((lasted - 1000..=lasted + 1000).contains(&duration_ms), "{duration_ms} vs {lasted}")
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_device_that_stays_away_ends_the_call_as_connection_lost_and_learns_it_on_return() {
+        if ran_in_loopback_namespace(
+            "calls::cases::a_device_that_stays_away_ends_the_call_as_connection_lost_and_learns_it_on_return",
+        ) {
+            return;
+        }
+        let dir = temp_dir("call-gone");
+        let server = Server::start_with(dir.path(), 0, &["--call-rejoin-seconds", "2"]);
+        let proxy = Proxy::start(&server.url);
+        run(async {
+            let mut alice = device(dir.path(), &proxy.url, "alice", "a", true).await;
+            let mut bob = device(dir.path(), &server.url, "bob", "b", true).await;
+            let (conv, call) = answered(&mut alice, &mut bob).await;
+            proxy.cut();
+            assert_eq!(bob.ended(call).await, CallEndReason::ConnectionLost);
+            assert!(matches!(entry(&bob, conv).await.outcome, confab_protocol::CallOutcome::Completed { .. }));
+            // Back online, alice learns at once that the call is over,
+            // rather than after her own media grace.
+            proxy.restore();
+            let back = tokio::time::Instant::now();
+            assert_eq!(alice.ended(call).await, CallEndReason::ConnectionLost);
+            assert!(back.elapsed() < Duration::from_secs(10), "{:?}", back.elapsed());
+            // And both are free for the next call.
+            answered(&mut alice, &mut bob).await;
         });
     }
 }

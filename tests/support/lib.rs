@@ -512,3 +512,69 @@ pub fn share_hearing(samples: &[f64], rate: u32, want: f64, other: f64, min_leve
         .count();
     (good as f64 / windows.len().max(1) as f64, windows.len())
 }
+
+/// A TCP proxy in front of a server whose links a test can cut, as a
+/// network outage would: every proxied connection closes at once, and new
+/// ones are closed on arrival until [`Proxy::restore`].
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>` of the proxy.
+    pub url: String,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    /// Both ends of every proxied connection, to shut down on a cut.
+    open: Vec<std::net::TcpStream>,
+}
+
+impl Proxy {
+    /// Proxies to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> Proxy {
+        let target = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy addr"));
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
+                if st.cut {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+                st.open.extend([c2, s2]);
+                for (mut from, mut to) in
+                    [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
+                        .into_iter()
+                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { url, state }
+    }
+
+    /// Closes every link through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.cut = true;
+        for s in st.open.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets links through again.
+    pub fn restore(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).cut = false;
+    }
+}

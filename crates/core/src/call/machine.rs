@@ -92,9 +92,21 @@ pub enum CallInput {
     MediaLost,
     /// Time passes (checked against the reconnect grace).
     Tick,
-    /// The link to the server dropped; the server ends a call whose device
-    /// disconnects, so the call is over for this device.
+    /// The link to the server dropped. A ringing call is over for this
+    /// device (the server cancels ours, and rings again for theirs when we
+    /// are back); an answered one goes on, since media runs peer to peer
+    /// and the server keeps our place for its rejoin grace.
     LinkDropped,
+    /// The link is back.
+    LinkRestored,
+    /// The server gave this device its place in the call back.
+    Rejoined {
+        call: CallId,
+    },
+    /// The server has no place for us: the call ended while we were away.
+    RejoinRefused {
+        call: CallId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +133,10 @@ pub enum Action {
     },
     RestartIce,
     StopMedia,
+    /// Take our place in the call again after the link came back.
+    SendRejoin {
+        call: CallId,
+    },
 }
 
 impl CallState {
@@ -150,7 +166,7 @@ pub fn step(state: &CallState, input: &CallInput, now: Millis) -> (CallState, Ve
     let same = (state.clone(), Vec::new());
     let ended = |call: CallId, end: Ending, actions: Vec<Action>| (S::Ended { call, end }, actions);
     // Updates about another call than ours.
-    if let In::Server { call, .. } | In::Busy { call } = input {
+    if let In::Server { call, .. } | In::Busy { call } | In::Rejoined { call } | In::RejoinRefused { call } = input {
         if call_of(state) != Some(*call) {
             return match (state, input) {
                 // Something rings while we are idle (or done with a call).
@@ -222,12 +238,20 @@ pub fn step(state: &CallState, input: &CallInput, now: Millis) -> (CallState, Ve
             S::Connecting { call, .. } | S::Active { call, .. } | S::Reconnecting { call, .. },
             In::Server { update: CallUpdate::Ended { reason }, .. },
         ) => ended(*call, Ending::Server(*reason), vec![StopMedia]),
-        // Without the link the server ends our call; so do we.
+        // Without the link a ringing call is over for this device.
         (S::Outgoing { call, .. }, In::LinkDropped) => ended(*call, Ending::ConnectionLost, vec![]),
         (S::Incoming { call, .. }, In::LinkDropped) => ended(*call, Ending::ConnectionLost, vec![StopRinging]),
-        (S::Connecting { call, .. } | S::Active { call, .. } | S::Reconnecting { call, .. }, In::LinkDropped) => {
-            ended(*call, Ending::ConnectionLost, vec![StopMedia])
+        // An answered call goes on; once the link is back, rejoin it.
+        (S::Connecting { call, .. } | S::Active { call, .. } | S::Reconnecting { call, .. }, In::LinkRestored) => {
+            (state.clone(), vec![SendRejoin { call: *call }])
         }
+        // Signals sent while away may be lost: restart ICE unless media
+        // is flowing.
+        (S::Connecting { .. } | S::Reconnecting { .. }, In::Rejoined { .. }) => (state.clone(), vec![RestartIce]),
+        (
+            S::Connecting { call, .. } | S::Active { call, .. } | S::Reconnecting { call, .. },
+            In::RejoinRefused { .. },
+        ) => ended(*call, Ending::ConnectionLost, vec![StopMedia]),
         // Everything else changes nothing: a second Dial during a call, an
         // Accept with nothing ringing, signals (the engine takes those), …
         _ => same,
@@ -283,6 +307,10 @@ mod tests {
             CallInput::MediaLost,
             CallInput::Tick,
             CallInput::LinkDropped,
+            CallInput::LinkRestored,
+            CallInput::Rejoined { call: c },
+            CallInput::RejoinRefused { call: c },
+            CallInput::RejoinRefused { call: other },
         ]
     }
 
@@ -327,6 +355,13 @@ mod tests {
                     if active_media(&state) {
                         assert_eq!(call_of(&next), call_of(&state), "{what}");
                     }
+                    // A signaling outage alone never ends an answered call,
+                    // and its end makes an answered call rejoin.
+                    if active_media(&state) && input == CallInput::LinkDropped {
+                        assert_eq!(next, state, "{what}");
+                    }
+                    let rejoin = actions.iter().any(|a| matches!(a, Action::SendRejoin { .. }));
+                    assert_eq!(rejoin, active_media(&state) && input == CallInput::LinkRestored, "{what}");
                     // Whatever ends locally tells the server.
                     if let CallState::Ended { end: Ending::Local, call } = next {
                         if !matches!(state, CallState::Ended { .. }) {
@@ -339,7 +374,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 7 * 18 * 2);
+        assert_eq!(checked, 7 * 22 * 2);
     }
 
     #[test]
@@ -363,6 +398,31 @@ mod tests {
         let (s, a) = step(&s, &CallInput::Tick, 40 + RECONNECT_GRACE_MS);
         assert_eq!(s, CallState::Ended { call: c, end: Ending::ConnectionLost });
         assert_eq!(a, vec![Action::StopMedia, Action::SendHangup { call: c }]);
+    }
+
+    #[test]
+    fn an_answered_call_outlives_a_signaling_outage_and_rejoins() {
+        let (c, other) = ids();
+        let active = CallState::Active { call: c, video: false, since: 10 };
+        let (s, a) = step(&active, &CallInput::LinkDropped, 20);
+        assert_eq!((&s, a), (&active, vec![]));
+        let (s, a) = step(&s, &CallInput::LinkRestored, 30);
+        assert_eq!((&s, a), (&active, vec![Action::SendRejoin { call: c }]));
+        // Media flowed all along: nothing to restart.
+        let (s, a) = step(&s, &CallInput::Rejoined { call: c }, 31);
+        assert_eq!((&s, a), (&active, vec![]));
+        // Media was lost meanwhile: the offer made while away may be gone.
+        let lost = CallState::Reconnecting { call: c, video: false, since: 10, lost_at: 25 };
+        assert_eq!(step(&lost, &CallInput::Rejoined { call: c }, 31).1, vec![Action::RestartIce]);
+        // The call ended while we were away.
+        let (s, a) = step(&lost, &CallInput::RejoinRefused { call: c }, 31);
+        assert_eq!((s, a), (CallState::Ended { call: c, end: Ending::ConnectionLost }, vec![Action::StopMedia]));
+        // A stale refusal about another call changes nothing.
+        assert_eq!(step(&active, &CallInput::RejoinRefused { call: other }, 31), (active.clone(), vec![]));
+        // A ringing call is over without the link.
+        let ringing = CallState::Incoming { call: c, video: false };
+        let (s, a) = step(&ringing, &CallInput::LinkDropped, 20);
+        assert_eq!((s, a), (CallState::Ended { call: c, end: Ending::ConnectionLost }, vec![Action::StopRinging]));
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn reason_of(end: Ending) -> CallEndReason {
         Ending::Server(CallEnd::Missed) => CallEndReason::Missed,
         Ending::Server(CallEnd::HungUp) => CallEndReason::HungUp,
         Ending::Server(CallEnd::Superseded) => CallEndReason::Superseded,
+        Ending::Server(CallEnd::ConnectionLost) => CallEndReason::ConnectionLost,
         Ending::AnsweredElsewhere => CallEndReason::AnsweredElsewhere,
         Ending::DeclinedElsewhere => CallEndReason::DeclinedElsewhere,
         Ending::Busy => CallEndReason::Busy,
@@ -99,9 +100,7 @@ pub(crate) async fn run(
             changed = link_state.changed() => {
                 if changed.is_err() { break; }
                 let connected = *link_state.borrow_and_update() == crate::ConnectionState::Connected;
-                if !connected {
-                    m.input(CallInput::LinkDropped).await;
-                }
+                m.input(if connected { CallInput::LinkRestored } else { CallInput::LinkDropped }).await;
             }
             _ = tick.tick() => m.input(CallInput::Tick).await,
         }
@@ -175,12 +174,32 @@ impl Manager {
                     }
                 }
             }
+            Action::SendRejoin { call } => self.rejoin(call).await,
             Action::StopMedia => {
                 if let Some(mut s) = self.session.take() {
                     s.stop().await;
                 }
                 self.early.clear();
             }
+        }
+    }
+
+    /// Asks for our place in the call back after a reconnect.
+    async fn rejoin(&mut self, call: CallId) {
+        match self.inner.link().request(RequestBody::CallRejoin { call }).await {
+            Ok(Reply::Call { ice_servers, .. }) => {
+                if let Some(d) = self.details.as_mut() {
+                    d.ice_servers = ice_servers;
+                }
+                Box::pin(self.input(CallInput::Rejoined { call })).await;
+            }
+            Err(Error::Server { code: ErrorCode::NotFound, .. }) => {
+                Box::pin(self.input(CallInput::RejoinRefused { call })).await;
+            }
+            // The link dropped again (the next restore retries) or the
+            // server misbehaved; the media grace still bounds the call.
+            Ok(other) => tracing::warn!(?other, "call rejoin: unexpected reply"),
+            Err(e) => tracing::debug!(%e, "call rejoin"),
         }
     }
 
