@@ -670,4 +670,40 @@ mod cases {
             answered(&mut alice, &mut bob).await;
         });
     }
+
+    fn set_loopback(up: bool) {
+        let state = if up { "up" } else { "down" };
+        let out = std::process::Command::new("ip").args(["link", "set", "lo", state]).output().expect("ip");
+        assert!(out.status.success(), "ip link set lo {state}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn a_network_drop_shows_reconnecting_and_the_call_comes_back() {
+        if ran_in_loopback_namespace("calls::cases::a_network_drop_shows_reconnecting_and_the_call_comes_back") {
+            return;
+        }
+        let dir = temp_dir("call-network-drop");
+        let server = Server::start(dir.path());
+        run(async {
+            let mut alice = device(dir.path(), &server.url, "alice", "a", true).await;
+            let mut bob = device(dir.path(), &server.url, "bob", "b", true).await;
+            let (_conv, call) = answered(&mut alice, &mut bob).await;
+            // The whole network goes: media and signaling alike (this
+            // namespace has nothing but loopback).
+            set_loopback(false);
+            let reconnecting = |c: &CallView| c.call == call && matches!(c.phase, CallPhase::Reconnecting { .. });
+            alice.until("alice reconnecting", reconnecting).await;
+            bob.until("bob reconnecting", reconnecting).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            set_loopback(true);
+            alice.active(call).await;
+            bob.active(call).await;
+            let before = (alice.decoded(), bob.decoded());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = (alice.decoded(), bob.decoded());
+            assert!(after.0 >= before.0 + 25 && after.1 >= before.1 + 25, "{before:?} -> {after:?}");
+            alice.client.hang_up(call).await.expect("hang up");
+            assert_eq!(bob.ended(call).await, CallEndReason::HungUp);
+        });
+    }
 }
