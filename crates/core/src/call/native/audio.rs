@@ -291,6 +291,18 @@ mod device {
         Ok(stop_tx)
     }
 
+    /// The device's default format with a 20 ms period. The host's default
+    /// buffer can be seconds long (ALSA's pulse plugin): latency a call
+    /// cannot afford, and the reason a call's first words went missing.
+    fn low_latency(supported: &cpal::SupportedStreamConfig) -> cpal::StreamConfig {
+        let mut config = supported.config();
+        if let cpal::SupportedBufferSize::Range { min, max } = *supported.buffer_size() {
+            let period = (config.sample_rate / 50).clamp(min.min(max), max);
+            config.buffer_size = cpal::BufferSize::Fixed(period);
+        }
+        config
+    }
+
     fn stream_error(e: cpal::Error) {
         tracing::warn!(%e, "audio device error");
     }
@@ -304,7 +316,7 @@ mod device {
         pub fn open(name: Option<&str>) -> Result<Capture> {
             let device = pick(true, name)?;
             let supported = device.default_input_config().map_err(|e| Error::Invalid(format!("microphone: {e}")))?;
-            let config = supported.config();
+            let config = low_latency(&supported);
             let (rate, channels) = (config.sample_rate, usize::from(config.channels.max(1)));
             // Half a second at most: more is latency, not audio.
             let ring = Ring::new(SAMPLE_RATE as usize / 2);
@@ -350,7 +362,7 @@ mod device {
         pub fn open(name: Option<&str>) -> Result<Playback> {
             let device = pick(false, name)?;
             let supported = device.default_output_config().map_err(|e| Error::Invalid(format!("speaker: {e}")))?;
-            let config = supported.config();
+            let config = low_latency(&supported);
             let (rate, channels) = (config.sample_rate, usize::from(config.channels.max(1)));
             // 200 ms at most queued for the speaker.
             let ring = Ring::new(SAMPLE_RATE as usize / 5);
