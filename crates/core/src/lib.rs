@@ -523,6 +523,11 @@ impl Client {
         self.call_command(|reply| call::manager::Command::HangUp { call, reply }).await?
     }
 
+    /// Mutes or unmutes this device's microphone in its call.
+    pub async fn set_call_muted(&self, call: confab_protocol::CallId, muted: bool) -> Result<()> {
+        self.call_command(|reply| call::manager::Command::Mute { call, muted, reply }).await?
+    }
+
     /// This device's call, if any (the last one, once ended).
     pub async fn current_call(&self) -> Result<Option<CallView>> {
         self.call_command(|reply| call::manager::Command::Current { reply }).await

@@ -156,6 +156,8 @@ pub struct CallView {
     pub video: bool,
     /// This device placed the call.
     pub outgoing: bool,
+    /// This side's microphone is muted.
+    pub muted: bool,
     pub phase: CallPhase,
 }
 

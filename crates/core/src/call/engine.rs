@@ -62,6 +62,9 @@ pub trait MediaSession: Send + Sync + 'static {
     /// Media was lost: the offerer starts an ICE restart (a new offer); the
     /// answerer waits for it.
     async fn restart_ice(&mut self) -> Result<()>;
+    /// Mutes or unmutes this side's microphone (the other side hears
+    /// silence; the call and its timing go on).
+    async fn set_muted(&mut self, muted: bool) -> Result<()>;
     /// Ends the session and releases its devices and sockets.
     async fn stop(&mut self);
 }
@@ -77,6 +80,10 @@ pub enum ExternalMedia {
     },
     RestartIce {
         call: CallId,
+    },
+    Mute {
+        call: CallId,
+        muted: bool,
     },
     Stop {
         call: CallId,
@@ -140,6 +147,10 @@ impl MediaSession for ExternalSession {
 
     async fn restart_ice(&mut self) -> Result<()> {
         tell_ui(&self.to_ui, ExternalMedia::RestartIce { call: self.call }).await
+    }
+
+    async fn set_muted(&mut self, muted: bool) -> Result<()> {
+        tell_ui(&self.to_ui, ExternalMedia::Mute { call: self.call, muted }).await
     }
 
     async fn stop(&mut self) {

@@ -32,6 +32,7 @@ pub(crate) enum Command {
     Accept { call: CallId, reply: oneshot::Sender<Result<()>> },
     Decline { call: CallId, reply: oneshot::Sender<Result<()>> },
     HangUp { call: CallId, reply: oneshot::Sender<Result<()>> },
+    Mute { call: CallId, muted: bool, reply: oneshot::Sender<Result<()>> },
     Current { reply: oneshot::Sender<Option<CallView>> },
 }
 
@@ -46,6 +47,7 @@ struct Details {
     /// When media first flowed (for the duration this device reports).
     active_since: Option<Millis>,
     error: Option<String>,
+    muted: bool,
 }
 
 struct Manager {
@@ -134,6 +136,7 @@ impl Manager {
             peer_name: d.peer_name.clone(),
             video: d.video,
             outgoing: d.outgoing,
+            muted: d.muted,
             phase,
         })
     }
@@ -267,6 +270,22 @@ impl Manager {
                 }
                 let _ = reply.send(result);
             }
+            Command::Mute { call, muted, reply } => {
+                let result = self.ours(call, self.session.is_some());
+                let result = match (result, self.session.as_mut()) {
+                    (Ok(()), Some(s)) => s.set_muted(muted).await,
+                    (r, _) => r,
+                };
+                if result.is_ok() {
+                    if let Some(d) = self.details.as_mut() {
+                        d.muted = muted;
+                    }
+                    if let Some(view) = self.view() {
+                        self.inner.emit(ClientEvent::Call { call: view });
+                    }
+                }
+                let _ = reply.send(result);
+            }
             Command::Current { reply } => {
                 let _ = reply.send(self.view());
             }
@@ -314,6 +333,7 @@ impl Manager {
             ice_servers,
             active_since: None,
             error: None,
+            muted: false,
         });
         self.early.clear();
         self.input(CallInput::Dial { call, video }).await;
@@ -377,6 +397,7 @@ impl Manager {
                         ice_servers: Vec::new(),
                         active_since: None,
                         error: None,
+                        muted: false,
                     });
                     self.early.clear();
                 }

@@ -234,6 +234,65 @@ impl Ring {
     }
 }
 
+/// The ring of an incoming call, played to an output until dropped: two
+/// 400 ms bursts of 400 + 450 Hz, 200 ms apart, every 3 s (the British
+/// double ring, recognisable and easy to tell apart from speech).
+pub struct Ringtone {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The ring's sample `i` (48 kHz) at half scale.
+pub fn ring_sample(i: usize) -> i16 {
+    let t = i as f64 / SAMPLE_RATE as f64;
+    let in_cycle = t % 3.0;
+    let on = in_cycle < 0.4 || (0.6..1.0).contains(&in_cycle);
+    if !on {
+        return 0;
+    }
+    let tau = std::f64::consts::TAU;
+    (((tau * 400.0 * t).sin() + (tau * 450.0 * t).sin()) * 0.25 * i16::MAX as f64) as i16
+}
+
+impl Ringtone {
+    pub fn start(output: &AudioOutput) -> Result<Ringtone> {
+        let mut sink = open_sink(output)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("confab-ringtone".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut frame = [0i16; FRAME];
+                let mut n = 0usize;
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (k, s) in frame.iter_mut().enumerate() {
+                        *s = ring_sample(n * FRAME + k);
+                    }
+                    if sink.write(&frame).is_err() {
+                        break;
+                    }
+                    n += 1;
+                    // Real time: the device's queue is short.
+                    let due = started + std::time::Duration::from_millis(20 * n as u64);
+                    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                }
+                let _ = sink.finish();
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start the ringtone: {e}")))?;
+        Ok(Ringtone { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Ringtone {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Real devices through cpal. A cpal stream is not `Send` everywhere, so
 /// each lives on its own thread, fed through a [`Ring`].
 mod device {
@@ -421,6 +480,22 @@ mod device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ringtone_rings_into_a_wav_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring.wav");
+        let ring = Ringtone::start(&AudioOutput::Wav(path.clone())).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(ring);
+        let samples: Vec<i16> = hound::WavReader::open(&path).unwrap().into_samples().map(|s| s.unwrap()).collect();
+        // About 300 ms of it, loud at the start, and nothing after the drop.
+        assert!((12_000..=20_000).contains(&samples.len()), "{}", samples.len());
+        assert!(samples.iter().take(4800).any(|s| s.unsigned_abs() > 8000));
+        assert_eq!(ring_sample(24_100), 0, "quiet between the bursts");
+        assert_eq!(ring_sample(48_000 * 2 + 100), 0, "quiet after the double ring");
+        assert_ne!(ring_sample(48_000 * 3 + 100), 0, "and again");
+    }
 
     #[test]
     fn a_wav_file_comes_back_as_48k_mono_frames_then_silence() {

@@ -262,6 +262,8 @@ struct NativeSession {
     pending: Vec<RTCIceCandidateInit>,
     sink: Arc<Mutex<Box<dyn AudioSink>>>,
     sender: tokio::task::JoinHandle<()>,
+    /// The microphone is muted: frames of silence go out instead.
+    muted: Arc<AtomicBool>,
     stopped: bool,
 }
 
@@ -343,9 +345,18 @@ impl MediaEngine for NativeEngine {
             let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
             pc.add_transceiver_from_kind(RtpCodecKind::Video, Some(init)).await.map_err(rtc_error("video"))?;
         }
-        let sender = tokio::spawn(send_audio(source, track, ssrc, connected_rx, stats));
-        let mut session =
-            NativeSession { pc, events, offerer: params.offerer, pending: Vec::new(), sink, sender, stopped: false };
+        let muted = Arc::new(AtomicBool::new(false));
+        let sender = tokio::spawn(send_audio(source, track, ssrc, connected_rx, muted.clone(), stats));
+        let mut session = NativeSession {
+            pc,
+            events,
+            offerer: params.offerer,
+            pending: Vec::new(),
+            sink,
+            sender,
+            muted,
+            stopped: false,
+        };
         if params.offerer {
             session.offer().await?;
         }
@@ -359,6 +370,7 @@ async fn send_audio(
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     mut connected: watch::Receiver<bool>,
+    muted: Arc<AtomicBool>,
     stats: Arc<NativeStats>,
 ) {
     let mut encoder = match opus::Encoder::new(audio::SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip) {
@@ -380,7 +392,12 @@ async fn send_audio(
         if !*connected.borrow() {
             continue;
         }
+        // The device is read even when muted, so unmuting sends what is
+        // said now rather than what queued up meanwhile.
         source.read(&mut frame);
+        if muted.load(Ordering::Relaxed) {
+            frame.fill(0);
+        }
         let n = match encoder.encode(&frame, &mut packet) {
             Ok(n) => n,
             Err(e) => {
@@ -459,6 +476,11 @@ impl MediaSession for NativeSession {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn set_muted(&mut self, muted: bool) -> Result<()> {
+        self.muted.store(muted, Ordering::Relaxed);
         Ok(())
     }
 
