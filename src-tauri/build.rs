@@ -28,6 +28,13 @@ const COMMANDS: &[&str] = &[
     "settings",
     "save_settings",
     "open_link",
+    "start_call",
+    "accept_call",
+    "decline_call",
+    "hang_up",
+    "set_call_muted",
+    "current_call",
+    "call_capabilities",
 ];
 
 fn main() {

@@ -281,3 +281,70 @@ pub async fn open_link(app: AppHandle, url: String) -> Result<()> {
     }
     app.opener().open_url(url, None::<&str>).map_err(|e| AppError::new("internal", e.to_string()))
 }
+
+/// What this device can do in a call, for the call buttons and screen.
+#[derive(Clone, Debug, Serialize, Deserialize, Type)]
+pub struct CallCapabilities {
+    /// Audio calls work (a media engine is present).
+    pub audio: bool,
+    /// Video can be sent and shown here.
+    pub video: bool,
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn call_capabilities(_app: AppHandle) -> Result<CallCapabilities> {
+    // The native engine carries audio; it receives video but cannot show
+    // it, so video is offered only once the webview's own WebRTC drives
+    // calls (where the webview has it).
+    Ok(CallCapabilities { audio: true, video: false })
+}
+
+/// Calls the other member of a direct conversation.
+#[tauri::command]
+#[specta::specta]
+pub async fn start_call(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    video: bool,
+) -> Result<confab_protocol::CallId> {
+    Ok(shell.client().await?.call(conversation, video).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn accept_call(_app: AppHandle, shell: State<'_, Shell>, call: confab_protocol::CallId) -> Result<()> {
+    Ok(shell.client().await?.accept_call(call).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn decline_call(_app: AppHandle, shell: State<'_, Shell>, call: confab_protocol::CallId) -> Result<()> {
+    Ok(shell.client().await?.decline_call(call).await?)
+}
+
+/// Cancels a ringing call or ends a running one.
+#[tauri::command]
+#[specta::specta]
+pub async fn hang_up(_app: AppHandle, shell: State<'_, Shell>, call: confab_protocol::CallId) -> Result<()> {
+    Ok(shell.client().await?.hang_up(call).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn set_call_muted(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    call: confab_protocol::CallId,
+    muted: bool,
+) -> Result<()> {
+    Ok(shell.client().await?.set_call_muted(call, muted).await?)
+}
+
+/// This device's call, if any (the last one, once ended).
+#[tauri::command]
+#[specta::specta]
+pub async fn current_call(_app: AppHandle, shell: State<'_, Shell>) -> Result<Option<confab_core::CallView>> {
+    Ok(shell.client().await?.current_call().await?)
+}

@@ -43,6 +43,13 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::settings,
             commands::save_settings,
             commands::open_link,
+            commands::start_call,
+            commands::accept_call,
+            commands::decline_call,
+            commands::hang_up,
+            commands::set_call_muted,
+            commands::current_call,
+            commands::call_capabilities,
         ])
         .events(tauri_specta::collect_events![shell::CoreEvent, shell::PlaySound, shell::OpenConversation])
         // Seqs and millisecond timestamps stay far below 2^53.

@@ -29,6 +29,8 @@ pub struct Shell {
     root: PathBuf,
     account: tokio::sync::Mutex<Option<Account>>,
     attention: Mutex<Attention>,
+    /// Plays while a call rings on this device.
+    ringtone: Mutex<Option<confab_core::call::native::audio::Ringtone>>,
 }
 
 struct Account {
@@ -38,7 +40,7 @@ struct Account {
 
 impl Shell {
     pub fn new(root: PathBuf) -> Self {
-        Shell { root, account: Default::default(), attention: Default::default() }
+        Shell { root, account: Default::default(), attention: Default::default(), ringtone: Default::default() }
     }
 
     /// The profile directory of the (single, for now) account.
@@ -60,7 +62,24 @@ impl Shell {
         Ok(Client::open(&self.profile())
             .await?
             .with_secret_store(Arc::new(crate::keychain::Keychain))
-            .with_device_name(format!("Confab app on {host}")))
+            .with_device_name(format!("Confab app on {host}"))
+            .with_media_engine(Arc::new(media_engine())))
+    }
+
+    /// Rings (or stops ringing) for the call as it now stands.
+    fn ring(&self, call: &confab_core::CallView, sound: bool) {
+        let ringing = call.phase == confab_core::CallPhase::Ringing && !call.outgoing && sound;
+        let mut tone = self.ringtone.lock().unwrap_or_else(|e| e.into_inner());
+        if !ringing {
+            // Dropping it stops it.
+            tone.take();
+        } else if tone.is_none() {
+            use confab_core::call::native::audio::{AudioOutput, Ringtone};
+            match Ringtone::start(&AudioOutput::Device) {
+                Ok(t) => *tone = Some(t),
+                Err(e) => tracing::warn!(%e, "no ringtone"),
+            }
+        }
     }
 
     pub fn attention(&self) -> Attention {
@@ -87,11 +106,29 @@ impl Shell {
     }
 
     pub async fn deactivate(&self) -> Option<Arc<Client>> {
+        self.ringtone.lock().unwrap_or_else(|e| e.into_inner()).take();
         let account = self.account.lock().await.take()?;
         account.forwarder.abort();
         account.client.stop().await;
         Some(account.client)
     }
+}
+
+/// Calls run on the native engine: the microphone and speaker through
+/// cpal. `CONFAB_MEDIA_BIND` (addresses, comma-separated) limits where it
+/// gathers candidates, and `CONFAB_RELAY_ONLY=true` hides this device's
+/// address behind TURN, as for the CLI.
+fn media_engine() -> confab_core::call::native::NativeEngine {
+    use confab_core::call::native::{NativeConfig, NativeEngine};
+    let mut config = NativeConfig::default();
+    if let Ok(bind) = std::env::var("CONFAB_MEDIA_BIND") {
+        let addrs: Vec<std::net::IpAddr> = bind.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+        if !addrs.is_empty() {
+            config.bind = addrs;
+        }
+    }
+    config.relay_only = std::env::var("CONFAB_RELAY_ONLY").is_ok_and(|v| v == "true" || v == "1");
+    NativeEngine::new(config)
 }
 
 /// On launch: start the saved session, if any.
@@ -128,6 +165,26 @@ async fn forward<R: Runtime>(
             }
             _ => None,
         };
+        if let ClientEvent::Call { call } = &event {
+            let shell = app.state::<Shell>();
+            let prefs = settings::load(&app);
+            shell.ring(call, prefs.sound);
+            // A call ringing while the window is not in front is announced;
+            // a click shows the window, where the call screen is.
+            let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
+            if incoming && prefs.notifications && !shell.attention().window_focused {
+                let kind = if call.video { "video" } else { "voice" };
+                let builder = app
+                    .notification()
+                    .builder()
+                    .title(call.peer_name.clone())
+                    .body(format!("Incoming {kind} call"))
+                    .extra(NOTIFIED_CONVERSATION, call.conversation.to_string());
+                if let Err(e) = builder.show() {
+                    tracing::warn!(%e, "notification failed");
+                }
+            }
+        }
         if let Some((message, body)) = notice {
             let shell = app.state::<Shell>();
             let prefs = settings::load(&app);

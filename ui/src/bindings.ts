@@ -42,6 +42,16 @@ export const commands = {
 	saveSettings: (settings: Settings_Deserialize) => typedError<null, AppError>(__TAURI_INVOKE("save_settings", { settings })),
 	/**  Opens an http(s) link in the system browser. */
 	openLink: (url: string) => typedError<null, AppError>(__TAURI_INVOKE("open_link", { url })),
+	/**  Calls the other member of a direct conversation. */
+	startCall: (conversation: string, video: boolean) => typedError<string, AppError>(__TAURI_INVOKE("start_call", { conversation, video })),
+	acceptCall: (call: string) => typedError<null, AppError>(__TAURI_INVOKE("accept_call", { call })),
+	declineCall: (call: string) => typedError<null, AppError>(__TAURI_INVOKE("decline_call", { call })),
+	/**  Cancels a ringing call or ends a running one. */
+	hangUp: (call: string) => typedError<null, AppError>(__TAURI_INVOKE("hang_up", { call })),
+	setCallMuted: (call: string, muted: boolean) => typedError<null, AppError>(__TAURI_INVOKE("set_call_muted", { call, muted })),
+	/**  This device's call, if any (the last one, once ended). */
+	currentCall: () => typedError<CallView_Serialize | null, AppError>(__TAURI_INVOKE("current_call")),
+	callCapabilities: () => typedError<CallCapabilities, AppError>(__TAURI_INVOKE("call_capabilities")),
 };
 
 /** Events */
@@ -59,6 +69,14 @@ export type AppError = {
 	 */
 	kind: string,
 	message: string,
+};
+
+/**  What this device can do in a call, for the call buttons and screen. */
+export type CallCapabilities = {
+	/**  Audio calls work (a media engine is present). */
+	audio: boolean,
+	/**  Video can be sent and shown here. */
+	video: boolean,
 };
 
 export type CallEndReason = "declined" | "cancelled" | "missed" | "hung_up" | 
@@ -127,6 +145,8 @@ export type CallView_Deserialize = {
 	video: boolean,
 	/**  This device placed the call. */
 	outgoing: boolean,
+	/**  This side's microphone is muted. */
+	muted: boolean,
 	phase: CallPhase_Deserialize,
 };
 
@@ -139,6 +159,8 @@ export type CallView_Serialize = {
 	video: boolean,
 	/**  This device placed the call. */
 	outgoing: boolean,
+	/**  This side's microphone is muted. */
+	muted: boolean,
 	phase: CallPhase_Serialize,
 };
 
