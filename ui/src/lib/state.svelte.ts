@@ -1,7 +1,7 @@
 // App state: what the UI shows, kept in step with the core's events. The
 // core and its cache are the source of truth; this is a view of them.
 import { events } from "../bindings";
-import type { ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SessionInfo, Settings } from "../bindings";
+import type { CallCapabilities, CallView, ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SessionInfo, Settings } from "../bindings";
 import { api } from "./api";
 
 export const PAGE = 50;
@@ -20,7 +20,25 @@ export const app = $state({
   typing: {} as Record<string, Typing[]>,
   arrivals: 0,
   ownArrival: false,
+  /** This device's call: live, or ended a moment ago (then cleared). */
+  call: null as CallView | null,
+  callCaps: { audio: true, video: false } as CallCapabilities,
+  /** The call screen is folded into a bar while the user reads chats. */
+  callMinimized: false,
 });
+
+/** How long an ended call's screen stays up, saying how it ended. */
+export const ENDED_SHOWN_MS = 2500;
+
+function onCall(call: CallView) {
+  if (app.call?.call !== call.call) app.callMinimized = false;
+  app.call = call;
+  if (call.phase.phase === "ended") {
+    setTimeout(() => {
+      if (app.call?.call === call.call && app.call.phase.phase === "ended") app.call = null;
+    }, ENDED_SHOWN_MS);
+  }
+}
 
 const sound = typeof Audio !== "undefined" ? new Audio("/notify.wav") : null;
 
@@ -156,6 +174,9 @@ function onEvent(e: ClientEvent) {
     case "presence":
       refreshConversations();
       break;
+    case "call":
+      onCall(e.call);
+      break;
   }
 }
 
@@ -191,6 +212,9 @@ export async function start() {
   app.session = await api.session();
   if (app.session) {
     app.connection = await api.connectionState().catch(() => null);
+    app.callCaps = await api.callCapabilities().catch(() => app.callCaps);
+    const call = await api.currentCall().catch(() => null);
+    if (call && call.phase.phase !== "ended") onCall(call);
     await refreshConversations();
   }
   app.ready = true;
