@@ -16,6 +16,8 @@ describe("the call screen's words", () => {
     expect(callClock(-5)).toBe("0:00");
     expect(endedText({ reason: "hung_up", duration_ms: 42_000 })).toBe("Call ended · 0:42");
     expect(endedText({ reason: "declined", duration_ms: null })).toBe("Declined");
+    expect(endedText({ reason: "missed", duration_ms: null })).toBe("No answer");
+    expect(endedText({ reason: "cancelled", duration_ms: null }, false)).toBe("Missed call");
     expect(endedText({ reason: "busy", duration_ms: 5 })).toBe("Busy");
     expect(endedText({ reason: "answered_elsewhere", duration_ms: null })).toBe("Answered on another device");
   });

@@ -42,8 +42,10 @@ const ENDED: Record<CallEndReason, string> = {
   failed: "Call failed",
 };
 
-/** How the call screen says a call ended: "Call ended · 0:42", "Busy". */
-export function endedText(p: { reason: CallEndReason; duration_ms?: number | null }): string {
+/** How the call screen says a call ended: "Call ended · 0:42", "Busy";
+ *  to the callee, a call that stopped ringing unanswered is missed. */
+export function endedText(p: { reason: CallEndReason; duration_ms?: number | null }, outgoing = true): string {
+  if (!outgoing && (p.reason === "missed" || p.reason === "cancelled")) return "Missed call";
   const text = ENDED[p.reason];
   return p.duration_ms != null && (p.reason === "hung_up" || p.reason === "ended_here" || p.reason === "connection_lost")
     ? `${text} · ${callClock(p.duration_ms)}`

@@ -1,0 +1,242 @@
+// Calls in the real app, against a `confab` CLI peer through the real
+// server. The app's sound goes through a PulseAudio of this test's own:
+// its microphone is a null sink fed a 440 Hz tone, its speaker a null sink
+// whose monitor is recorded, so the test hears the ringtone and the peer's
+// 660 Hz tone, and the peer records what the app's microphone sent.
+//
+// Needs a network namespace with only loopback (scripts/test runs the app
+// tests in one), like every call test.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { BIN, PASSWORD, cleanup, cli, openRow, screenshotPrefix, signIn, snap, startInstance, startServer, tmp } from "./harness.mjs";
+
+screenshotPrefix("calls-");
+const RATE = 48000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A sine tone as a 48 kHz mono 16-bit WAV at half scale. */
+function writeTone(file, hz, seconds) {
+  const n = Math.round(RATE * seconds);
+  const b = Buffer.alloc(44 + n * 2);
+  b.write("RIFF", 0); b.writeUInt32LE(36 + n * 2, 4); b.write("WAVE", 8);
+  b.write("fmt ", 12); b.writeUInt32LE(16, 16); b.writeUInt16LE(1, 20); b.writeUInt16LE(1, 22);
+  b.writeUInt32LE(RATE, 24); b.writeUInt32LE(RATE * 2, 28); b.writeUInt16LE(2, 32); b.writeUInt16LE(16, 34);
+  b.write("data", 36); b.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) b.writeInt16LE(Math.round(16383 * Math.sin((2 * Math.PI * hz * i) / RATE)), 44 + i * 2);
+  fs.writeFileSync(file, b);
+}
+
+/** The samples of a 16-bit mono WAV (its `data` chunk), as floats. */
+function readWav(file) {
+  const b = fs.readFileSync(file);
+  let at = 12;
+  while (at + 8 <= b.length) {
+    const id = b.toString("ascii", at, at + 4);
+    const size = b.readUInt32LE(at + 4);
+    if (id === "data") return raw(b.subarray(at + 8, Math.min(b.length, at + 8 + size)));
+    at += 8 + size;
+  }
+  throw new Error(`${file}: no data chunk`);
+}
+
+const raw = (b) => Float64Array.from({ length: b.length >> 1 }, (_, i) => b.readInt16LE(i * 2) / 32768);
+
+/** Amplitude of `hz` in `x` (Goertzel). */
+function level(x, hz) {
+  const k = (2 * Math.cos((2 * Math.PI * hz) / RATE));
+  let s1 = 0, s2 = 0;
+  for (const v of x) {
+    const s0 = v + k * s1 - s2;
+    s2 = s1;
+    s1 = s0;
+  }
+  return (2 * Math.sqrt(Math.max(0, s1 * s1 + s2 * s2 - k * s1 * s2))) / x.length;
+}
+
+/** The loudest 100 ms window's amplitude of `hz`. */
+function peak(x, hz) {
+  let best = 0;
+  for (let i = 0; i + RATE / 10 <= x.length; i += RATE / 10) best = Math.max(best, level(x.subarray(i, i + RATE / 10), hz));
+  return best;
+}
+
+/** The share of 100 ms windows in which `want` is clearly there, and louder than `other`. */
+function shareHearing(x, want, other) {
+  const w = RATE / 10;
+  let good = 0, all = 0;
+  for (let i = 0; i + w <= x.length; i += w, all++) {
+    const part = x.subarray(i, i + w);
+    const a = level(part, want);
+    if (a > 0.05 && a > 10 * level(part, other)) good++;
+  }
+  return all ? good / all : 0;
+}
+
+/** A PulseAudio daemon for this test, with null sinks as speaker and microphone. */
+function startPulse() {
+  const dir = path.join(tmp, "pulse");
+  fs.mkdirSync(dir, { recursive: true });
+  const server = `unix:${path.join(dir, "native")}`;
+  const daemon = spawn("pulseaudio", [
+    "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--disable-shm=yes", "--use-pid-file=no",
+    "-L", "module-native-protocol-unix",
+    "-L", "module-null-sink sink_name=speaker rate=48000 channels=1",
+    "-L", "module-null-sink sink_name=mic rate=48000 channels=1",
+  ], { env: { ...process.env, PULSE_RUNTIME_PATH: dir, HOME: tmp }, stdio: "ignore" });
+  cleanup.push(() => daemon.kill());
+  const env = { ...process.env, PULSE_SERVER: server };
+  const heard = [];
+  const pactl = (...args) => execFileSync("pactl", args, { env, stdio: "ignore" });
+  return {
+    server,
+    async ready() {
+      for (let i = 0; i < 100; i++) {
+        try {
+          pactl("info");
+          pactl("set-default-sink", "speaker");
+          pactl("set-default-source", "mic.monitor");
+          return;
+        } catch {
+          await sleep(100);
+        }
+      }
+      throw new Error("pulseaudio did not start");
+    },
+    /** Plays `wav` into the microphone, and starts recording the speaker. */
+    playIntoMic(wav, silence) {
+      const play = spawn("paplay", ["--device=mic", wav], { env, stdio: "ignore" });
+      // Silence keeps the speaker running, so its monitor always delivers.
+      const keep = spawn("paplay", ["--device=speaker", silence], { env, stdio: "ignore" });
+      // One recorder for the whole test: PulseAudio starts a new capture
+      // stream late, so each look at the speaker takes what arrived then.
+      const rec = spawn("parec", ["--device=speaker.monitor", "--format=s16le", "--rate=48000", "--channels=1", "--raw", "--latency-msec=20"], { env, stdio: ["ignore", "pipe", "ignore"] });
+      rec.stdout.on("data", (c) => heard.push([Date.now(), c]));
+      cleanup.push(() => { play.kill(); keep.kill(); rec.kill(); });
+    },
+    /** What the speaker plays during the next `ms`. */
+    async listen(ms) {
+      const from = Date.now();
+      await sleep(ms);
+      return raw(Buffer.concat(heard.filter(([t]) => t >= from).map(([, c]) => c)));
+    },
+  };
+}
+
+/** A CLI call; resolves with its JSON lines once it exits. */
+function cliCall(user, url, args, env = {}) {
+  const proc = spawn(BIN("confab"), ["--profile", path.join(tmp, `cli-${user}`), "--server", url, ...args, "--json"], {
+    env: { ...process.env, CONFAB_PASSWORD: PASSWORD, CONFAB_MEDIA_BIND: "127.0.0.1", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "", err = "";
+  proc.stdout.on("data", (d) => (out += d));
+  proc.stderr.on("data", (d) => (err += d));
+  cleanup.push(() => proc.kill("SIGKILL"));
+  return new Promise((resolve) => proc.on("exit", (code) => {
+    const lines = out.split("\n").filter(Boolean).map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean);
+    resolve({ code, lines, log: `${out}\n${err}` });
+  }));
+}
+
+const phaseOf = (d) => d.js("return document.querySelector('[data-testid=call-screen]')?.dataset.phase ?? null");
+const textOf = (d, id) => d.js(`return document.querySelector('[data-testid=${id}]')?.textContent?.trim() ?? null`);
+
+test("a call in the real app: it rings with a ringtone, is answered, carries sound both ways, and leaves its entries", async () => {
+  const pulse = startPulse();
+  await pulse.ready();
+  const server = await startServer(0, ["--call-ring-seconds", "6"]);
+  cleanup.push(() => server.proc.kill());
+  cli("alice", server.url, "register", "alice");
+  cli("bob", server.url, "register", "bob");
+  const conv = cli("alice", server.url, "dm", "bob");
+  cli("alice", server.url, "send", conv, "calling you in a sec");
+  const mic = path.join(tmp, "mic-440.wav");
+  const aliceTone = path.join(tmp, "alice-660.wav");
+  const aliceHeard = path.join(tmp, "alice-heard.wav");
+  writeTone(mic, 440, 120);
+  writeTone(aliceTone, 660, 30);
+  const silence = path.join(tmp, "silence.wav");
+  writeTone(silence, 0, 120);
+  pulse.playIntoMic(mic, silence);
+
+  const B = await startInstance("bob", 4474, { PULSE_SERVER: pulse.server, CONFAB_MEDIA_BIND: "127.0.0.1" });
+  await signIn(B.d, server.url, "bob");
+  await openRow(B.d, "alice");
+  await B.d.until("the voice call button", () => B.d.find("[data-testid=call-voice]"));
+  // Video needs the webview's WebRTC, which WebKitGTK lacks: offered, but off.
+  assert.equal(await B.d.js("return document.querySelector('[data-testid=call-video]').disabled"), true);
+
+  // Alice calls; the app rings.
+  const call = cliCall("alice", server.url, ["call", "bob", "--for", "8s", "--play", aliceTone, "--record", aliceHeard]);
+  await B.d.until("the incoming call screen", async () => (await phaseOf(B.d)) === "ringing", 30000);
+  assert.equal(await textOf(B.d, "call-peer"), "alice");
+  assert.equal(await textOf(B.d, "call-status"), "Incoming voice call");
+  // The ringtone (400 + 450 Hz bursts) comes out of the speaker.
+  const ringing = await pulse.listen(2500);
+  await snap(B.d, "incoming-call");
+  assert.ok(peak(ringing, 450) > 0.1, `the ringtone plays (450 Hz at ${peak(ringing, 450).toFixed(3)})`);
+
+  await B.d.click("[data-testid=call-accept]");
+  await B.d.until("in the call", async () => (await phaseOf(B.d)) === "active", 20000);
+  const first = await textOf(B.d, "call-timer");
+  // Meanwhile the app plays alice's tone, and no more ringing.
+  await sleep(500);
+  const inCall = await pulse.listen(3000);
+  const later = await textOf(B.d, "call-timer");
+  assert.match(first, /^0:0\d$/);
+  assert.notEqual(first, later, `the timer runs (${first} → ${later})`);
+  await snap(B.d, "in-call");
+
+  // Alice hangs up after 8 s; the app says so, then shows the entry.
+  const result = await call;
+  assert.equal(result.code, 0, result.log);
+  await B.d.until("the call ended", async () => (await phaseOf(B.d)) === "ended" || (await phaseOf(B.d)) === null, 10000);
+  await B.d.until("the call entry", async () => /^📞 Voice call · 0:0[6-9]/.test((await textOf(B.d, "call-entry")) ?? ""), 10000);
+  await snap(B.d, "call-entry");
+
+  // Sound both ways: the app played alice's tone, not the ringtone …
+  assert.ok(inCall.length > 2 * RATE, `recorded ${inCall.length / RATE} s of the speaker`);
+  assert.ok(shareHearing(inCall, 660, 450) > 0.8, `the app's speaker played alice's 660 Hz (${shareHearing(inCall, 660, 450).toFixed(2)})`);
+  // … and alice heard the app's microphone (PulseAudio starts a process's
+  // first capture ~1.5 s late, so skip two seconds).
+  const heard = readWav(aliceHeard).subarray(2 * RATE);
+  assert.ok(heard.length > 3 * RATE, `alice recorded ${heard.length / RATE} s`);
+  assert.ok(shareHearing(heard, 440, 660) > 0.8, `alice heard the app's 440 Hz microphone (${shareHearing(heard, 440, 660).toFixed(2)})`);
+  const summary = result.lines.find((l) => l.type === "call_summary");
+  assert.equal(summary?.reason, "ended_here", result.log);
+
+  // Declining stops the ringtone, and the caller hears "declined".
+  const declined = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent"]);
+  await B.d.until("ringing again", async () => (await phaseOf(B.d)) === "ringing", 30000);
+  await sleep(1200);
+  await B.d.click("[data-testid=call-decline]");
+  const d = await declined;
+  assert.equal(d.lines.find((l) => l.type === "call_summary")?.reason, "declined", d.log);
+  const afterDecline = await pulse.listen(2000);
+  assert.ok(afterDecline.length > RATE, `recorded ${afterDecline.length / RATE} s of the speaker`);
+  assert.ok(peak(afterDecline, 450) < 0.02, `the ringtone stopped (450 Hz at ${peak(afterDecline, 450).toFixed(3)})`);
+
+  // A call nobody answers, while another conversation is open: missed,
+  // with a notification and a red entry.
+  cli("carol", server.url, "register", "carol");
+  cli("carol", server.url, "send", cli("carol", server.url, "dm", "bob"), "hi from carol");
+  await openRow(B.d, "carol");
+  B.closeNotifications();
+  const missed = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent"]);
+  await B.d.until("ringing a third time", async () => (await phaseOf(B.d)) === "ringing", 30000);
+  await B.d.until("the screen says missed", async () => (await textOf(B.d, "call-ended")) === "Missed call", 15000);
+  const m = await missed;
+  assert.equal(m.lines.find((l) => l.type === "call_summary")?.reason, "missed", m.log);
+  await B.d.until("a missed-call notification", async () => B.notifications().includes("Missed voice call"), 20000);
+  await B.d.until("the ended call's screen goes", async () => (await phaseOf(B.d)) === null, 10000);
+  await openRow(B.d, "alice");
+  await B.d.until("the missed entry", async () => {
+    const entries = await B.d.js("return [...document.querySelectorAll('[data-testid=call-entry]')].map(e => [e.textContent, e.classList.contains('missed')])");
+    return entries.some(([t, red]) => t.includes("Missed voice call") && red);
+  }, 10000);
+  await snap(B.d, "missed-call-entry");
+});
