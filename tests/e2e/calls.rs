@@ -519,9 +519,21 @@ mod cases {
     }
 
     async fn device(root: &Path, server: &str, name: &str, profile: &str, register: bool) -> Device {
+        device_with(root, server, name, profile, register, AudioInput::Silence, AudioOutput::Discard).await
+    }
+
+    async fn device_with(
+        root: &Path,
+        server: &str,
+        name: &str,
+        profile: &str,
+        register: bool,
+        input: AudioInput,
+        output: AudioOutput,
+    ) -> Device {
         let engine = Arc::new(NativeEngine::new(NativeConfig {
-            input: AudioInput::Silence,
-            output: AudioOutput::Discard,
+            input,
+            output,
             bind: vec![[127, 0, 0, 1].into()],
             relay_only: false,
         }));
@@ -845,5 +857,60 @@ mod cases {
             alice.client.hang_up(call).await.expect("hang up");
             assert_eq!(bob.ended(call).await, CallEndReason::HungUp);
         });
+    }
+
+    #[test]
+    fn a_muted_microphone_sends_silence_until_unmuted() {
+        if ran_in_loopback_namespace("calls::cases::a_muted_microphone_sends_silence_until_unmuted") {
+            return;
+        }
+        let dir = temp_dir("call-mute");
+        let server = Server::start(dir.path());
+        let (tone, heard) = (dir.path().join("a440.wav"), dir.path().join("bob-heard.wav"));
+        write_tone(&tone, 440.0, 20.0);
+        run(async {
+            let mut alice = device_with(
+                dir.path(),
+                &server.url,
+                "alice",
+                "a",
+                true,
+                AudioInput::Wav(tone.clone()),
+                AudioOutput::Discard,
+            )
+            .await;
+            let mut bob = device_with(
+                dir.path(),
+                &server.url,
+                "bob",
+                "b",
+                true,
+                AudioInput::Silence,
+                AudioOutput::Wav(heard.clone()),
+            )
+            .await;
+            let (_conv, call) = answered(&mut alice, &mut bob).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            alice.client.set_call_muted(call, true).await.expect("mute");
+            assert!(alice.until("muted", |c| c.muted).await.muted);
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            alice.client.set_call_muted(call, false).await.expect("unmute");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            bob.client.hang_up(call).await.expect("hang up");
+            alice.ended(call).await;
+            // An ended call cannot be muted.
+            assert!(bob.client.set_call_muted(call, true).await.is_err());
+        });
+        // Tone, then about two seconds of silence, then tone again.
+        let (samples, rate) = read_wav(&heard);
+        let windows: Vec<bool> =
+            samples.chunks_exact(rate as usize / 10).map(|w| tone_level(w, rate, 440.0) > 0.05).collect();
+        let map: String = windows.iter().map(|t| if *t { '#' } else { '.' }).collect();
+        let first = windows.iter().position(|t| *t).expect(&map);
+        let gap_start = first + windows[first..].iter().position(|t| !*t).expect(&map);
+        let gap = windows[gap_start..].iter().position(|t| *t).expect(&map);
+        assert!((15..=25).contains(&gap), "a gap of {gap} windows: {map}");
+        let after = windows[gap_start + gap..].iter().filter(|t| **t).count();
+        assert!(after >= 10, "the tone came back: {map}");
     }
 }
