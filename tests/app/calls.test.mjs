@@ -145,7 +145,7 @@ function cliCall(user, url, args, env = {}) {
 const phaseOf = (d) => d.js("return document.querySelector('[data-testid=call-screen]')?.dataset.phase ?? null");
 const textOf = (d, id) => d.js(`return document.querySelector('[data-testid=${id}]')?.textContent?.trim() ?? null`);
 
-test("a call in the real app: it rings with a ringtone, is answered, carries sound both ways, and leaves its entries", async () => {
+test("calls in the real app: it rings with a ringtone, is answered, carries sound both ways, declines, misses, calls out, and leaves its entries", async () => {
   const pulse = startPulse();
   await pulse.ready();
   const server = await startServer(0, ["--call-ring-seconds", "6"]);
@@ -171,7 +171,7 @@ test("a call in the real app: it rings with a ringtone, is answered, carries sou
   assert.equal(await B.d.js("return document.querySelector('[data-testid=call-video]').disabled"), true);
 
   // Alice calls; the app rings.
-  const call = cliCall("alice", server.url, ["call", "bob", "--for", "8s", "--play", aliceTone, "--record", aliceHeard]);
+  const call = cliCall("alice", server.url, ["call", "bob", "--for", "10s", "--play", aliceTone, "--record", aliceHeard]);
   await B.d.until("the incoming call screen", async () => (await phaseOf(B.d)) === "ringing", 30000);
   assert.equal(await textOf(B.d, "call-peer"), "alice");
   assert.equal(await textOf(B.d, "call-status"), "Incoming voice call");
@@ -190,12 +190,23 @@ test("a call in the real app: it rings with a ringtone, is answered, carries sou
   assert.match(first, /^0:0\d$/);
   assert.notEqual(first, later, `the timer runs (${first} → ${later})`);
   await snap(B.d, "in-call");
+  // Mute toggles; the call folds into a bar and comes back in one click.
+  await B.d.click("[data-testid=call-mute]");
+  await B.d.until("muted", async () => (await B.d.js("return document.querySelector('[data-testid=call-mute]').getAttribute('aria-pressed')")) === "true");
+  await B.d.click("[data-testid=call-mute]");
+  await B.d.until("unmuted", async () => (await B.d.js("return document.querySelector('[data-testid=call-mute]').getAttribute('aria-pressed')")) === "false");
+  await B.d.click("[data-testid=call-minimize]");
+  await B.d.until("the call bar", () => B.d.find("[data-testid=call-bar]"));
+  assert.equal(await phaseOf(B.d), null, "the call screen is folded away");
+  await snap(B.d, "call-bar");
+  await B.d.click("[data-testid=call-bar]");
+  await B.d.until("back in the call", async () => (await phaseOf(B.d)) === "active");
 
-  // Alice hangs up after 8 s; the app says so, then shows the entry.
+  // Alice hangs up after 10 s; the app says so, then shows the entry.
   const result = await call;
   assert.equal(result.code, 0, result.log);
   await B.d.until("the call ended", async () => (await phaseOf(B.d)) === "ended" || (await phaseOf(B.d)) === null, 10000);
-  await B.d.until("the call entry", async () => /^📞 Voice call · 0:0[6-9]/.test((await textOf(B.d, "call-entry")) ?? ""), 10000);
+  await B.d.until("the call entry", async () => /^📞 Voice call · 0:(0[89]|1[0-2])/.test((await textOf(B.d, "call-entry")) ?? ""), 10000);
   await snap(B.d, "call-entry");
 
   // Sound both ways: the app played alice's tone, not the ringtone …
@@ -210,7 +221,7 @@ test("a call in the real app: it rings with a ringtone, is answered, carries sou
   assert.equal(summary?.reason, "ended_here", result.log);
 
   // Declining stops the ringtone, and the caller hears "declined".
-  const declined = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent"]);
+  const declined = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent", "--record", path.join(tmp, "ignored.wav")]);
   await B.d.until("ringing again", async () => (await phaseOf(B.d)) === "ringing", 30000);
   await sleep(1200);
   await B.d.click("[data-testid=call-decline]");
@@ -226,7 +237,7 @@ test("a call in the real app: it rings with a ringtone, is answered, carries sou
   cli("carol", server.url, "send", cli("carol", server.url, "dm", "bob"), "hi from carol");
   await openRow(B.d, "carol");
   B.closeNotifications();
-  const missed = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent"]);
+  const missed = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent", "--record", path.join(tmp, "ignored.wav")]);
   await B.d.until("ringing a third time", async () => (await phaseOf(B.d)) === "ringing", 30000);
   await B.d.until("the screen says missed", async () => (await textOf(B.d, "call-ended")) === "Missed call", 15000);
   const m = await missed;
@@ -239,4 +250,19 @@ test("a call in the real app: it rings with a ringtone, is answered, carries sou
     return entries.some(([t, red]) => t.includes("Missed voice call") && red);
   }, 10000);
   await snap(B.d, "missed-call-entry");
+
+  // The app calls out and hangs up.
+  const answer = cliCall("alice", server.url, ["answer", "--wait", "30s", "--silent", "--record", path.join(tmp, "alice-2.wav")]);
+  await sleep(1000);
+  await B.d.click("[data-testid=call-voice]");
+  await B.d.until("calling", async () => ["calling", "connecting", "active"].includes(await phaseOf(B.d)), 10000);
+  await B.d.until("alice answered", async () => (await phaseOf(B.d)) === "active", 30000);
+  await sleep(1500);
+  await B.d.click("[data-testid=call-hangup]");
+  const a = await answer;
+  assert.equal(a.lines.find((l) => l.type === "call_summary")?.reason, "hung_up", a.log);
+  await B.d.until("the outgoing call's entry", async () => {
+    const entries = await B.d.js("return [...document.querySelectorAll('[data-testid=call-entry]')].map(e => e.textContent)");
+    return entries.filter((t) => /Voice call · \d+:\d\d/.test(t)).length === 2;
+  }, 10000);
 });
