@@ -760,7 +760,9 @@ mod cases {
             return;
         }
         let dir = temp_dir("call-outage");
-        let server = Server::start_with(dir.path(), 0, &["--call-rejoin-seconds", "4"]);
+        // A grace well beyond the link's reconnect backoff after a 2 s cut
+        // (attempts at 0.25, 0.75, 1.75, 3.75 s …, with jitter).
+        let server = Server::start_with(dir.path(), 0, &["--call-rejoin-seconds", "10"]);
         // Alice reaches the server through a link the test can cut.
         let proxy = Proxy::start(&server.url);
         run(async {
@@ -770,6 +772,7 @@ mod cases {
             let started = tokio::time::Instant::now();
             let before = (alice.decoded(), bob.decoded());
             proxy.cut();
+            let cut_at = tokio::time::Instant::now();
             tokio::time::sleep(Duration::from_secs(2)).await;
             // Media runs peer to peer: both still hear each other.
             let during = (alice.decoded(), bob.decoded());
@@ -779,7 +782,7 @@ mod cases {
             alice.client.wait_connected(T).await.expect("reconnects");
             // Past the server's rejoin grace, counted from the cut: had
             // alice not rejoined, the server would have ended the call.
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep_until(cut_at + Duration::from_secs(11)).await;
             assert!(matches!(alice.still_in(call).await, CallPhase::Active { .. }));
             assert!(matches!(bob.still_in(call).await, CallPhase::Active { .. }));
             // Signaling reaches alice again: bob hangs up, she hears of it.
