@@ -128,7 +128,10 @@ fn two_clis_call_each_other_and_each_hears_the_others_tone() {
         let entry = history.iter().find(|m| m["call"].is_object()).unwrap_or_else(|| panic!("{history:?}"));
         assert_eq!(entry["call"]["outcome"]["type"], "completed", "{entry}");
         let logged = entry["call"]["outcome"]["duration_ms"].as_i64().unwrap_or(0);
-        assert!((logged - a_ms).abs() <= 1_000, "logged {logged} ms, alice measured {a_ms} ms");
+        // The server counts from the answer, the devices from media up:
+        // they differ by the setup time, which is ~30 ms but once in ~20
+        // calls ~1 s (a DTLS retransmit, see docs/performance.md).
+        assert!((logged - a_ms).abs() <= 2_000, "logged {logged} ms, alice measured {a_ms} ms");
     }
 }
 
