@@ -856,10 +856,18 @@ mod cases {
             set_loopback(true);
             alice.active(call).await;
             bob.active(call).await;
+            // Sound flows both ways again (within a few seconds: ICE is
+            // up, the first packets may still be on their way).
             let before = (alice.decoded(), bob.decoded());
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let after = (alice.decoded(), bob.decoded());
-            assert!(after.0 >= before.0 + 25 && after.1 >= before.1 + 25, "{before:?} -> {after:?}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let after = (alice.decoded(), bob.decoded());
+                if after.0 >= before.0 + 25 && after.1 >= before.1 + 25 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{before:?} -> {after:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             alice.client.hang_up(call).await.expect("hang up");
             assert_eq!(bob.ended(call).await, CallEndReason::HungUp);
         });
