@@ -231,14 +231,23 @@ test("calls in the real app: it rings with a ringtone, is answered, carries soun
   assert.ok(afterDecline.length > RATE, `recorded ${afterDecline.length / RATE} s of the speaker`);
   assert.ok(peak(afterDecline, 450) < 0.02, `the ringtone stopped (450 Hz at ${peak(afterDecline, 450).toFixed(3)})`);
 
-  // A call nobody answers, while another conversation is open: missed,
-  // with a notification and a red entry.
+  // A call nobody answers, while another conversation is open and sound is
+  // off: the screen shows it but nothing rings; then it is missed, with a
+  // notification and a red entry.
   cli("carol", server.url, "register", "carol");
   cli("carol", server.url, "send", cli("carol", server.url, "dm", "bob"), "hi from carol");
+  await B.d.until("the declined call's screen goes", async () => (await phaseOf(B.d)) === null, 10000);
   await openRow(B.d, "carol");
+  await B.d.click("[data-testid=settings-toggle]");
+  await B.d.click("[data-testid=setting-sound]");
+  await B.d.until("sound off", async () => !(await B.d.js("return document.querySelector('[data-testid=setting-sound]').checked")));
+  await B.d.click("[data-testid=settings-toggle]");
   B.closeNotifications();
   const missed = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent", "--record", path.join(tmp, "ignored.wav")]);
   await B.d.until("ringing a third time", async () => (await phaseOf(B.d)) === "ringing", 30000);
+  const silent = await pulse.listen(2000);
+  assert.ok(silent.length > RATE, `recorded ${silent.length / RATE} s of the speaker`);
+  assert.ok(peak(silent, 450) < 0.02, `no ringtone with sound off (450 Hz at ${peak(silent, 450).toFixed(3)})`);
   await B.d.until("the screen says missed", async () => (await textOf(B.d, "call-ended")) === "Missed call", 15000);
   const m = await missed;
   assert.equal(m.lines.find((l) => l.type === "call_summary")?.reason, "missed", m.log);
