@@ -220,8 +220,18 @@ test("calls in the real app: it rings with a ringtone, is answered, carries soun
   const summary = result.lines.find((l) => l.type === "call_summary");
   assert.equal(summary?.reason, "ended_here", result.log);
 
-  // Declining stops the ringtone, and the caller hears "declined".
+  // With the window away, a call is announced by a notification (its
+  // click shows the window; without a window manager the test restores
+  // the window itself). Declining stops the ringtone, and the caller hears
+  // "declined".
+  await B.d.until("the ended call's screen goes", async () => (await phaseOf(B.d)) === null, 10000);
+  await B.d.cmd("POST", "/window/minimize", {});
+  await sleep(800);
+  B.closeNotifications();
   const declined = cliCall("alice", server.url, ["call", "bob", "--for", "30s", "--silent", "--record", path.join(tmp, "ignored.wav")]);
+  await B.d.until("an incoming-call notification", async () => B.notifications().includes("Incoming voice call"), 30000);
+  B.clickNotification();
+  await B.d.cmd("POST", "/window/rect", { x: 0, y: 0, width: 1040, height: 720 });
   await B.d.until("ringing again", async () => (await phaseOf(B.d)) === "ringing", 30000);
   await sleep(1200);
   await B.d.click("[data-testid=call-decline]");
