@@ -31,21 +31,32 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// One side's device in a call.
+struct Seat {
+    /// Its connection now (a rejoin moves the seat to a new one).
+    conn: u64,
+    /// Its device session: only that device may rejoin.
+    session: Uuid,
+    /// Since when it has been disconnected (answered calls).
+    gone: Option<Instant>,
+}
+
+impl Seat {
+    fn of(caller: &Caller) -> Seat {
+        Seat { conn: caller.conn, session: caller.session, gone: None }
+    }
+}
+
 struct Call {
     conversation: ConversationId,
     video: bool,
     caller: UserId,
-    caller_conn: u64,
-    caller_session: Uuid,
+    caller_seat: Seat,
     callee: UserId,
     /// The callee's device that took the call, once answered.
-    callee_conn: Option<u64>,
-    callee_session: Option<Uuid>,
+    callee_seat: Option<Seat>,
     rang_at: Instant,
     answered_at: Option<Instant>,
-    /// Since when a side's device has been disconnected (answered calls).
-    caller_gone: Option<Instant>,
-    callee_gone: Option<Instant>,
 }
 
 impl Call {
@@ -55,7 +66,7 @@ impl Call {
 
     /// When the first of its devices went away, if one is away.
     fn gone_since(&self) -> Option<Instant> {
-        self.caller_gone.into_iter().chain(self.callee_gone).min()
+        self.caller_seat.gone.into_iter().chain(self.callee_seat.as_ref().and_then(|s| s.gone)).min()
     }
 }
 
@@ -164,15 +175,11 @@ impl Service {
                     conversation,
                     video,
                     caller: caller.user,
-                    caller_conn: caller.conn,
-                    caller_session: caller.session,
+                    caller_seat: Seat::of(caller),
                     callee,
-                    callee_conn: None,
-                    callee_session: None,
+                    callee_seat: None,
                     rang_at: Instant::now(),
                     answered_at: None,
-                    caller_gone: None,
-                    callee_gone: None,
                 },
             );
             superseded
@@ -211,8 +218,7 @@ impl Service {
                 return Err(ApiError::new(ErrorCode::NotFound, "the call was answered on another device"));
             }
             c.answered_at = Some(Instant::now());
-            c.callee_conn = Some(caller.conn);
-            c.callee_session = Some(caller.session);
+            c.callee_seat = Some(Seat::of(caller));
             (c.conversation, c.caller)
         };
         self.tell(peer, None, call, conversation, caller.user, CallUpdate::Accepted);
@@ -228,13 +234,15 @@ impl Service {
             // Nobody outside the call learns that it exists.
             let c = calls.get(&call).filter(|c| c.involves(caller.user)).ok_or_else(no_call)?;
             let callee_conn = c
-                .callee_conn
+                .callee_seat
+                .as_ref()
+                .map(|s| s.conn)
                 .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "the call is not answered yet"))?;
             // Only the two devices in the call may signal.
-            if caller.user == c.caller && caller.conn == c.caller_conn {
+            if caller.user == c.caller && caller.conn == c.caller_seat.conn {
                 (c.callee, callee_conn, c.conversation)
             } else if caller.user == c.callee && caller.conn == callee_conn {
-                (c.caller, c.caller_conn, c.conversation)
+                (c.caller, c.caller_seat.conn, c.conversation)
             } else {
                 return Err(no_call());
             }
@@ -249,18 +257,17 @@ impl Service {
         let peer = {
             let mut calls = lock(&self.calls.calls);
             let c = calls.get_mut(&call).filter(|c| c.answered_at.is_some()).ok_or_else(no_call)?;
-            if c.caller == caller.user && c.caller_session == caller.session {
-                c.caller_conn = caller.conn;
-                c.caller_gone = None;
-                c.callee
-            } else if c.callee == caller.user && c.callee_session == Some(caller.session) {
-                c.callee_conn = Some(caller.conn);
-                c.callee_gone = None;
-                c.caller
+            let (seat, peer) = if c.caller == caller.user {
+                (Some(&mut c.caller_seat), c.callee)
+            } else if c.callee == caller.user {
+                (c.callee_seat.as_mut(), c.caller)
             } else {
-                // Another device of the account, or someone else entirely.
-                return Err(no_call());
-            }
+                (None, c.caller)
+            };
+            // Another device of the account, or someone else entirely: no.
+            let seat = seat.filter(|s| s.session == caller.session).ok_or_else(no_call)?;
+            *seat = Seat::of(caller);
+            peer
         };
         Ok(Reply::Call { call, peer, ice_servers: self.ice.servers_for(caller.user, std::time::SystemTime::now()) })
     }
@@ -347,16 +354,15 @@ impl Service {
             let now = Instant::now();
             let mut cancelled = Vec::new();
             for (id, c) in calls.iter_mut() {
-                let as_caller = c.caller == user && c.caller_conn == conn;
-                let as_callee = c.callee == user && c.callee_conn == Some(conn);
-                if c.answered_at.is_none() {
-                    if as_caller {
+                let answered = c.answered_at.is_some();
+                if c.caller == user && c.caller_seat.conn == conn {
+                    if answered {
+                        c.caller_seat.gone.get_or_insert(now);
+                    } else {
                         cancelled.push(*id);
                     }
-                } else if as_caller {
-                    c.caller_gone.get_or_insert(now);
-                } else if as_callee {
-                    c.callee_gone.get_or_insert(now);
+                } else if let Some(seat) = c.callee_seat.as_mut().filter(|s| c.callee == user && s.conn == conn) {
+                    seat.gone.get_or_insert(now);
                 }
             }
             cancelled.into_iter().filter_map(|id| calls.remove(&id).map(|c| end_of(id, c, false))).collect()
@@ -396,15 +402,15 @@ fn end_of(call: CallId, c: Call, timed_out: bool) -> Ended {
         (None, _) if timed_out => (CallEnd::Missed, CallOutcome::Missed),
         (None, _) => (CallEnd::Cancelled, CallOutcome::Cancelled),
     };
-    // Once answered only the two devices in the call are told; before,
-    // every device of the callee was ringing.
-    let callee_conn = c.callee_conn;
+    // Once answered (the callee has a seat) only the two devices in the
+    // call are told; before, every device of the callee was ringing.
+    let callee_conn = c.callee_seat.as_ref().map(|s| s.conn);
     Ended {
         call,
         conversation: c.conversation,
         caller: c.caller,
         video: c.video,
-        notices: vec![(c.caller, None, reason), (c.callee, callee_conn.filter(|_| c.answered_at.is_some()), reason)],
+        notices: vec![(c.caller, None, reason), (c.callee, callee_conn, reason)],
         outcome: Some(outcome),
         peer_of: [(c.caller, c.callee), (c.callee, c.caller)],
     }
