@@ -66,9 +66,8 @@ impl Shell {
             .with_media_engine(Arc::new(media_engine())))
     }
 
-    /// Rings (or stops ringing) for the call as it now stands.
-    fn ring(&self, call: &confab_core::CallView, sound: bool) {
-        let ringing = call.phase == confab_core::CallPhase::Ringing && !call.outgoing && sound;
+    /// Starts or stops the ringtone.
+    fn ring(&self, ringing: bool) {
         let mut tone = self.ringtone.lock().unwrap_or_else(|e| e.into_inner());
         if !ringing {
             // Dropping it stops it.
@@ -168,10 +167,10 @@ async fn forward<R: Runtime>(
         if let ClientEvent::Call { call } = &event {
             let shell = app.state::<Shell>();
             let prefs = settings::load(&app);
-            shell.ring(call, prefs.sound);
+            let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
+            shell.ring(incoming && prefs.sound);
             // A call ringing while the window is not in front is announced;
             // a click shows the window, where the call screen is.
-            let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
             if incoming && prefs.notifications && !shell.attention().window_focused {
                 let kind = if call.video { "video" } else { "voice" };
                 let builder = app
