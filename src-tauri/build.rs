@@ -35,6 +35,7 @@ const COMMANDS: &[&str] = &[
     "set_call_muted",
     "current_call",
     "call_capabilities",
+    "report_call_media",
 ];
 
 fn main() {

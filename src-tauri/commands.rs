@@ -291,13 +291,30 @@ pub struct CallCapabilities {
     pub video: bool,
 }
 
+/// The UI says whether its webview has WebRTC (`RTCPeerConnection` and
+/// `getUserMedia`); calls from then on run there, with video, or on the
+/// native engine, audio only. Returns what this device can do.
 #[tauri::command]
 #[specta::specta]
-pub async fn call_capabilities(_app: AppHandle) -> Result<CallCapabilities> {
-    // The native engine carries audio; it receives video but cannot show
-    // it, so video is offered only once the webview's own WebRTC drives
-    // calls (where the webview has it).
-    Ok(CallCapabilities { audio: true, video: false })
+pub async fn call_capabilities(_app: AppHandle, shell: State<'_, Shell>, webview_webrtc: bool) -> Result<CallCapabilities> {
+    let media = shell.media();
+    media.set_webview_available(webview_webrtc);
+    // The native engine receives video but cannot show it.
+    Ok(CallCapabilities { audio: media.can_call(), video: media.uses_webview() })
+}
+
+/// What the UI's `RTCPeerConnection` reports for the running call: a
+/// local signal to relay, connected, lost, failed (with a message for the
+/// call screen).
+#[tauri::command]
+#[specta::specta]
+pub async fn report_call_media(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    call: confab_protocol::CallId,
+    event: confab_core::call::MediaEvent,
+) -> Result<()> {
+    Ok(shell.media().webview().report(call, event)?)
 }
 
 /// Calls the other member of a direct conversation.

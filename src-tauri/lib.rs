@@ -50,8 +50,14 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::set_call_muted,
             commands::current_call,
             commands::call_capabilities,
+            commands::report_call_media,
         ])
-        .events(tauri_specta::collect_events![shell::CoreEvent, shell::PlaySound, shell::OpenConversation])
+        .events(tauri_specta::collect_events![
+            shell::CoreEvent,
+            shell::PlaySound,
+            shell::OpenConversation,
+            shell::WebviewMedia
+        ])
         // Seqs and millisecond timestamps stay far below 2^53.
         .dangerously_cast_bigints_to_number()
 }
@@ -90,6 +96,7 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
             shell::handle_notification_clicks(&handle);
             let root = app.path().app_data_dir()?;
             app.manage(shell::Shell::new(root));
+            shell::forward_webview_media(&handle);
             #[cfg(desktop)]
             shell::setup_tray(&handle)?;
             tauri::async_runtime::spawn(async move {

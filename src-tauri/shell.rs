@@ -2,6 +2,7 @@
 
 use crate::error::{AppError, Result};
 use crate::settings;
+use confab_core::call::{ExternalEngine, SelectedEngine};
 use confab_core::notify::{decide, Attention};
 use confab_core::{Client, ClientEvent};
 use confab_protocol::UserId;
@@ -25,12 +26,21 @@ pub struct OpenConversation(pub confab_protocol::ConversationId);
 #[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
 pub struct PlaySound;
 
+/// What the core asks of the UI's `RTCPeerConnection`, where the webview
+/// carries calls (start, the other side's signals, ICE restart, mute, stop).
+#[derive(Clone, Debug, Serialize, Deserialize, Type, Event)]
+pub struct WebviewMedia(pub confab_core::call::ExternalMedia);
+
 pub struct Shell {
     root: PathBuf,
     account: tokio::sync::Mutex<Option<Account>>,
     attention: Mutex<Attention>,
     /// Plays while a call rings on this device.
     ringtone: Mutex<Option<confab_core::call::native::audio::Ringtone>>,
+    /// Carries calls: the webview's WebRTC where the UI has it, else native.
+    media: Arc<SelectedEngine>,
+    /// The webview engine's requests, until [`forward_webview_media`] takes them.
+    to_webview: Mutex<Option<tokio::sync::mpsc::Receiver<confab_core::call::ExternalMedia>>>,
 }
 
 struct Account {
@@ -40,7 +50,22 @@ struct Account {
 
 impl Shell {
     pub fn new(root: PathBuf) -> Self {
-        Shell { root, account: Default::default(), attention: Default::default(), ringtone: Default::default() }
+        // Bounded: the UI drains it promptly; a stuck UI stalls its own
+        // call's signaling, never the client.
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let media = SelectedEngine::new(ExternalEngine::new(tx), Some(Arc::new(native_engine())));
+        Shell {
+            root,
+            account: Default::default(),
+            attention: Default::default(),
+            ringtone: Default::default(),
+            media: Arc::new(media),
+            to_webview: Mutex::new(Some(rx)),
+        }
+    }
+
+    pub fn media(&self) -> &SelectedEngine {
+        &self.media
     }
 
     /// The profile directory of the (single, for now) account.
@@ -63,7 +88,7 @@ impl Shell {
             .await?
             .with_secret_store(Arc::new(crate::keychain::Keychain))
             .with_device_name(format!("Confab app on {host}"))
-            .with_media_engine(Arc::new(media_engine())))
+            .with_media_engine(self.media.clone()))
     }
 
     /// Starts or stops the ringtone.
@@ -113,11 +138,11 @@ impl Shell {
     }
 }
 
-/// Calls run on the native engine: the microphone and speaker through
-/// cpal. `CONFAB_MEDIA_BIND` (addresses, comma-separated) limits where it
+/// Where the webview has no WebRTC, calls run on the native engine: the
+/// microphone and speaker through cpal. `CONFAB_MEDIA_BIND` (addresses, comma-separated) limits where it
 /// gathers candidates, and `CONFAB_RELAY_ONLY=true` hides this device's
 /// address behind TURN, as for the CLI.
-fn media_engine() -> confab_core::call::native::NativeEngine {
+fn native_engine() -> confab_core::call::native::NativeEngine {
     use confab_core::call::native::{NativeConfig, NativeEngine};
     let mut config = NativeConfig::default();
     if let Ok(bind) = std::env::var("CONFAB_MEDIA_BIND") {
@@ -128,6 +153,21 @@ fn media_engine() -> confab_core::call::native::NativeEngine {
     }
     config.relay_only = std::env::var("CONFAB_RELAY_ONLY").is_ok_and(|v| v == "true" || v == "1");
     NativeEngine::new(config)
+}
+
+/// Passes the webview engine's requests to the UI, in order.
+pub fn forward_webview_media<R: Runtime>(app: &AppHandle<R>) {
+    let Some(mut requests) = app.state::<Shell>().to_webview.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            if let Err(e) = WebviewMedia(request).emit(&app) {
+                tracing::warn!(%e, "cannot pass a call request to the UI");
+            }
+        }
+    });
 }
 
 /// On launch: start the saved session, if any.

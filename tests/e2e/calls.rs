@@ -10,12 +10,12 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 /// Spawns a CLI call command with its media on loopback.
-fn spawn(p: &Profile, args: &[&str]) -> Child {
+pub(crate) fn spawn(p: &Profile, args: &[&str]) -> Child {
     spawn_with(p, args, &[])
 }
 
 /// The same, with extra environment (`CONFAB_RELAY_ONLY`, …).
-fn spawn_with(p: &Profile, args: &[&str], env: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_with(p: &Profile, args: &[&str], env: &[(&str, &str)]) -> Child {
     p.cmd(args)
         .env("CONFAB_MEDIA_BIND", "127.0.0.1")
         .envs(env.iter().copied())
@@ -26,7 +26,7 @@ fn spawn_with(p: &Profile, args: &[&str], env: &[(&str, &str)]) -> Child {
 }
 
 /// Waits for a call command to end; its JSON lines and whether it succeeded.
-fn finish(child: Child, limit: Duration) -> (bool, Vec<Value>, String) {
+pub(crate) fn finish(child: Child, limit: Duration) -> (bool, Vec<Value>, String) {
     let pid = child.id();
     let timer = std::thread::spawn(move || {
         std::thread::sleep(limit);
@@ -39,7 +39,7 @@ fn finish(child: Child, limit: Duration) -> (bool, Vec<Value>, String) {
     (out.status.success(), lines, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn summary(lines: &[Value]) -> &Value {
+pub(crate) fn summary(lines: &[Value]) -> &Value {
     lines.iter().find(|l| l["type"] == "call_summary").expect("a call summary")
 }
 
@@ -52,7 +52,7 @@ fn phases(lines: &[Value]) -> Vec<String> {
 }
 
 /// Checks a recording for `want` (and not `other`) through most of the call.
-fn assert_hears(path: &Path, want: f64, other: f64, who: &str) {
+pub(crate) fn assert_hears(path: &Path, want: f64, other: f64, who: &str) {
     let (samples, rate) = read_wav(path);
     assert_eq!(rate, 48_000);
     // Skip the first half second (the link coming up, Opus settling).
@@ -254,7 +254,7 @@ fn a_cli_on_the_sound_devices_calls_and_hears_through_them() {
     assert_hears_samples(&samples, rate, 2.0, 440.0, 660.0, "bob");
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
@@ -356,10 +356,16 @@ fn with_relay_only_ice_the_call_goes_through_coturn_with_rest_credentials() {
 
 /// Headless Chromium (Debian's) on `page`, its fake microphone playing
 /// `tone` and a fake camera. Killed on drop (its profile directory with it).
-struct Browser(Child, #[allow(dead_code)] tempfile::TempDir);
+pub(crate) struct Browser(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Browser {
-    fn open(url: &str, tone: &Path, log: &Path) -> Browser {
+    pub(crate) fn open(url: &str, tone: &Path, log: &Path) -> Browser {
+        Browser::open_with(url, tone, log, true)
+    }
+
+    /// `grant_media: false` refuses the page its microphone and camera, as
+    /// a user who says no to the prompt.
+    pub(crate) fn open_with(url: &str, tone: &Path, log: &Path, grant_media: bool) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let log = std::fs::File::create(log).expect("browser log");
         let child = std::process::Command::new("chromium")
@@ -372,7 +378,7 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-quic",
-                "--use-fake-ui-for-media-stream",
+                if grant_media { "--use-fake-ui-for-media-stream" } else { "--deny-permission-prompts" },
                 "--use-fake-device-for-media-stream",
                 "--allow-loopback-in-peer-connection",
                 "--autoplay-policy=no-user-gesture-required",

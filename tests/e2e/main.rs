@@ -5,3 +5,4 @@ mod calls;
 mod chat;
 mod delivery;
 mod hardening;
+mod webview_calls;

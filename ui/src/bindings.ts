@@ -51,7 +51,18 @@ export const commands = {
 	setCallMuted: (call: string, muted: boolean) => typedError<null, AppError>(__TAURI_INVOKE("set_call_muted", { call, muted })),
 	/**  This device's call, if any (the last one, once ended). */
 	currentCall: () => typedError<CallView_Serialize | null, AppError>(__TAURI_INVOKE("current_call")),
-	callCapabilities: () => typedError<CallCapabilities, AppError>(__TAURI_INVOKE("call_capabilities")),
+	/**
+	 *  The UI says whether its webview has WebRTC (`RTCPeerConnection` and
+	 *  `getUserMedia`); calls from then on run there, with video, or on the
+	 *  native engine, audio only. Returns what this device can do.
+	 */
+	callCapabilities: (webviewWebrtc: boolean) => typedError<CallCapabilities, AppError>(__TAURI_INVOKE("call_capabilities", { webviewWebrtc })),
+	/**
+	 *  What the UI's `RTCPeerConnection` reports for the running call: a
+	 *  local signal to relay, connected, lost, failed (with a message for the
+	 *  call screen).
+	 */
+	reportCallMedia: (call: string, event: MediaEvent_Deserialize) => typedError<null, AppError>(__TAURI_INVOKE("report_call_media", { call, event })),
 };
 
 /** Events */
@@ -59,6 +70,7 @@ export const events = {
 	coreEvent: makeEvent<CoreEvent_Serialize, CoreEvent_Deserialize>("core-event"),
 	openConversation: makeEvent<OpenConversation, OpenConversation>("open-conversation"),
 	playSound: makeEvent<PlaySound, PlaySound>("play-sound"),
+	webviewMedia: makeEvent<WebviewMedia_Serialize, WebviewMedia_Deserialize>("webview-media"),
 };
 
 /* Types */
@@ -132,6 +144,15 @@ export type CallRecord = {
 	video: boolean,
 	outcome: CallOutcome,
 };
+
+/**  WebRTC signaling, relayed as is between the two devices in a call. */
+export type CallSignal = CallSignal_Serialize | CallSignal_Deserialize;
+
+/**  WebRTC signaling, relayed as is between the two devices in a call. */
+export type CallSignal_Deserialize = { type: "offer"; sdp: string } | { type: "answer"; sdp: string } | { type: "candidate"; candidate: string; sdp_mid?: string | null; sdp_m_line_index?: number | null };
+
+/**  WebRTC signaling, relayed as is between the two devices in a call. */
+export type CallSignal_Serialize = { type: "offer"; sdp: string } | { type: "answer"; sdp: string } | { type: "candidate"; candidate: string; sdp_mid: string | null; sdp_m_line_index: number | null };
 
 /**  A call as this device sees it. */
 export type CallView = CallView_Serialize | CallView_Deserialize;
@@ -385,6 +406,97 @@ export type ErrorCode =
 /**  HTTP: the body is not `application/json`. */
 "unsupported_media_type";
 
+/**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
+export type ExternalMedia = ExternalMedia_Serialize | ExternalMedia_Deserialize;
+
+/**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
+export type ExternalMedia_Deserialize = { type: "start"; params: MediaParams_Deserialize } | 
+/**  Signaling from the other side, for the UI's `RTCPeerConnection`. */
+{ type: "signal"; call: string; signal: CallSignal_Deserialize } | { type: "restart_ice"; call: string } | { type: "mute"; call: string; muted: boolean } | { type: "stop"; call: string };
+
+/**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
+export type ExternalMedia_Serialize = { type: "start"; params: MediaParams_Serialize } | 
+/**  Signaling from the other side, for the UI's `RTCPeerConnection`. */
+{ type: "signal"; call: string; signal: CallSignal_Serialize } | { type: "restart_ice"; call: string } | { type: "mute"; call: string; muted: boolean } | { type: "stop"; call: string };
+
+/**  A STUN or TURN server for WebRTC's ICE. */
+export type IceServer = IceServer_Serialize | IceServer_Deserialize;
+
+/**  A STUN or TURN server for WebRTC's ICE. */
+export type IceServer_Deserialize = {
+	urls: string[],
+	username?: string | null,
+	credential?: string | null,
+};
+
+/**  A STUN or TURN server for WebRTC's ICE. */
+export type IceServer_Serialize = {
+	urls: string[],
+	username: string | null,
+	credential: string | null,
+};
+
+/**
+ *  What a running session reports. The UI reports the same for its
+ *  `RTCPeerConnection` (adjacently tagged: a signal has its own `type`).
+ */
+export type MediaEvent = MediaEvent_Serialize | MediaEvent_Deserialize;
+
+/**
+ *  What a running session reports. The UI reports the same for its
+ *  `RTCPeerConnection` (adjacently tagged: a signal has its own `type`).
+ */
+export type MediaEvent_Deserialize = 
+/**  Signaling for the other side (an offer, an answer, a candidate). */
+{ type: "signal"; value: CallSignal_Deserialize } | 
+/**  Media flows (ICE and DTLS are up). */
+{ type: "connected" } | 
+/**  Media stopped flowing (ICE disconnected or failed). */
+{ type: "lost" } | 
+/**  The first frame of the other side's audio was decoded. */
+{ type: "first_audio" } | 
+/**  The session cannot go on (no device, a codec error, …). */
+{ type: "failed"; value: string };
+
+/**
+ *  What a running session reports. The UI reports the same for its
+ *  `RTCPeerConnection` (adjacently tagged: a signal has its own `type`).
+ */
+export type MediaEvent_Serialize = 
+/**  Signaling for the other side (an offer, an answer, a candidate). */
+{ type: "signal"; value: CallSignal_Serialize } | 
+/**  Media flows (ICE and DTLS are up). */
+{ type: "connected" } | 
+/**  Media stopped flowing (ICE disconnected or failed). */
+{ type: "lost" } | 
+/**  The first frame of the other side's audio was decoded. */
+{ type: "first_audio" } | 
+/**  The session cannot go on (no device, a codec error, …). */
+{ type: "failed"; value: string };
+
+/**  Everything a session needs to start. */
+export type MediaParams = MediaParams_Serialize | MediaParams_Deserialize;
+
+/**  Everything a session needs to start. */
+export type MediaParams_Deserialize = {
+	call: string,
+	/**  This side makes the WebRTC offer (the caller does). */
+	offerer: boolean,
+	video: boolean,
+	/**  From the server, with short-lived TURN credentials. */
+	ice_servers: IceServer_Deserialize[],
+};
+
+/**  Everything a session needs to start. */
+export type MediaParams_Serialize = {
+	call: string,
+	/**  This side makes the WebRTC offer (the caller does). */
+	offerer: boolean,
+	video: boolean,
+	/**  From the server, with short-lived TURN credentials. */
+	ice_servers: IceServer_Serialize[],
+};
+
 export type MemberState = MemberState_Serialize | MemberState_Deserialize;
 
 export type MemberState_Deserialize = {
@@ -463,6 +575,24 @@ export type Settings_Serialize = {
 };
 
 export type Theme = "system" | "light" | "dark";
+
+/**
+ *  What the core asks of the UI's `RTCPeerConnection`, where the webview
+ *  carries calls (start, the other side's signals, ICE restart, mute, stop).
+ */
+export type WebviewMedia = WebviewMedia_Serialize | WebviewMedia_Deserialize;
+
+/**
+ *  What the core asks of the UI's `RTCPeerConnection`, where the webview
+ *  carries calls (start, the other side's signals, ICE restart, mute, stop).
+ */
+export type WebviewMedia_Deserialize = ExternalMedia_Deserialize;
+
+/**
+ *  What the core asks of the UI's `RTCPeerConnection`, where the webview
+ *  carries calls (start, the other side's signals, ICE restart, mute, stop).
+ */
+export type WebviewMedia_Serialize = ExternalMedia_Serialize;
 
 /* Tauri Specta runtime */
 async function typedError<T, E>(result: Promise<T>): Promise<{ status: "ok"; data: T } | { status: "error"; error: E }> {

@@ -3,6 +3,7 @@
 import { events } from "../bindings";
 import type { CallCapabilities, CallView, ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SessionInfo, Settings } from "../bindings";
 import { api } from "./api";
+import { CallMedia, connectCallMedia, type MediaView } from "./webrtc";
 
 export const PAGE = 50;
 
@@ -25,7 +26,12 @@ export const app = $state({
   callCaps: { audio: true, video: false } as CallCapabilities,
   /** The call screen is folded into a bar while the user reads chats. */
   callMinimized: false,
+  /** The call's media, where the webview carries it (see webrtc.ts). */
+  media: null as MediaView | null,
 });
+
+/** The webview's WebRTC side of calls; null where the native engine carries them. */
+export let callMedia: CallMedia | null = null;
 
 /** How long an ended call's screen stays up, saying how it ended. */
 export const ENDED_SHOWN_MS = 2500;
@@ -208,11 +214,18 @@ export async function start() {
   await events.playSound.listen(() => {
     sound?.play().catch(() => {});
   });
+  // Before the session resumes calls, say where they can run.
+  try {
+    const connected = await connectCallMedia((view) => (app.media = view));
+    callMedia = connected.media;
+    app.callCaps = connected.caps;
+  } catch (e) {
+    console.warn("calls:", e);
+  }
   app.settings = await api.settings();
   app.session = await api.session();
   if (app.session) {
     app.connection = await api.connectionState().catch(() => null);
-    app.callCaps = await api.callCapabilities().catch(() => app.callCaps);
     const call = await api.currentCall().catch(() => null);
     if (call && call.phase.phase !== "ended") onCall(call);
     await refreshConversations();

@@ -15,11 +15,14 @@
 
 use crate::{Error, Result};
 use confab_protocol::{CallId, CallSignal, IceServer};
+use serde::{Deserialize, Serialize};
+use specta::Type;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Everything a session needs to start.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 pub struct MediaParams {
     pub call: CallId,
     /// This side makes the WebRTC offer (the caller does).
@@ -29,8 +32,10 @@ pub struct MediaParams {
     pub ice_servers: Vec<IceServer>,
 }
 
-/// What a running session reports.
-#[derive(Clone, Debug, PartialEq)]
+/// What a running session reports. The UI reports the same for its
+/// `RTCPeerConnection` (adjacently tagged: a signal has its own `type`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum MediaEvent {
     /// Signaling for the other side (an offer, an answer, a candidate).
     Signal(CallSignal),
@@ -70,9 +75,12 @@ pub trait MediaSession: Send + Sync + 'static {
 }
 
 /// What [`ExternalEngine`] asks of the UI that runs WebRTC.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExternalMedia {
-    Start(MediaParams),
+    Start {
+        params: MediaParams,
+    },
     /// Signaling from the other side, for the UI's `RTCPeerConnection`.
     Signal {
         call: CallId,
@@ -134,7 +142,7 @@ impl MediaEngine for ExternalEngine {
     async fn start(&self, params: MediaParams, events: MediaEvents) -> Result<Box<dyn MediaSession>> {
         let call = params.call;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((call, events));
-        tell_ui(&self.to_ui, ExternalMedia::Start(params)).await?;
+        tell_ui(&self.to_ui, ExternalMedia::Start { params }).await?;
         Ok(Box::new(ExternalSession { call, to_ui: self.to_ui.clone(), current: self.current.clone() }))
     }
 }
@@ -164,6 +172,53 @@ impl MediaSession for ExternalSession {
     }
 }
 
+/// The app's engine, chosen per call: the webview's WebRTC
+/// ([`ExternalEngine`]) once the UI has reported that it has
+/// `RTCPeerConnection` and `getUserMedia` (feature detection, not a
+/// platform list), else the fallback (the native engine where it is built).
+pub struct SelectedEngine {
+    webview: ExternalEngine,
+    fallback: Option<Arc<dyn MediaEngine>>,
+    use_webview: AtomicBool,
+}
+
+impl SelectedEngine {
+    pub fn new(webview: ExternalEngine, fallback: Option<Arc<dyn MediaEngine>>) -> SelectedEngine {
+        SelectedEngine { webview, fallback, use_webview: AtomicBool::new(false) }
+    }
+
+    /// What the UI found. Takes effect from the next call on.
+    pub fn set_webview_available(&self, available: bool) {
+        self.use_webview.store(available, Ordering::Relaxed);
+    }
+
+    /// Calls run in the webview (which can then also carry video).
+    pub fn uses_webview(&self) -> bool {
+        self.use_webview.load(Ordering::Relaxed)
+    }
+
+    /// Some engine can carry a call here.
+    pub fn can_call(&self) -> bool {
+        self.uses_webview() || self.fallback.is_some()
+    }
+
+    /// Where the UI's reports go.
+    pub fn webview(&self) -> &ExternalEngine {
+        &self.webview
+    }
+}
+
+#[async_trait::async_trait]
+impl MediaEngine for SelectedEngine {
+    async fn start(&self, params: MediaParams, events: MediaEvents) -> Result<Box<dyn MediaSession>> {
+        match &self.fallback {
+            _ if self.uses_webview() => self.webview.start(params, events).await,
+            Some(native) => native.start(params, events).await,
+            None => Err(Error::Invalid("this device has no media engine for calls".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +231,7 @@ mod tests {
         let call = uuid::Uuid::now_v7();
         let params = MediaParams { call, offerer: true, video: false, ice_servers: vec![] };
         let mut session = engine.start(params.clone(), events).await.unwrap();
-        assert_eq!(ui.recv().await, Some(ExternalMedia::Start(params)));
+        assert_eq!(ui.recv().await, Some(ExternalMedia::Start { params }));
         let answer = CallSignal::Answer { sdp: "v=0".into() };
         session.signal(answer.clone()).await.unwrap();
         assert_eq!(ui.recv().await, Some(ExternalMedia::Signal { call, signal: answer }));
@@ -186,5 +241,41 @@ mod tests {
         session.stop().await;
         assert_eq!(ui.recv().await, Some(ExternalMedia::Stop { call }));
         assert!(engine.report(call, MediaEvent::Lost).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_selected_engine_uses_the_webview_once_the_ui_reports_it() {
+        let (to_ui, mut ui) = mpsc::channel(8);
+        let engine = SelectedEngine::new(ExternalEngine::new(to_ui), None);
+        assert!(!engine.can_call());
+        let params = MediaParams { call: uuid::Uuid::now_v7(), offerer: false, video: true, ice_servers: vec![] };
+        let (events, _rx) = mpsc::channel(8);
+        assert!(engine.start(params.clone(), events.clone()).await.is_err());
+        engine.set_webview_available(true);
+        assert!(engine.can_call());
+        let _session = engine.start(params.clone(), events).await.unwrap();
+        assert_eq!(ui.recv().await, Some(ExternalMedia::Start { params }));
+    }
+
+    #[test]
+    fn reports_and_requests_have_a_stable_json_shape_for_the_ui() {
+        let call = uuid::Uuid::nil();
+        let candidate = CallSignal::Candidate { candidate: "c".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) };
+        assert_eq!(
+            serde_json::to_value(MediaEvent::Signal(candidate)).unwrap(),
+            serde_json::json!({"type": "signal", "value": {"type": "candidate", "candidate": "c", "sdp_mid": "0", "sdp_m_line_index": 0}})
+        );
+        assert_eq!(
+            serde_json::from_value::<MediaEvent>(serde_json::json!({"type": "failed", "value": "no microphone"})).unwrap(),
+            MediaEvent::Failed("no microphone".into())
+        );
+        assert_eq!(
+            serde_json::from_value::<MediaEvent>(serde_json::json!({"type": "connected"})).unwrap(),
+            MediaEvent::Connected
+        );
+        assert_eq!(
+            serde_json::to_value(ExternalMedia::Mute { call, muted: true }).unwrap(),
+            serde_json::json!({"type": "mute", "call": call, "muted": true})
+        );
     }
 }

@@ -14,5 +14,5 @@ pub(crate) mod manager;
 #[cfg(feature = "native-calls")]
 pub mod native;
 
-pub use engine::{ExternalEngine, ExternalMedia, MediaEngine, MediaEvent, MediaParams, MediaSession};
+pub use engine::{ExternalEngine, ExternalMedia, MediaEngine, MediaEvent, MediaParams, MediaSession, SelectedEngine};
 pub use machine::{step, Action, CallInput, CallState, Ending};
