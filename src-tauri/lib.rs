@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod error;
 pub mod keychain;
+pub mod permissions;
 pub mod settings;
 pub mod shell;
 
@@ -83,6 +84,10 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_opener::init())
         .invoke_handler(specta.invoke_handler())
+        .on_permission_request(|webview, kind| {
+            let dev_url = webview.app_handle().config().build.dev_url.clone();
+            permissions::decide(kind, webview.url().ok().as_ref(), dev_url.as_ref())
+        })
         .setup(move |app| {
             specta.mount_events(app);
             // Ask once, on first launch, where the platform asks at all.
