@@ -880,6 +880,81 @@ mod cases {
     }
 
     #[test]
+    fn a_running_call_switches_to_another_microphone_and_speaker() {
+        if ran_in_loopback_namespace("calls::cases::a_running_call_switches_to_another_microphone_and_speaker") {
+            return;
+        }
+        let dir = temp_dir("call-switch-devices");
+        let server = Server::start(dir.path());
+        let (a1, a2, b_tone) = (dir.path().join("a440.wav"), dir.path().join("a550.wav"), dir.path().join("b660.wav"));
+        write_tone(&a1, 440.0, 20.0);
+        write_tone(&a2, 550.0, 20.0);
+        write_tone(&b_tone, 660.0, 20.0);
+        let (bob_heard, alice_first, alice_second) =
+            (dir.path().join("bob-heard.wav"), dir.path().join("alice-1.wav"), dir.path().join("alice-2.wav"));
+        run(async {
+            let mut alice = device_with(
+                dir.path(),
+                &server.url,
+                "alice",
+                "a",
+                true,
+                AudioInput::Wav(a1.clone()),
+                AudioOutput::Wav(alice_first.clone()),
+            )
+            .await;
+            let mut bob = device_with(
+                dir.path(),
+                &server.url,
+                "bob",
+                "b",
+                true,
+                AudioInput::Wav(b_tone.clone()),
+                AudioOutput::Wav(bob_heard.clone()),
+            )
+            .await;
+            let (_conv, call) = answered(&mut alice, &mut bob).await;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            // A device that does not exist changes nothing.
+            let missing = alice.engine.use_devices(AudioInput::Wav(dir.path().join("none.wav")), AudioOutput::Discard);
+            assert!(missing.is_err());
+            alice
+                .engine
+                .use_devices(AudioInput::Wav(a2.clone()), AudioOutput::Wav(alice_second.clone()))
+                .expect("switch devices");
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            bob.client.hang_up(call).await.expect("hang up");
+            alice.ended(call).await;
+        });
+        // Bob heard the first microphone, then the second.
+        let (samples, rate) = read_wav(&bob_heard);
+        let map: String = samples
+            .chunks_exact(rate as usize / 10)
+            .map(|w| {
+                let (a, b) = (tone_level(w, rate, 440.0), tone_level(w, rate, 550.0));
+                if a > 0.05 && a > 10.0 * b {
+                    '1'
+                } else if b > 0.05 && b > 10.0 * a {
+                    '2'
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        let first = map.find('1').expect(&map);
+        let switch = map.find('2').expect(&map);
+        assert!(switch > first && !map[switch..].contains('1'), "{map}");
+        assert!(map[first..switch].matches('1').count() >= 15 && map[switch..].matches('2').count() >= 15, "{map}");
+        // Alice's first speaker played bob until the switch, the second after it.
+        for (wav, who) in [(&alice_first, "alice's first speaker"), (&alice_second, "alice's second speaker")] {
+            let (samples, rate) = read_wav(wav);
+            assert!(samples.len() as u32 > rate * 2, "{who} got {} samples", samples.len());
+            let (share, windows) = share_hearing(&samples[rate as usize / 2..], rate, 660.0, 440.0, 0.05);
+            assert!(share > 0.8, "{who} heard bob in {:.0}% of {windows} windows", share * 100.0);
+        }
+    }
+
+    #[test]
     fn a_muted_microphone_sends_silence_until_unmuted() {
         if ran_in_loopback_namespace("calls::cases::a_muted_microphone_sends_silence_until_unmuted") {
             return;

@@ -36,6 +36,20 @@ pub enum AudioOutput {
     NamedDevice(String),
 }
 
+/// The sound devices there are, by name (what [`AudioInput::NamedDevice`]
+/// and [`AudioOutput::NamedDevice`] take).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, specta::Type)]
+pub struct AudioDevices {
+    pub microphones: Vec<String>,
+    pub speakers: Vec<String>,
+}
+
+/// Lists the capture and playback devices (it can take a moment: some
+/// hosts probe each device).
+pub fn list_devices() -> Result<AudioDevices> {
+    device::list()
+}
+
 /// Produces one frame at a time; called every 20 ms.
 pub trait AudioSource: Send + 'static {
     fn read(&mut self, frame: &mut [i16; FRAME]);
@@ -300,6 +314,25 @@ mod device {
     use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
     use std::sync::mpsc as std_mpsc;
 
+    fn names(devices: impl Iterator<Item = cpal::Device>) -> Vec<(String, cpal::Device)> {
+        devices.filter_map(|d| Some((d.description().ok()?.name().to_owned(), d))).collect()
+    }
+
+    fn all(host: &cpal::Host, input: bool) -> Result<Vec<(String, cpal::Device)>> {
+        let devices = if input { host.input_devices() } else { host.output_devices() }
+            .map_err(|e| Error::Invalid(format!("cannot list audio devices: {e}")))?;
+        Ok(names(devices))
+    }
+
+    pub(super) fn list() -> Result<AudioDevices> {
+        let host = cpal::default_host();
+        let unique = |v: Vec<(String, cpal::Device)>| {
+            let mut seen = std::collections::HashSet::new();
+            v.into_iter().map(|(n, _)| n).filter(|n| seen.insert(n.clone())).collect()
+        };
+        Ok(AudioDevices { microphones: unique(all(&host, true)?), speakers: unique(all(&host, false)?) })
+    }
+
     fn pick(input: bool, name: Option<&str>) -> Result<cpal::Device> {
         let host = cpal::default_host();
         let what = if input { "microphone" } else { "speaker" };
@@ -307,19 +340,17 @@ mod device {
             None if input => host.default_input_device(),
             None => host.default_output_device(),
             Some(name) => {
-                let devices = if input { host.input_devices() } else { host.output_devices() }
-                    .map_err(|e| Error::Invalid(format!("cannot list audio devices: {e}")))?;
-                let mut found = None;
-                for d in devices {
-                    if d.description().is_ok_and(|desc| desc.name().contains(name)) {
-                        found = Some(d);
-                        break;
-                    }
-                }
-                found
+                // The exact name first: "default" is inside "sysdefault:…".
+                let devices = all(&host, input)?;
+                let exact = devices.iter().position(|(n, _)| n == name);
+                let index = exact.or_else(|| devices.iter().position(|(n, _)| n.contains(name)));
+                index.map(|i| devices.into_iter().nth(i).expect("index in range").1)
             }
         };
-        device.ok_or_else(|| Error::Invalid(format!("no {what} found")))
+        device.ok_or_else(|| match name {
+            Some(name) => Error::Invalid(format!("no {what} named {name:?}")),
+            None => Error::Invalid(format!("no {what} found")),
+        })
     }
 
     /// Runs `build` on a thread that keeps the stream it returns alive

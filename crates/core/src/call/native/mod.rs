@@ -77,13 +77,49 @@ pub struct NativeStats {
 
 pub struct NativeEngine {
     config: NativeConfig,
+    /// What calls use: the config's at first, then [`NativeEngine::use_devices`].
+    devices: Mutex<(AudioInput, AudioOutput)>,
+    /// The running session's audio ends, to switch devices mid-call.
+    live: Mutex<Option<LiveAudio>>,
     /// The latest session's.
     stats: Mutex<Arc<NativeStats>>,
 }
 
+type SharedSource = Arc<Mutex<Box<dyn AudioSource>>>;
+type SharedSink = Arc<Mutex<Box<dyn AudioSink>>>;
+
+struct LiveAudio {
+    source: std::sync::Weak<Mutex<Box<dyn AudioSource>>>,
+    sink: std::sync::Weak<Mutex<Box<dyn AudioSink>>>,
+}
+
 impl NativeEngine {
     pub fn new(config: NativeConfig) -> NativeEngine {
-        NativeEngine { config, stats: Mutex::default() }
+        let devices = Mutex::new((config.input.clone(), config.output.clone()));
+        NativeEngine { config, devices, live: Mutex::default(), stats: Mutex::default() }
+    }
+
+    /// The microphone and speaker from now on, in a running call too. Both
+    /// open before either is switched: if one cannot, nothing changes.
+    pub fn use_devices(&self, input: AudioInput, output: AudioOutput) -> Result<()> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let running = live.as_ref().and_then(|l| Some((l.source.upgrade()?, l.sink.upgrade()?)));
+        if let Some((source, sink)) = running {
+            let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+            let new_source = (devices.0 != input).then(|| audio::open_source(&input)).transpose()?;
+            let new_sink = (devices.1 != output).then(|| audio::open_sink(&output)).transpose()?;
+            if let Some(new) = new_source {
+                *source.lock().unwrap_or_else(|e| e.into_inner()) = new;
+            }
+            if let Some(new) = new_sink {
+                let mut old = std::mem::replace(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()), new);
+                let _ = old.finish();
+            }
+            *devices = (input, output);
+        } else {
+            *self.devices.lock().unwrap_or_else(|e| e.into_inner()) = (input, output);
+        }
+        Ok(())
     }
 
     /// The latest session's statistics (`call` says which).
@@ -275,8 +311,11 @@ impl MediaEngine for NativeEngine {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
         // Devices first: a missing microphone is the user's error to see
         // before anything rings on the network.
-        let source = audio::open_source(&self.config.input)?;
-        let sink: Arc<Mutex<Box<dyn AudioSink>>> = Arc::new(Mutex::new(audio::open_sink(&self.config.output)?));
+        let (input, output) = self.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let source: SharedSource = Arc::new(Mutex::new(audio::open_source(&input)?));
+        let sink: SharedSink = Arc::new(Mutex::new(audio::open_sink(&output)?));
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(LiveAudio { source: Arc::downgrade(&source), sink: Arc::downgrade(&sink) });
         let (media, registry) = media_engine()?;
         let loopback_only = self.config.bind.iter().all(|a| a.is_loopback());
         let settings = SettingEngineBuilder::new()
@@ -366,7 +405,7 @@ impl MediaEngine for NativeEngine {
 
 /// Encodes a frame every 20 ms once media flows.
 async fn send_audio(
-    mut source: Box<dyn AudioSource>,
+    source: SharedSource,
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     mut connected: watch::Receiver<bool>,
@@ -394,7 +433,7 @@ async fn send_audio(
         }
         // The device is read even when muted, so unmuting sends what is
         // said now rather than what queued up meanwhile.
-        source.read(&mut frame);
+        source.lock().unwrap_or_else(|e| e.into_inner()).read(&mut frame);
         if muted.load(Ordering::Relaxed) {
             frame.fill(0);
         }
