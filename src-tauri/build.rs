@@ -36,6 +36,7 @@ const COMMANDS: &[&str] = &[
     "current_call",
     "call_capabilities",
     "report_call_media",
+    "audio_devices",
 ];
 
 fn main() {

@@ -9,7 +9,7 @@ use confab_core::{ChatMessage, ConnectionState, ConversationSummary};
 use confab_protocol::{ClientId, ConversationId, UserId};
 use serde::{Deserialize, Serialize};
 use specta::Type;
-use tauri::{AppHandle, State};
+use tauri::{AppHandle, Manager, State};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Type)]
 pub struct SessionInfo {
@@ -268,7 +268,27 @@ pub async fn settings(app: AppHandle) -> Result<Settings> {
 #[tauri::command]
 #[specta::specta]
 pub async fn save_settings(app: AppHandle, settings: Settings) -> Result<()> {
+    // A newly chosen microphone or speaker that is not there is refused,
+    // and nothing is saved.
+    let before = settings::load(&app);
+    if (&before.microphone, &before.speaker) != (&settings.microphone, &settings.speaker) {
+        let (handle, prefs) = (app.clone(), settings.clone());
+        tauri::async_runtime::spawn_blocking(move || handle.state::<Shell>().use_audio_devices(&prefs, true))
+            .await
+            .map_err(|e| AppError::new("internal", e.to_string()))??;
+    }
     settings::save(&app, &settings).map_err(|e| AppError::new("internal", e))
+}
+
+/// The microphones and speakers the native engine can use (where the
+/// webview carries calls, the UI lists its own).
+#[tauri::command]
+#[specta::specta]
+pub async fn audio_devices(_app: AppHandle) -> Result<confab_core::call::native::audio::AudioDevices> {
+    tauri::async_runtime::spawn_blocking(confab_core::call::native::audio::list_devices)
+        .await
+        .map_err(|e| AppError::new("internal", e.to_string()))?
+        .map_err(|e| AppError::new("device_unavailable", e.to_string()))
 }
 
 /// Opens an http(s) link in the system browser.

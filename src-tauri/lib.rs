@@ -52,6 +52,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::current_call,
             commands::call_capabilities,
             commands::report_call_media,
+            commands::audio_devices,
         ])
         .events(tauri_specta::collect_events![
             shell::CoreEvent,
@@ -102,6 +103,14 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
             let root = app.path().app_data_dir()?;
             app.manage(shell::Shell::new(root));
             shell::forward_webview_media(&handle);
+            // Off the main thread: listing sound devices can take a moment.
+            let devices = handle.clone();
+            tauri::async_runtime::spawn_blocking(move || {
+                let prefs = settings::load(&devices);
+                if let Err(e) = devices.state::<shell::Shell>().use_audio_devices(&prefs, false) {
+                    tracing::warn!(%e, "sound devices");
+                }
+            });
             #[cfg(desktop)]
             shell::setup_tray(&handle)?;
             tauri::async_runtime::spawn(async move {

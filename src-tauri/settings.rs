@@ -27,6 +27,10 @@ pub struct Settings {
     pub notifications: bool,
     pub sound: bool,
     pub muted: Vec<ConversationId>,
+    /// Where the native engine carries calls: the microphone and speaker
+    /// by name (none: the system's default).
+    pub microphone: Option<String>,
+    pub speaker: Option<String>,
 }
 
 impl Default for Settings {
@@ -37,11 +41,23 @@ impl Default for Settings {
             notifications: true,
             sound: true,
             muted: Vec::new(),
+            microphone: None,
+            speaker: None,
         }
     }
 }
 
 impl Settings {
+    pub fn audio_devices(
+        &self,
+    ) -> (confab_core::call::native::audio::AudioInput, confab_core::call::native::audio::AudioOutput) {
+        use confab_core::call::native::audio::{AudioInput, AudioOutput};
+        (
+            self.microphone.clone().map_or(AudioInput::Device, AudioInput::NamedDevice),
+            self.speaker.clone().map_or(AudioOutput::Device, AudioOutput::NamedDevice),
+        )
+    }
+
     pub fn notify_settings(&self) -> confab_core::notify::NotifySettings {
         confab_core::notify::NotifySettings {
             notifications: self.notifications,

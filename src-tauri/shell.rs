@@ -39,6 +39,7 @@ pub struct Shell {
     ringtone: Mutex<Option<confab_core::call::native::audio::Ringtone>>,
     /// Carries calls: the webview's WebRTC where the UI has it, else native.
     media: Arc<SelectedEngine>,
+    native: Arc<confab_core::call::native::NativeEngine>,
     /// The webview engine's requests, until [`forward_webview_media`] takes them.
     to_webview: Mutex<Option<tokio::sync::mpsc::Receiver<confab_core::call::ExternalMedia>>>,
 }
@@ -53,19 +54,46 @@ impl Shell {
         // Bounded: the UI drains it promptly; a stuck UI stalls its own
         // call's signaling, never the client.
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let media = SelectedEngine::new(ExternalEngine::new(tx), Some(Arc::new(native_engine())));
+        let native = Arc::new(native_engine());
+        let media = SelectedEngine::new(ExternalEngine::new(tx), Some(native.clone()));
         Shell {
             root,
             account: Default::default(),
             attention: Default::default(),
             ringtone: Default::default(),
             media: Arc::new(media),
+            native,
             to_webview: Mutex::new(Some(rx)),
         }
     }
 
     pub fn media(&self) -> &SelectedEngine {
         &self.media
+    }
+
+    /// The chosen microphone and speaker, for the next call and the running
+    /// one. A device that is not there is refused when `strict` (the user
+    /// just chose it), else replaced by the default until it is back.
+    /// Blocking: it lists the devices.
+    pub fn use_audio_devices(&self, prefs: &settings::Settings, strict: bool) -> Result<()> {
+        let mut prefs = prefs.clone();
+        if prefs.microphone.is_some() || prefs.speaker.is_some() {
+            let there = confab_core::call::native::audio::list_devices().unwrap_or_default();
+            for (chosen, list, what) in [
+                (&mut prefs.microphone, &there.microphones, "microphone"),
+                (&mut prefs.speaker, &there.speakers, "speaker"),
+            ] {
+                if let Some(name) = chosen.as_ref().filter(|n| !list.contains(n)) {
+                    if strict {
+                        return Err(AppError::new("device_unavailable", format!("There is no {what} named {name}.")));
+                    }
+                    tracing::warn!(%name, "the chosen {what} is not there; using the default");
+                    *chosen = None;
+                }
+            }
+        }
+        let (input, output) = prefs.audio_devices();
+        self.native.use_devices(input, output).map_err(|e| AppError::new("device_unavailable", e.to_string()))
     }
 
     /// The profile directory of the (single, for now) account.
@@ -98,8 +126,8 @@ impl Shell {
             // Dropping it stops it.
             tone.take();
         } else if tone.is_none() {
-            use confab_core::call::native::audio::{AudioOutput, Ringtone};
-            match Ringtone::start(&AudioOutput::Device) {
+            use confab_core::call::native::audio::Ringtone;
+            match Ringtone::start(&self.native.devices().1) {
                 Ok(t) => *tone = Some(t),
                 Err(e) => tracing::warn!(%e, "no ringtone"),
             }

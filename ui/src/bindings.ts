@@ -63,6 +63,11 @@ export const commands = {
 	 *  call screen).
 	 */
 	reportCallMedia: (call: string, event: MediaEvent_Deserialize) => typedError<null, AppError>(__TAURI_INVOKE("report_call_media", { call, event })),
+	/**
+	 *  The microphones and speakers the native engine can use (where the
+	 *  webview carries calls, the UI lists its own).
+	 */
+	audioDevices: () => typedError<AudioDevices, AppError>(__TAURI_INVOKE("audio_devices")),
 };
 
 /** Events */
@@ -81,6 +86,15 @@ export type AppError = {
 	 */
 	kind: string,
 	message: string,
+};
+
+/**
+ *  The sound devices there are, by name (what [`AudioInput::NamedDevice`]
+ *  and [`AudioOutput::NamedDevice`] take).
+ */
+export type AudioDevices = {
+	microphones: string[],
+	speakers: string[],
 };
 
 /**  What this device can do in a call, for the call buttons and screen. */
@@ -564,6 +578,12 @@ export type Settings_Deserialize = {
 	notifications?: boolean,
 	sound?: boolean,
 	muted?: string[],
+	/**
+	 *  Where the native engine carries calls: the microphone and speaker
+	 *  by name (none: the system's default).
+	 */
+	microphone?: string | null,
+	speaker?: string | null,
 };
 
 export type Settings_Serialize = {
@@ -572,6 +592,12 @@ export type Settings_Serialize = {
 	notifications: boolean,
 	sound: boolean,
 	muted: string[],
+	/**
+	 *  Where the native engine carries calls: the microphone and speaker
+	 *  by name (none: the system's default).
+	 */
+	microphone: string | null,
+	speaker: string | null,
 };
 
 export type Theme = "system" | "light" | "dark";

@@ -28,6 +28,12 @@ pub struct MediaArgs {
     /// Write what you hear to this WAV file (48 kHz mono) instead of the speaker.
     #[arg(long, value_name = "WAV")]
     record: Option<PathBuf>,
+    /// The microphone to use, by name (see `confab sound-devices`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["play", "silent"])]
+    mic: Option<String>,
+    /// The speaker to use, by name (see `confab sound-devices`).
+    #[arg(long, value_name = "NAME", conflicts_with = "record")]
+    speaker: Option<String>,
     /// Hang up this long after the call connects (e.g. 10s, 500ms, 2m).
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -40,6 +46,21 @@ pub struct MediaArgs {
     /// Print every phase, and the summary, as JSON lines.
     #[arg(long)]
     json: bool,
+}
+
+/// `confab sound-devices`: the names `--mic` and `--speaker` take.
+pub fn sound_devices(json: bool) -> anyhow::Result<ExitCode> {
+    let devices = confab_core::call::native::audio::list_devices()?;
+    if json {
+        println!("{}", serde_json::to_string(&devices)?);
+    } else {
+        for (what, names) in [("microphone", &devices.microphones), ("speaker", &devices.speakers)] {
+            for name in names {
+                println!("{what}\t{name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -61,14 +82,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl MediaArgs {
     pub fn engine(&self) -> NativeEngine {
-        let input = match (&self.play, self.silent) {
-            (Some(p), _) => AudioInput::Wav(p.clone()),
-            (None, true) => AudioInput::Silence,
-            (None, false) => AudioInput::Device,
+        let input = match (&self.play, self.silent, &self.mic) {
+            (Some(p), _, _) => AudioInput::Wav(p.clone()),
+            (None, true, _) => AudioInput::Silence,
+            (None, false, Some(name)) => AudioInput::NamedDevice(name.clone()),
+            (None, false, None) => AudioInput::Device,
         };
-        let output = match &self.record {
-            Some(p) => AudioOutput::Wav(p.clone()),
-            None => AudioOutput::Device,
+        let output = match (&self.record, &self.speaker) {
+            (Some(p), _) => AudioOutput::Wav(p.clone()),
+            (None, Some(name)) => AudioOutput::NamedDevice(name.clone()),
+            (None, None) => AudioOutput::Device,
         };
         let mut config = NativeConfig { input, output, relay_only: self.relay_only, ..NativeConfig::default() };
         if !self.media_bind.is_empty() {

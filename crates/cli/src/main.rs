@@ -111,6 +111,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the microphones and speakers calls can use (for --mic, --speaker).
+    SoundDevices {
+        #[arg(long)]
+        json: bool,
+    },
     /// List this account's signed-in devices, or sign some out.
     Sessions {
         #[command(subcommand)]
@@ -217,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => client.server().await?.unwrap_or_else(|| DEFAULT_SERVER.into()),
     };
     match cli.command {
+        Command::SoundDevices { json } => return call::sound_devices(json),
         Command::Call { username, video, media } => return call::call(client, &username, video, media).await,
         Command::Answer { wait, media } => return call::answer(client, wait, media).await,
         Command::Decline { wait, json } => return call::decline(client, wait, json).await,

@@ -33,6 +33,14 @@ export const app = $state({
 /** The webview's WebRTC side of calls; null where the native engine carries them. */
 export let callMedia: CallMedia | null = null;
 
+/** Saves a change to the settings; throws (and changes nothing) if the shell refuses it. */
+export async function updateSettings(change: Partial<Settings>) {
+  if (!app.settings) return;
+  const next = { ...app.settings, ...change };
+  await api.saveSettings(next);
+  app.settings = next;
+}
+
 /** How long an ended call's screen stays up, saying how it ended. */
 export const ENDED_SHOWN_MS = 2500;
 

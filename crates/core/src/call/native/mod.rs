@@ -99,6 +99,11 @@ impl NativeEngine {
         NativeEngine { config, devices, live: Mutex::default(), stats: Mutex::default() }
     }
 
+    /// The microphone and speaker calls use.
+    pub fn devices(&self) -> (AudioInput, AudioOutput) {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The microphone and speaker from now on, in a running call too. Both
     /// open before either is switched: if one cannot, nothing changes.
     pub fn use_devices(&self, input: AudioInput, output: AudioOutput) -> Result<()> {
