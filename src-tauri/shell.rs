@@ -35,8 +35,8 @@ pub struct Shell {
     root: PathBuf,
     account: tokio::sync::Mutex<Option<Account>>,
     attention: Mutex<Attention>,
-    /// Plays while a call rings on this device.
-    ringtone: Mutex<Option<confab_core::call::native::audio::Ringtone>>,
+    /// Plays while a call rings on this device (or, as ringback, at the other end).
+    ringtone: Mutex<Option<(confab_core::call::native::audio::Tone, confab_core::call::native::audio::Ringtone)>>,
     /// Carries calls: the webview's WebRTC where the UI has it, else native.
     media: Arc<SelectedEngine>,
     native: Arc<confab_core::call::native::NativeEngine>,
@@ -119,16 +119,19 @@ impl Shell {
             .with_media_engine(self.media.clone()))
     }
 
-    /// Starts or stops the ringtone.
-    fn ring(&self, ringing: bool) {
-        let mut tone = self.ringtone.lock().unwrap_or_else(|e| e.into_inner());
-        if !ringing {
-            // Dropping it stops it.
-            tone.take();
-        } else if tone.is_none() {
+    /// Plays the ringtone, the ringback, or (None) nothing.
+    fn ring(&self, which: Option<confab_core::call::native::audio::Tone>) {
+        let mut playing = self.ringtone.lock().unwrap_or_else(|e| e.into_inner());
+        let same = matches!((&*playing, which), (Some((now, _)), Some(want)) if *now == want);
+        if same {
+            return;
+        }
+        // Dropping it stops it.
+        playing.take();
+        if let Some(tone) = which {
             use confab_core::call::native::audio::Ringtone;
-            match Ringtone::start(&self.native.devices().1) {
-                Ok(t) => *tone = Some(t),
+            match Ringtone::start(&self.native.devices().1, tone) {
+                Ok(t) => *playing = Some((tone, t)),
                 Err(e) => tracing::warn!(%e, "no ringtone"),
             }
         }
@@ -235,8 +238,16 @@ async fn forward<R: Runtime>(
         if let ClientEvent::Call { call } = &event {
             let shell = app.state::<Shell>();
             let prefs = settings::load(&app);
+            use confab_core::call::native::audio::Tone;
             let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
-            shell.ring(incoming && prefs.sound);
+            // The caller hears ringback until the other side answers; it is
+            // part of the call, so "sound off" does not silence it.
+            let calling = call.phase == confab_core::CallPhase::Calling;
+            shell.ring(match () {
+                _ if incoming && prefs.sound => Some(Tone::Ring),
+                _ if calling => Some(Tone::Ringback),
+                _ => None,
+            });
             // A call ringing while the window is not in front is announced;
             // a click shows the window, where the call screen is.
             if incoming && prefs.notifications && !shell.attention().window_focused {

@@ -299,6 +299,20 @@ test("calls in the real app: it rings with a ringtone, is answered, carries soun
   }, 10000);
   await snap(B.d, "missed-call-entry");
 
+  // Calling out, the app plays ringback (the ring's cadence, quieter)
+  // until the call is answered or, here, cancelled.
+  await B.d.click("[data-testid=call-voice]");
+  await B.d.until("calling", async () => (await phaseOf(B.d)) === "calling", 10000);
+  const ringback = await pulse.listen(2500);
+  await B.d.click("[data-testid=call-hangup]");
+  await B.d.until("cancelled", async () => ["ended", null].includes(await phaseOf(B.d)), 10000);
+  await sleep(300);
+  const afterCancel = await pulse.listen(1500);
+  const rb = peak(ringback, 450);
+  assert.ok(rb > 0.02 && rb < peak(ringing, 450) / 2, `ringback plays, quieter than the ring (450 Hz at ${rb.toFixed(3)}, the ring at ${peak(ringing, 450).toFixed(3)})`);
+  assert.ok(peak(afterCancel, 450) < 0.01, `ringback stopped (450 Hz at ${peak(afterCancel, 450).toFixed(3)})`);
+  await B.d.until("the cancelled call's screen goes", async () => (await phaseOf(B.d)) === null, 10000);
+
   // The app calls out and hangs up.
   const answer = cliCall("alice", server.url, ["answer", "--wait", "30s", "--silent", "--record", path.join(tmp, "alice-2.wav")]);
   await sleep(1000);

@@ -250,7 +250,8 @@ impl Ring {
 
 /// The ring of an incoming call, played to an output until dropped: two
 /// 400 ms bursts of 400 + 450 Hz, 200 ms apart, every 3 s (the British
-/// double ring, recognisable and easy to tell apart from speech).
+/// double ring, recognisable and easy to tell apart from speech). The
+/// caller hears the same cadence, quieter, as ringback.
 pub struct Ringtone {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -268,8 +269,17 @@ pub fn ring_sample(i: usize) -> i16 {
     (((tau * 400.0 * t).sin() + (tau * 450.0 * t).sin()) * 0.25 * i16::MAX as f64) as i16
 }
 
+/// Which ring: the callee's ringtone or the caller's ringback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    Ring,
+    /// At a fifth of the level: it plays in the caller's ear.
+    Ringback,
+}
+
 impl Ringtone {
-    pub fn start(output: &AudioOutput) -> Result<Ringtone> {
+    pub fn start(output: &AudioOutput, tone: Tone) -> Result<Ringtone> {
+        let divisor = if tone == Tone::Ringback { 5 } else { 1 };
         let mut sink = open_sink(output)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
@@ -281,7 +291,7 @@ impl Ringtone {
                 let mut n = 0usize;
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     for (k, s) in frame.iter_mut().enumerate() {
-                        *s = ring_sample(n * FRAME + k);
+                        *s = ring_sample(n * FRAME + k) / divisor;
                     }
                     if sink.write(&frame).is_err() {
                         break;
@@ -516,7 +526,7 @@ mod tests {
     fn the_ringtone_rings_into_a_wav_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ring.wav");
-        let ring = Ringtone::start(&AudioOutput::Wav(path.clone())).unwrap();
+        let ring = Ringtone::start(&AudioOutput::Wav(path.clone()), Tone::Ring).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(ring);
         let samples: Vec<i16> = hound::WavReader::open(&path).unwrap().into_samples().map(|s| s.unwrap()).collect();
@@ -526,6 +536,14 @@ mod tests {
         assert_eq!(ring_sample(24_100), 0, "quiet between the bursts");
         assert_eq!(ring_sample(48_000 * 2 + 100), 0, "quiet after the double ring");
         assert_ne!(ring_sample(48_000 * 3 + 100), 0, "and again");
+        // Ringback: the same cadence, quieter.
+        let path = dir.path().join("ringback.wav");
+        let ring = Ringtone::start(&AudioOutput::Wav(path.clone()), Tone::Ringback).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(ring);
+        let samples: Vec<i16> = hound::WavReader::open(&path).unwrap().into_samples().map(|s| s.unwrap()).collect();
+        let loudest = samples.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+        assert!((1000..5000).contains(&loudest), "{loudest}");
     }
 
     #[test]
