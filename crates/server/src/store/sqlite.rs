@@ -2,6 +2,12 @@
 //! connection, so SQLite's single writer never sees lock contention (no
 //! `SQLITE_BUSY` on upgrade); reads use a separate pool and see every
 //! committed write.
+//!
+//! Appends, the hot path, are group-committed: one task takes every append
+//! that queued up while the previous transaction was committing and runs
+//! them in one transaction, each in its own savepoint (one refused change
+//! rolls back alone). One fsync then covers many messages, and no append
+//! is answered, so none is published, before its transaction commits.
 
 use super::{now_ms, AppendOutcome, LogPage, Membership, MessageMeta, Revoke, Session, SessionId, Store};
 use crate::error::{ApiError, Result};
@@ -25,7 +31,21 @@ const MESSAGE_OVERHEAD: usize = 300;
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    appends: tokio::sync::mpsc::Sender<AppendJob>,
+    /// Transactions the append task committed (each holds one or more appends).
+    append_commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+struct AppendJob {
+    conversation: ConversationId,
+    actor: UserId,
+    body: EventBody,
+    reply: tokio::sync::oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// Appends in one transaction at most: bounds a transaction's size and how
+/// long its first append waits.
+const MAX_GROUP: usize = 256;
 
 fn parse_id(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| ApiError::internal("corrupt id in database", e))
@@ -57,7 +77,18 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
         sqlx::migrate!("./migrations").run(&write).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        Ok(SqliteStore { read, write })
+        // Each connection has at most one request in flight, so the queue
+        // holds at most one append per connection; when full, senders wait.
+        let (appends, jobs) = tokio::sync::mpsc::channel(1024);
+        let append_commits = std::sync::Arc::default();
+        tokio::spawn(commit_appends(write.clone(), jobs, std::sync::Arc::clone(&append_commits)));
+        Ok(SqliteStore { read, write, appends, append_commits })
+    }
+
+    /// How many transactions appends have taken so far (fewer than appends
+    /// when they were grouped).
+    pub fn append_commits(&self) -> u64 {
+        self.append_commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn members_of(&self, conversation: &str) -> Result<Vec<MemberState>> {
@@ -97,6 +128,122 @@ impl SqliteStore {
 }
 
 /// Inserts the conversation's next event inside `tx` and returns it.
+/// The append task: each round takes what queued up meanwhile (up to
+/// [`MAX_GROUP`]), applies it in one transaction with a savepoint per
+/// append, commits, and only then answers.
+async fn commit_appends(
+    write: SqlitePool,
+    mut jobs: tokio::sync::mpsc::Receiver<AppendJob>,
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        let (work, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|j| ((j.conversation, j.actor, j.body), j.reply)).unzip();
+        let n = work.len();
+        let results = append_group(&write, work).await;
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            // Nothing committed: every append in the group fails alike, and
+            // its sender retries with the same client id.
+            Err(e) => {
+                tracing::error!(%e, appends = n, "an append transaction failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn append_group(
+    write: &SqlitePool,
+    work: Vec<(ConversationId, UserId, EventBody)>,
+) -> Result<Vec<Result<AppendOutcome>>> {
+    let mut tx = write.begin().await?;
+    let mut results = Vec::with_capacity(work.len());
+    for (conversation, actor, body) in work {
+        // A nested transaction is a savepoint.
+        let mut one = sqlx::Acquire::begin(&mut tx).await?;
+        match append_in(&mut one, conversation, actor, body).await {
+            Ok(outcome) => {
+                one.commit().await?;
+                results.push(Ok(outcome));
+            }
+            Err(e) => {
+                one.rollback().await?;
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn append_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    actor: UserId,
+    mut body: EventBody,
+) -> Result<AppendOutcome> {
+    let conv = conversation.to_string();
+    let is_message = matches!(body, EventBody::Message { .. });
+    if let EventBody::Message { client_id, text, .. } = &body {
+        let dup = sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
+            .bind(actor.to_string())
+            .bind(client_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(r) = dup {
+            let dup_conv = parse_id(r.get("conversation_id"))?;
+            if dup_conv != conversation {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "this client_id was already used for a message in another conversation",
+                ));
+            }
+            return Ok(AppendOutcome::Duplicate {
+                conversation,
+                seq: r.get("seq"),
+                pos: r.get("pos"),
+                ts: r.get("ts"),
+            });
+        }
+        let event = push_event(tx, conversation, actor, body.clone(), true, now_ms()).await?;
+        let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
+        insert_message(tx, &event, seq, *client_id, text, None).await?;
+        let recipients = member_ids_tx(tx, &conv).await?;
+        return Ok(AppendOutcome::Appended { event, recipients });
+    }
+    debug_assert!(!is_message);
+    if let EventBody::Call { call, video, outcome, .. } = &body {
+        // The call's entry, a message of the caller's keyed by the call
+        // id: each call is logged once.
+        let record = confab_protocol::CallRecord { call: *call, video: *video, outcome: *outcome };
+        let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("serialize call", e))?;
+        let event = push_event(tx, conversation, actor, body.clone(), true, now_ms()).await?;
+        let EventBody::Call { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
+        insert_message(tx, &event, seq, *call, "", Some(&json)).await?;
+        let recipients = member_ids_tx(tx, &conv).await?;
+        return Ok(AppendOutcome::Appended { event, recipients });
+    }
+    let ts = now_ms();
+    if !apply_change(tx, conversation, actor, ts, &mut body).await? {
+        return Ok(AppendOutcome::Unchanged);
+    }
+    let mut recipients = member_ids_tx(tx, &conv).await?;
+    if let EventBody::MemberRemoved { user } = &body {
+        recipients.push(*user);
+    }
+    let event = push_event(tx, conversation, actor, body, false, ts).await?;
+    Ok(AppendOutcome::Appended { event, recipients })
+}
+
 async fn push_event(
     tx: &mut Transaction<'_, Sqlite>,
     conversation: ConversationId,
@@ -674,63 +821,11 @@ impl Store for SqliteStore {
         Ok(AppendOutcome::Appended { event, recipients })
     }
 
-    async fn append(&self, conversation: ConversationId, actor: UserId, mut body: EventBody) -> Result<AppendOutcome> {
-        let conv = conversation.to_string();
-        let mut tx = self.write.begin().await?;
-        let is_message = matches!(body, EventBody::Message { .. });
-        if let EventBody::Message { client_id, text, .. } = &body {
-            let dup =
-                sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
-                    .bind(actor.to_string())
-                    .bind(client_id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(r) = dup {
-                let dup_conv = parse_id(r.get("conversation_id"))?;
-                if dup_conv != conversation {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidRequest,
-                        "this client_id was already used for a message in another conversation",
-                    ));
-                }
-                return Ok(AppendOutcome::Duplicate {
-                    conversation,
-                    seq: r.get("seq"),
-                    pos: r.get("pos"),
-                    ts: r.get("ts"),
-                });
-            }
-            let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
-            let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
-            insert_message(&mut tx, &event, seq, *client_id, text, None).await?;
-            let recipients = member_ids_tx(&mut tx, &conv).await?;
-            tx.commit().await?;
-            return Ok(AppendOutcome::Appended { event, recipients });
-        }
-        debug_assert!(!is_message);
-        if let EventBody::Call { call, video, outcome, .. } = &body {
-            // The call's entry, a message of the caller's keyed by the call
-            // id: each call is logged once.
-            let record = confab_protocol::CallRecord { call: *call, video: *video, outcome: *outcome };
-            let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("serialize call", e))?;
-            let event = push_event(&mut tx, conversation, actor, body.clone(), true, now_ms()).await?;
-            let EventBody::Call { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
-            insert_message(&mut tx, &event, seq, *call, "", Some(&json)).await?;
-            let recipients = member_ids_tx(&mut tx, &conv).await?;
-            tx.commit().await?;
-            return Ok(AppendOutcome::Appended { event, recipients });
-        }
-        let ts = now_ms();
-        if !apply_change(&mut tx, conversation, actor, ts, &mut body).await? {
-            return Ok(AppendOutcome::Unchanged);
-        }
-        let mut recipients = member_ids_tx(&mut tx, &conv).await?;
-        if let EventBody::MemberRemoved { user } = &body {
-            recipients.push(*user);
-        }
-        let event = push_event(&mut tx, conversation, actor, body, false, ts).await?;
-        tx.commit().await?;
-        Ok(AppendOutcome::Appended { event, recipients })
+    async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
+        self.appends.send(AppendJob { conversation, actor, body, reply }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn events_after(

@@ -6,4 +6,5 @@ mod calls;
 mod integrity;
 mod limits;
 mod protocol;
+mod store;
 mod support;

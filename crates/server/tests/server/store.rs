@@ -1,0 +1,97 @@
+//! The SQLite store itself, under concurrent appends: group commit keeps
+//! positions and message numbers gap-free and in order, deduplication holds
+//! inside one group, and a refused change rolls back alone.
+
+use confab_protocol::{EventBody, Member};
+use confab_server::store::{AppendOutcome, SqliteStore, Store};
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_and_lone_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
+    let a = store.create_user("alice", "x").await.unwrap();
+    let b = store.create_user("bob", "x").await.unwrap();
+    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
+    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
+    let group = Uuid::now_v7();
+    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let convs = [direct, group];
+
+    // 400 sends from both users to both conversations, 60 repeats of some
+    // of them (as a retry after a lost reply), and 30 edits of messages
+    // that do not exist, all at once.
+    let sends: Vec<(Uuid, Uuid, Uuid)> =
+        (0..400).map(|i| (convs[i % 2], if i % 3 == 0 { a } else { b }, Uuid::now_v7())).collect();
+    let mut jobs = Vec::new();
+    for (i, &(conv, actor, client_id)) in sends.iter().enumerate() {
+        let body = EventBody::Message { seq: 0, client_id, text: format!("m{i}") };
+        jobs.push((conv, actor, body));
+        if i % 7 == 0 {
+            jobs.push((conv, actor, EventBody::Message { seq: 0, client_id, text: format!("m{i}") }));
+        }
+        if i % 13 == 0 {
+            jobs.push((conv, actor, EventBody::Edited { seq: 1_000_000 + i as i64, text: "no".into() }));
+        }
+    }
+    let total = jobs.len();
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|(conv, actor, body)| {
+            let store = store.clone();
+            let client_id = match &body {
+                EventBody::Message { client_id, .. } => Some(*client_id),
+                _ => None,
+            };
+            tokio::spawn(async move { (conv, client_id, store.append(conv, actor, body).await) })
+        })
+        .collect();
+
+    let mut seq_of: HashMap<Uuid, i64> = HashMap::new();
+    let mut appended_seqs: HashMap<Uuid, Vec<i64>> = HashMap::new();
+    let (mut refused, mut duplicates) = (0, 0);
+    for t in tasks {
+        let (conv, client_id, result) = t.await.unwrap();
+        match (client_id, result) {
+            (Some(id), Ok(AppendOutcome::Appended { event, .. })) => {
+                let EventBody::Message { seq, .. } = event.body else { panic!("not a message: {event:?}") };
+                assert!(seq_of.insert(id, seq).is_none_or(|earlier| earlier == seq), "one client id, two messages");
+                appended_seqs.entry(conv).or_default().push(seq);
+            }
+            (Some(id), Ok(AppendOutcome::Duplicate { seq, .. })) => {
+                duplicates += 1;
+                assert!(seq_of.insert(id, seq).is_none_or(|earlier| earlier == seq), "a repeat got another number");
+            }
+            (None, Err(_)) => refused += 1,
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(seq_of.len(), 400, "every send is stored once");
+    assert_eq!(duplicates, 58, "every repeat is recognised"); // i % 7 == 0 for i < 400
+    assert_eq!(refused, 31, "every edit of a missing message is refused"); // i % 13 == 0
+    for conv in convs {
+        // Message numbers 1..=n, each once; positions 1..=last, each once.
+        let mut seqs = appended_seqs.remove(&conv).unwrap_or_default();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "message numbers of {conv}");
+        let page = store.events_after(conv, 0, 500, usize::MAX).await.unwrap();
+        let positions: Vec<i64> = page.events.iter().map(|e| e.pos).collect();
+        assert_eq!(positions, (1..=page.last_pos).collect::<Vec<_>>());
+        // The log orders messages by their numbers, and holds nothing refused.
+        let logged: Vec<i64> = page
+            .events
+            .iter()
+            .filter_map(|e| match e.body {
+                EventBody::Message { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(logged, (1..=200).collect::<Vec<_>>());
+        assert!(page.events.iter().all(|e| matches!(e.body, EventBody::Message { .. } | EventBody::Created { .. })));
+    }
+    // Grouped: far fewer transactions than appends.
+    let commits = store.append_commits();
+    assert!(commits < total as u64 / 2, "{commits} transactions for {total} appends");
+}
