@@ -316,7 +316,11 @@ pub struct CallCapabilities {
 /// native engine, audio only. Returns what this device can do.
 #[tauri::command]
 #[specta::specta]
-pub async fn call_capabilities(_app: AppHandle, shell: State<'_, Shell>, webview_webrtc: bool) -> Result<CallCapabilities> {
+pub async fn call_capabilities(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    webview_webrtc: bool,
+) -> Result<CallCapabilities> {
     let media = shell.media();
     media.set_webview_available(webview_webrtc);
     // The native engine receives video but cannot show it.

@@ -99,7 +99,9 @@ fn dispatch(engine: &SelectedEngine, v: &Value) -> Value {
             let call = serde_json::from_value(args["call"].clone());
             let event = serde_json::from_value::<MediaEvent>(args["event"].clone());
             match (call, event) {
-                (Ok(call), Ok(event)) => engine.webview().report(call, event).map(|()| Value::Null).map_err(|e| e.to_string()),
+                (Ok(call), Ok(event)) => {
+                    engine.webview().report(call, event).map(|()| Value::Null).map_err(|e| e.to_string())
+                }
                 (c, e) => panic!("the page sent a malformed report: {c:?} {e:?} in {v}"),
             }
         }
@@ -178,7 +180,8 @@ impl App {
 fn assert_page_heard(probe: &Value, want_hz: f64) {
     let packets = probe["stats"]["in_audio_packets"].as_u64().unwrap_or(0);
     assert!(packets > 100, "the page got {packets} audio packets: {probe}");
-    let peaks: Vec<f64> = probe["peaks"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let peaks: Vec<f64> =
+        probe["peaks"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
     let near = peaks.iter().filter(|p| (**p - want_hz).abs() < 15.0).count();
     assert!(peaks.len() > 10 && near * 10 > peaks.len() * 7, "the page heard peaks at {peaks:?}, wanted {want_hz} Hz");
 }
@@ -219,7 +222,8 @@ fn the_ui_call_module_in_a_browser_calls_and_answers_a_cli_through_the_core_and_
         app.until("active", |c| c.call == ring.call && matches!(c.phase, CallPhase::Active { .. })).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
         let probe = app.bridge.probe().await;
-        let (ok, lines, out) = tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
+        let (ok, lines, out) =
+            tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
         assert!(ok, "the CLI's call to the app failed:\n{out}");
         let s = summary(&lines);
         assert!(s["video_packets_received"].as_u64().unwrap_or(0) > 20, "no video from the page's camera: {s}");
@@ -245,7 +249,8 @@ fn the_ui_call_module_in_a_browser_calls_and_answers_a_cli_through_the_core_and_
         tokio::time::sleep(Duration::from_secs(5)).await;
         let probe = app.bridge.probe().await;
         app.client.hang_up(call).await.expect("hang up");
-        let (ok, lines, out) = tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
+        let (ok, lines, out) =
+            tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
         assert!(ok, "the CLI's answer to the app failed:\n{out}");
         assert_eq!(summary(&lines)["reason"], "hung_up", "{out}");
         assert_hears(&heard, 440.0, 660.0, "the CLI (called by the page)");
@@ -258,8 +263,10 @@ fn the_ui_call_module_in_a_browser_calls_and_answers_a_cli_through_the_core_and_
         let browser = Browser::open_with(&url, &page_tone, &dir.path().join("chromium-2.log"), false);
         app.bridge.ready().await;
         let heard = dir.path().join("cli-heard-3.wav");
-        let cli =
-            spawn(&bob, &["call", "alice", "--json", "--for", "6s", "--play", path(&cli_tone), "--record", path(&heard)]);
+        let cli = spawn(
+            &bob,
+            &["call", "alice", "--json", "--for", "6s", "--play", path(&cli_tone), "--record", path(&heard)],
+        );
         let ring = app.until("ringing", |c| c.phase == CallPhase::Ringing).await;
         app.client.accept_call(ring.call).await.expect("accept");
         let end = app.until("ended", |c| c.call == ring.call && matches!(c.phase, CallPhase::Ended { .. })).await;
@@ -267,7 +274,8 @@ fn the_ui_call_module_in_a_browser_calls_and_answers_a_cli_through_the_core_and_
         assert_eq!(*reason, CallEndReason::Failed, "{end:?}");
         let error = error.clone().unwrap_or_default();
         assert!(error.contains("may not use the microphone"), "{error}");
-        let (_, lines, out) = tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
+        let (_, lines, out) =
+            tokio::task::spawn_blocking(move || finish(cli, Duration::from_secs(60))).await.expect("join");
         assert_eq!(summary(&lines)["reason"], "hung_up", "{out}");
         drop(browser);
     });

@@ -393,19 +393,25 @@ async fn send(client: &Client, conversation: ConversationId, text: Vec<String>) 
     }
     let mut ids = Vec::new();
     let mut failed = 0;
-    while let Some(line) = lines.recv().await {
-        let line = line.context("cannot read stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match client.send(conversation, &line).await {
-            Ok(id) => ids.push(id),
-            Err(CoreError::Invalid(why)) => {
-                eprintln!("confab: not sent: {why}");
-                failed += 1;
+    // What has been read so far is queued at once, in one local commit.
+    let mut chunk = Vec::new();
+    while lines.recv_many(&mut chunk, 500).await > 0 {
+        let mut texts = Vec::with_capacity(chunk.len());
+        for line in chunk.drain(..) {
+            let line = line.context("cannot read stdin")?;
+            if line.trim().is_empty() {
+                continue;
             }
-            Err(e) => return Err(e.into()),
+            match confab_protocol::validate_text(&line) {
+                Ok(()) => texts.push(line),
+                Err(code) => {
+                    eprintln!("confab: not sent: {}", code.describe());
+                    failed += 1;
+                }
+            }
         }
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        ids.extend(client.send_all(conversation, &texts).await?);
     }
     let outcomes = client.wait_sent(&ids).await?;
     client.stop().await;

@@ -413,6 +413,26 @@ impl Client {
         Ok(client_id)
     }
 
+    /// [`Client::send`] for several messages to one conversation, queued in
+    /// order in one local transaction (a script piping many lines). Fails,
+    /// queueing none, if any text is invalid.
+    pub async fn send_all(&self, conversation: ConversationId, texts: &[&str]) -> Result<Vec<ClientId>> {
+        for text in texts {
+            confab_protocol::validate_text(text).map_err(|code| Error::Invalid(code.describe().to_owned()))?;
+        }
+        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let ids = self.cache.enqueue_all(conversation, session.user, texts).await?;
+        for id in &ids {
+            if let Ok(Some(message)) = self.cache.own_message(session.user, *id).await {
+                let _ = self.events.send(ClientEvent::MessageUpdated { message });
+            }
+        }
+        if let Ok(inner) = self.inner().await {
+            inner.outbox_wakeup.notify_one();
+        }
+        Ok(ids)
+    }
+
     /// Puts a failed message back in the outbox.
     pub async fn retry(&self, client_id: ClientId) -> Result<bool> {
         let queued = self.cache.retry(client_id).await?;

@@ -2,18 +2,23 @@
 //! when the server has accepted or refused them. The one home of sending.
 //!
 //! [`crate::Client::send`] writes the local message and its outbox entry in
-//! one transaction and returns. This task sends entries one at a time in
-//! the order they were written (so each conversation keeps its order, even
-//! across retries and restarts), always with the entry's client id, so a
-//! retry after a lost reply is deduplicated by the server. Transient
-//! failures back off and retry the same entry; a permanent refusal (not a
-//! member, too long, …) marks that message failed with the reason and moves
-//! on.
+//! one transaction and returns. This task sends entries in the order they
+//! were written (so each conversation keeps its order, even across retries
+//! and restarts), always with the entry's client id, so a retry after a
+//! lost reply is deduplicated by the server. Consecutive entries for one
+//! conversation go as one `send_many` (up to [`MAX_BATCH`], within a frame),
+//! which the server takes in order and commits at once: a thousand queued
+//! messages take a handful of round trips, not a thousand. A batch rather
+//! than several requests in flight: its order is the server's by
+//! construction, and a rate limit or a dropped link refuses or loses the
+//! whole batch, never a message in its middle. Transient failures back off
+//! and retry the same entries; a permanent refusal (not a member, too long,
+//! …) marks that message failed with the reason and moves on.
 
 use crate::backoff::Backoff;
 use crate::types::{ClientEvent, ConnectionState};
 use crate::{Error, Inner};
-use confab_protocol::{Reply, RequestBody};
+use confab_protocol::{OutgoingText, Reply, RequestBody, SendResult, MAX_BATCH, MAX_FRAME_BYTES};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +30,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if state.wait_for(|s| matches!(s, ConnectionState::Connected)).await.is_err() {
             return;
         }
-        let entry = match inner.cache.next_outbox().await {
-            Ok(Some(entry)) => entry,
-            Ok(None) => {
+        // Room in the frame for the request around the texts.
+        let batch = match inner.cache.next_outbox_batch(MAX_BATCH, MAX_FRAME_BYTES - 4096).await {
+            Ok(batch) if !batch.is_empty() => batch,
+            Ok(_) => {
                 tokio::select! {
                     _ = inner.outbox_wakeup.notified() => {}
                     r = state.changed() => if r.is_err() { return },
@@ -40,47 +46,78 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 continue;
             }
         };
-        let request = RequestBody::Send {
-            conversation: entry.conversation,
-            client_id: entry.client_id,
-            text: entry.text.clone(),
+        let conversation = batch[0].conversation;
+        tracing::debug!(entries = batch.len(), "sending");
+        let request = match batch.as_slice() {
+            [one] => RequestBody::Send { conversation, client_id: one.client_id, text: one.text.clone() },
+            many => RequestBody::SendMany {
+                conversation,
+                messages: many.iter().map(|e| OutgoingText { client_id: e.client_id, text: e.text.clone() }).collect(),
+            },
         };
-        let result = inner.link().request(request).await;
-        let outcome = match result {
-            Ok(Reply::Sent { seq, ts, .. }) => {
-                backoff.reset();
-                inner.cache.mark_sent(entry.client_id, seq, ts).await.map(drop)
+        let results: Vec<SendResult> = match inner.link().request(request).await {
+            Ok(Reply::Sent { client_id, seq, pos, ts, duplicate, .. }) => {
+                vec![SendResult::Sent { client_id, seq, pos, ts, duplicate }]
             }
+            Ok(Reply::SentMany { results, .. }) if results.len() == batch.len() => results,
             Ok(other) => {
                 tracing::error!(?other, "unexpected reply to send");
-                Err(Error::Protocol("unexpected reply to send".into()))
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
             }
             Err(e) if e.is_transient() => {
-                let _ = inner.cache.bump_attempts(entry.id).await;
+                for entry in &batch {
+                    let _ = inner.cache.bump_attempts(entry.id).await;
+                }
                 let delay = match &e {
                     Error::Server { retry_after_ms: Some(ms), .. } => Duration::from_millis(*ms),
                     _ => backoff.next_delay(),
                 };
-                tracing::debug!(%e, ?delay, "send failed; will retry");
+                tracing::debug!(%e, ?delay, entries = batch.len(), "send failed; will retry");
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            Err(Error::Server { code, message, .. }) => {
-                tracing::info!(?code, %message, client_id = %entry.client_id, "message refused");
-                inner.cache.mark_failed(entry.client_id, code, &message).await
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                if let Ok(Some(message)) = inner.cache.own_message(inner.me, entry.client_id).await {
-                    inner.emit(ClientEvent::MessageUpdated { message });
-                }
-            }
+            // The request itself was refused (one `send`'s message).
+            Err(Error::Server { code, message, .. }) => batch
+                .iter()
+                .map(|e| SendResult::Refused { client_id: e.client_id, code, message: message.clone() })
+                .collect(),
             Err(e) => {
                 tracing::error!(%e, "outbox step failed");
                 tokio::time::sleep(backoff.next_delay()).await;
+                continue;
             }
+        };
+        backoff.reset();
+        if let Err(e) = record(&inner, &results).await {
+            tracing::error!(%e, "outbox step failed");
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
+}
+
+/// Records what the server said about each message, and tells the UI.
+async fn record(inner: &Inner, results: &[SendResult]) -> crate::Result<()> {
+    let sent: Vec<_> = results
+        .iter()
+        .filter_map(|r| match r {
+            SendResult::Sent { client_id, seq, ts, .. } => Some((*client_id, *seq, *ts)),
+            SendResult::Refused { .. } => None,
+        })
+        .collect();
+    inner.cache.mark_sent_all(&sent).await?;
+    for r in results {
+        let client_id = match r {
+            SendResult::Sent { client_id, .. } => *client_id,
+            SendResult::Refused { client_id, code, message } => {
+                tracing::info!(?code, %message, %client_id, "message refused");
+                inner.cache.mark_failed(*client_id, *code, message).await?;
+                *client_id
+            }
+        };
+        if let Ok(Some(message)) = inner.cache.own_message(inner.me, client_id).await {
+            inner.emit(ClientEvent::MessageUpdated { message });
+        }
+    }
+    Ok(())
 }

@@ -147,6 +147,15 @@ pub enum RequestBody {
         client_id: ClientId,
         text: String,
     },
+    /// Up to [`MAX_BATCH`] messages to one conversation, in this order: an
+    /// outbox's way to send many in one round trip (and the server's in one
+    /// commit). Each is checked, deduplicated and stored as a `send` would
+    /// be. Reply: [`Reply::SentMany`], after all are committed, one result
+    /// per message in the same order.
+    SendMany {
+        conversation: ConversationId,
+        messages: Vec<OutgoingText>,
+    },
     Edit {
         conversation: ConversationId,
         seq: i64,
@@ -252,6 +261,7 @@ impl RequestBody {
         "rename_group",
         "set_admin",
         "send",
+        "send_many",
         "edit",
         "delete",
         "react",
@@ -383,6 +393,23 @@ pub enum CallSignal {
     Candidate { candidate: String, sdp_mid: Option<String>, sdp_m_line_index: Option<u16> },
 }
 
+/// One message of a [`RequestBody::SendMany`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct OutgoingText {
+    pub client_id: ClientId,
+    pub text: String,
+}
+
+/// What became of one message of a [`RequestBody::SendMany`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SendResult {
+    /// Committed (as [`Reply::Sent`]).
+    Sent { client_id: ClientId, seq: i64, pos: i64, ts: Millis, duplicate: bool },
+    /// Refused for good, with the code a `send` would have failed with.
+    Refused { client_id: ClientId, code: ErrorCode, message: String },
+}
+
 /// A STUN or TURN server for WebRTC's ICE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 pub struct IceServer {
@@ -495,6 +522,11 @@ pub enum Reply {
         pos: i64,
         ts: Millis,
         duplicate: bool,
+    },
+    /// One result per message of a `send_many`, in its order.
+    SentMany {
+        conversation: ConversationId,
+        results: Vec<SendResult>,
     },
     Sessions {
         sessions: Vec<DeviceSession>,

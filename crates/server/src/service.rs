@@ -11,7 +11,7 @@ use crate::hub::Hub;
 use crate::store::{AppendOutcome, Membership, Revoke, Store};
 use confab_protocol::{
     sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
-    ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody,
+    ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, SendResult,
     ServerFrame, UserId, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
@@ -178,6 +178,87 @@ impl Service {
             // non-member learns nothing about it.
             None => Err(ErrorCode::NotMember.into()),
         }
+    }
+
+    /// `send_many`: each message as `send` would take it, all appended in
+    /// one store call (one commit), in order.
+    async fn send_many(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        messages: Vec<confab_protocol::OutgoingText>,
+    ) -> Result<Reply> {
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("send_many takes 1 to {MAX_BATCH} messages")));
+        }
+        let _guard = self.lock_for(conversation).lock().await;
+        let access = match self.member(conversation, caller.user).await {
+            Ok(_) => None,
+            Err(e) if e.code == ErrorCode::NotMember => Some(e),
+            Err(e) => return Err(e),
+        };
+        let refused = |client_id, e: ApiError| SendResult::Refused { client_id, code: e.code, message: e.message };
+        let mut results: Vec<Option<SendResult>> = vec![None; messages.len()];
+        let mut bodies = Vec::with_capacity(messages.len());
+        let mut slots = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            if let Some(e) = &access {
+                // As for `send`: a retry of a message committed before the
+                // sender lost access is acknowledged, not failed.
+                results[i] = Some(match self.store.sent_message(caller.user, m.client_id).await? {
+                    Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) if c == conversation => {
+                        SendResult::Sent { client_id: m.client_id, seq, pos, ts, duplicate: true }
+                    }
+                    _ => refused(m.client_id, e.clone()),
+                });
+                continue;
+            }
+            if let Err(code) = validate_text(&m.text) {
+                results[i] = Some(refused(m.client_id, code.into()));
+                continue;
+            }
+            slots.push((i, m.client_id));
+            bodies.push(EventBody::Message { seq: 0, client_id: m.client_id, text: m.text });
+        }
+        let mut transient = None;
+        if !bodies.is_empty() {
+            let outcomes = self.store.append_all(conversation, caller.user, bodies).await?;
+            for ((i, client_id), outcome) in slots.into_iter().zip(outcomes) {
+                results[i] = Some(match outcome {
+                    Ok(outcome) => {
+                        self.publish(&outcome)?;
+                        match outcome {
+                            AppendOutcome::Appended { event, .. } => match event.body {
+                                EventBody::Message { seq, .. } => {
+                                    SendResult::Sent { client_id, seq, pos: event.pos, ts: event.ts, duplicate: false }
+                                }
+                                _ => return Err(ApiError::internal("send_many", "not a message event")),
+                            },
+                            AppendOutcome::Duplicate { seq, pos, ts, .. } => {
+                                SendResult::Sent { client_id, seq, pos, ts, duplicate: true }
+                            }
+                            AppendOutcome::Unchanged => return Err(ApiError::internal("send_many", "unchanged")),
+                        }
+                    }
+                    // Not the message's fault: the whole request fails, and
+                    // its retry finds the committed ones as duplicates.
+                    Err(e) if e.code == ErrorCode::Internal => {
+                        transient = Some(e);
+                        continue;
+                    }
+                    Err(e) => refused(client_id, e),
+                });
+            }
+            self.hub.typing_reset(caller.user, conversation);
+        }
+        if let Some(e) = transient {
+            return Err(e);
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| ApiError::internal("send_many", "no result")))
+            .collect::<Result<_>>()?;
+        Ok(Reply::SentMany { conversation, results })
     }
 
     async fn group_admin(&self, conversation: ConversationId, user: UserId) -> Result<()> {
@@ -418,6 +499,7 @@ impl Service {
                     self.store.append(conversation, caller.user, EventBody::AdminChanged { user, admin }).await?;
                 Ok(Reply::Done { pos: self.publish(&outcome)? })
             }
+            RequestBody::SendMany { conversation, messages } => self.send_many(caller, conversation, messages).await,
             RequestBody::Send { conversation, client_id, text } => {
                 validate_text(&text)?;
                 let _guard = self.lock_for(conversation).lock().await;

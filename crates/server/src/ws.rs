@@ -319,6 +319,8 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
     // ten of them, so batching saves round trips without buying load.
     let cost = match &req.body {
         RequestBody::DeliveredMany { receipts } => receipts.len().div_ceil(10).max(1),
+        // Likewise: one commit for the batch.
+        RequestBody::SendMany { messages, .. } => messages.len().div_ceil(10).max(1),
         _ => 1,
     };
     let cost = std::num::NonZeroU32::new(cost as u32).unwrap_or(std::num::NonZeroU32::MIN);

@@ -21,26 +21,55 @@ pub struct OutboxEntry {
 impl Cache {
     /// Saves a new own message and its outbox entry in one transaction.
     pub async fn enqueue(&self, conversation: ConversationId, sender: UserId, text: &str) -> Result<ClientId> {
-        let client_id = Uuid::now_v7();
+        let ids = self.enqueue_all(conversation, sender, &[text]).await?;
+        ids.into_iter().next().ok_or_else(|| crate::Error::Protocol("nothing enqueued".into()))
+    }
+
+    /// [`Cache::enqueue`] for several messages, in order, in one transaction.
+    pub async fn enqueue_all(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        texts: &[&str],
+    ) -> Result<Vec<ClientId>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO messages (own_client_id, conversation_id, sender, text, ts, status) VALUES (?, ?, ?, ?, ?, 'queued')",
-        )
-        .bind(client_id.to_string())
-        .bind(conversation.to_string())
-        .bind(sender.to_string())
-        .bind(text)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO outbox (client_id, conversation_id, text) VALUES (?, ?, ?)")
-            .bind(client_id.to_string())
-            .bind(conversation.to_string())
-            .bind(text)
-            .execute(&mut *tx)
-            .await?;
+        let mut ids = Vec::with_capacity(texts.len());
+        for text in texts {
+            ids.push(enqueue_in(&mut tx, conversation, sender, text).await?);
+        }
         tx.commit().await?;
-        Ok(client_id)
+        Ok(ids)
+    }
+
+    /// The oldest entries that go to the same conversation, up to `max`
+    /// of them and about `budget` bytes of text (the first in any case):
+    /// what one `send_many` carries.
+    pub async fn next_outbox_batch(&self, max: usize, budget: usize) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query("SELECT id, client_id, conversation_id, text, attempts FROM outbox ORDER BY id LIMIT ?")
+            .bind(max as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut batch: Vec<OutboxEntry> = Vec::new();
+        let mut bytes = 0;
+        for r in rows {
+            let entry = OutboxEntry {
+                id: r.get("id"),
+                client_id: id(r.get("client_id"))?,
+                conversation: id(r.get("conversation_id"))?,
+                text: r.get("text"),
+                attempts: r.get("attempts"),
+            };
+            // As JSON: escapes can make a character up to six bytes.
+            let size = serde_json::to_string(&entry.text).map_or(entry.text.len() * 6, |j| j.len()) + 80;
+            let fits =
+                batch.first().is_none_or(|first| first.conversation == entry.conversation && bytes + size <= budget);
+            if !fits {
+                break;
+            }
+            bytes += size;
+            batch.push(entry);
+        }
+        Ok(batch)
     }
 
     /// The oldest entry.
@@ -87,36 +116,18 @@ impl Cache {
     /// The server accepted the message at `seq`: record it and drop the
     /// entry. Returns the message's local id.
     pub async fn mark_sent(&self, client_id: ClientId, seq: i64, ts: Millis) -> Result<Option<LocalId>> {
+        Ok(self.mark_sent_all(&[(client_id, seq, ts)]).await?.pop().flatten())
+    }
+
+    /// [`Cache::mark_sent`] for several messages, in one transaction.
+    pub async fn mark_sent_all(&self, sent: &[(ClientId, i64, Millis)]) -> Result<Vec<Option<LocalId>>> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT id, conversation_id, seq FROM messages WHERE own_client_id = ?")
-            .bind(client_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let local = match row {
-            Some(r) if r.get::<Option<i64>, _>("seq").is_none() => {
-                let local: LocalId = r.get("id");
-                // The server says (conversation, seq) is this message: a row
-                // still holding that slot is stale.
-                free_slot(&mut tx, r.get("conversation_id"), seq, local).await?;
-                // (An own message found there was queued again; the outbox
-                // task calling this finds it on its next round.)
-                sqlx::query(
-                    "UPDATE messages SET seq = ?, ts = ?, status = 'sent', error_code = NULL, error_message = NULL
-                     WHERE id = ?",
-                )
-                .bind(seq)
-                .bind(ts)
-                .bind(local)
-                .execute(&mut *tx)
-                .await?;
-                Some(local)
-            }
-            Some(r) => Some(r.get("id")),
-            None => None,
-        };
-        sqlx::query("DELETE FROM outbox WHERE client_id = ?").bind(client_id.to_string()).execute(&mut *tx).await?;
+        let mut locals = Vec::with_capacity(sent.len());
+        for &(client_id, seq, ts) in sent {
+            locals.push(mark_sent_in(&mut tx, client_id, seq, ts).await?);
+        }
         tx.commit().await?;
-        Ok(local)
+        Ok(locals)
     }
 
     /// The server refused the message for good.
@@ -219,4 +230,66 @@ pub(super) async fn requeue(tx: &mut Transaction<'_, Sqlite>, local: LocalId) ->
         }
     }
     Ok(())
+}
+
+async fn mark_sent_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    client_id: ClientId,
+    seq: i64,
+    ts: Millis,
+) -> Result<Option<LocalId>> {
+    let row = sqlx::query("SELECT id, conversation_id, seq FROM messages WHERE own_client_id = ?")
+        .bind(client_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let local = match row {
+        Some(r) if r.get::<Option<i64>, _>("seq").is_none() => {
+            let local: LocalId = r.get("id");
+            // The server says (conversation, seq) is this message: a row
+            // still holding that slot is stale.
+            free_slot(tx, r.get("conversation_id"), seq, local).await?;
+            // (An own message found there was queued again; the outbox
+            // task calling this finds it on its next round.)
+            sqlx::query(
+                "UPDATE messages SET seq = ?, ts = ?, status = 'sent', error_code = NULL, error_message = NULL
+                 WHERE id = ?",
+            )
+            .bind(seq)
+            .bind(ts)
+            .bind(local)
+            .execute(&mut **tx)
+            .await?;
+            Some(local)
+        }
+        Some(r) => Some(r.get("id")),
+        None => None,
+    };
+    sqlx::query("DELETE FROM outbox WHERE client_id = ?").bind(client_id.to_string()).execute(&mut **tx).await?;
+    Ok(local)
+}
+
+async fn enqueue_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conversation: ConversationId,
+    sender: UserId,
+    text: &str,
+) -> Result<ClientId> {
+    let client_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO messages (own_client_id, conversation_id, sender, text, ts, status) VALUES (?, ?, ?, ?, ?, 'queued')",
+    )
+    .bind(client_id.to_string())
+    .bind(conversation.to_string())
+    .bind(sender.to_string())
+    .bind(text)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO outbox (client_id, conversation_id, text) VALUES (?, ?, ?)")
+        .bind(client_id.to_string())
+        .bind(conversation.to_string())
+        .bind(text)
+        .execute(&mut **tx)
+        .await?;
+    Ok(client_id)
 }

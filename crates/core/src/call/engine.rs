@@ -260,13 +260,15 @@ mod tests {
     #[test]
     fn reports_and_requests_have_a_stable_json_shape_for_the_ui() {
         let call = uuid::Uuid::nil();
-        let candidate = CallSignal::Candidate { candidate: "c".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) };
+        let candidate =
+            CallSignal::Candidate { candidate: "c".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0) };
         assert_eq!(
             serde_json::to_value(MediaEvent::Signal(candidate)).unwrap(),
             serde_json::json!({"type": "signal", "value": {"type": "candidate", "candidate": "c", "sdp_mid": "0", "sdp_m_line_index": 0}})
         );
         assert_eq!(
-            serde_json::from_value::<MediaEvent>(serde_json::json!({"type": "failed", "value": "no microphone"})).unwrap(),
+            serde_json::from_value::<MediaEvent>(serde_json::json!({"type": "failed", "value": "no microphone"}))
+                .unwrap(),
             MediaEvent::Failed("no microphone".into())
         );
         assert_eq!(

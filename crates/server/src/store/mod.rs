@@ -145,6 +145,20 @@ pub trait Store: Send + Sync + 'static {
     /// rules refuse fails with their code, one that changes nothing is
     /// [`AppendOutcome::Unchanged`].
     async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;
+    /// Several [`Store::append`]s by one actor to one conversation, applied
+    /// in this order (a store may commit them together); one result each.
+    async fn append_all(
+        &self,
+        conversation: ConversationId,
+        actor: UserId,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<Result<AppendOutcome>>> {
+        let mut results = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            results.push(self.append(conversation, actor, body).await);
+        }
+        Ok(results)
+    }
 
     /// Events with `pos > after`, oldest first, at most `limit` of them and
     /// about `budget` bytes (at least one), and the newest position.

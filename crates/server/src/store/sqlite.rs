@@ -36,11 +36,12 @@ pub struct SqliteStore {
     append_commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Appends of one request, applied in order, one after another.
 struct AppendJob {
     conversation: ConversationId,
     actor: UserId,
-    body: EventBody,
-    reply: tokio::sync::oneshot::Sender<Result<AppendOutcome>>,
+    bodies: Vec<EventBody>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Result<AppendOutcome>>>>,
 }
 
 /// Appends in one transaction at most: bounds a transaction's size and how
@@ -139,7 +140,7 @@ async fn commit_appends(
     let mut batch = Vec::with_capacity(MAX_GROUP);
     while jobs.recv_many(&mut batch, MAX_GROUP).await > 0 {
         let (work, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|j| ((j.conversation, j.actor, j.body), j.reply)).unzip();
+            batch.drain(..).map(|j| ((j.conversation, j.actor, j.bodies), j.reply)).unzip();
         let n = work.len();
         let results = append_group(&write, work).await;
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -161,25 +162,28 @@ async fn commit_appends(
     }
 }
 
-async fn append_group(
-    write: &SqlitePool,
-    work: Vec<(ConversationId, UserId, EventBody)>,
-) -> Result<Vec<Result<AppendOutcome>>> {
+type Work = (ConversationId, UserId, Vec<EventBody>);
+
+async fn append_group(write: &SqlitePool, work: Vec<Work>) -> Result<Vec<Result<Vec<Result<AppendOutcome>>>>> {
     let mut tx = write.begin().await?;
     let mut results = Vec::with_capacity(work.len());
-    for (conversation, actor, body) in work {
-        // A nested transaction is a savepoint.
-        let mut one = sqlx::Acquire::begin(&mut tx).await?;
-        match append_in(&mut one, conversation, actor, body).await {
-            Ok(outcome) => {
-                one.commit().await?;
-                results.push(Ok(outcome));
-            }
-            Err(e) => {
-                one.rollback().await?;
-                results.push(Err(e));
+    for (conversation, actor, bodies) in work {
+        let mut outcomes = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            // A nested transaction is a savepoint.
+            let mut one = sqlx::Acquire::begin(&mut tx).await?;
+            match append_in(&mut one, conversation, actor, body).await {
+                Ok(outcome) => {
+                    one.commit().await?;
+                    outcomes.push(Ok(outcome));
+                }
+                Err(e) => {
+                    one.rollback().await?;
+                    outcomes.push(Err(e));
+                }
             }
         }
+        results.push(Ok(outcomes));
     }
     tx.commit().await?;
     Ok(results)
@@ -822,9 +826,21 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome> {
+        self.append_all(conversation, actor, vec![body])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no append result")))
+    }
+
+    async fn append_all(
+        &self,
+        conversation: ConversationId,
+        actor: UserId,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<Result<AppendOutcome>>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
-        self.appends.send(AppendJob { conversation, actor, body, reply }).await.map_err(|_| gone())?;
+        self.appends.send(AppendJob { conversation, actor, bodies, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 

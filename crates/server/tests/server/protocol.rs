@@ -37,6 +37,57 @@ async fn a_retried_send_with_the_same_client_id_is_committed_once() {
 }
 
 #[tokio::test]
+async fn send_many_takes_each_message_as_send_would_in_order_with_one_result_each() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let conv = dm(&mut alice, "bob").await;
+    let early = client_id();
+    let first = alice.ok(json!({"type": "send", "conversation": conv, "client_id": early, "text": "zero"})).await;
+    let ids: Vec<String> = (0..5).map(|_| client_id()).collect();
+    let messages = json!([
+        {"client_id": ids[0], "text": "one"},
+        {"client_id": early, "text": "zero"},
+        {"client_id": ids[1], "text": "x".repeat(confab_protocol::MAX_MESSAGE_CHARS + 1)},
+        {"client_id": ids[2], "text": "two"},
+        {"client_id": ids[0], "text": "one"},
+        {"client_id": ids[3], "text": "three"},
+    ]);
+    let r = alice.ok(json!({"type": "send_many", "conversation": conv, "messages": messages})).await;
+    let results = r["results"].as_array().expect("results");
+    let status: Vec<(&str, bool)> =
+        results.iter().map(|r| (r["status"].as_str().unwrap(), r["duplicate"].as_bool().unwrap_or(false))).collect();
+    assert_eq!(
+        status,
+        [("sent", false), ("sent", true), ("refused", false), ("sent", false), ("sent", true), ("sent", false)],
+        "{r}"
+    );
+    assert_eq!(results[1]["seq"], first["seq"], "a repeat of an earlier send is that message");
+    assert_eq!(results[2]["code"], "message_too_long");
+    assert_eq!(results[4]["seq"], results[0]["seq"], "a repeat inside the batch is one message");
+    let seqs: Vec<i64> = [0, 3, 5].iter().map(|&i| results[i]["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3, 4], "in order, right after the earlier message");
+    // Bob gets the earlier message, then the batch's three, in order.
+    for want in ["zero", "one", "two", "three"] {
+        let e = bob.event("message").await;
+        assert_eq!(e["body"]["text"], want);
+    }
+    // Foreign, empty and oversized batches are refused whole.
+    let mut carol = s.user("carol").await;
+    let r = carol
+        .ok(json!({"type": "send_many", "conversation": conv, "messages": [{"client_id": client_id(), "text": "hi"}]}))
+        .await;
+    assert_eq!(r["results"][0]["code"], "not_member", "{r}");
+    assert_eq!(alice.err(json!({"type": "send_many", "conversation": conv, "messages": []})).await, "invalid_request");
+    let too_many: Vec<_> =
+        (0..=confab_protocol::MAX_BATCH).map(|_| json!({"client_id": client_id(), "text": "m"})).collect();
+    let code = alice.err(json!({"type": "send_many", "conversation": conv, "messages": too_many})).await;
+    assert_eq!(code, "invalid_request");
+    let history = bob.ok(json!({"type": "history", "conversation": conv, "limit": 50})).await;
+    assert_eq!(history["messages"].as_array().expect("messages").len(), 4);
+}
+
+#[tokio::test]
 async fn messages_get_gap_free_seqs_and_reach_every_member_in_order() {
     let s = TestServer::start().await;
     let mut alice = s.user("alice").await;
