@@ -422,10 +422,8 @@ impl Client {
         }
         let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
         let ids = self.cache.enqueue_all(conversation, session.user, texts).await?;
-        for id in &ids {
-            if let Ok(Some(message)) = self.cache.own_message(session.user, *id).await {
-                let _ = self.events.send(ClientEvent::MessageUpdated { message });
-            }
+        for message in self.cache.own_messages(session.user, conversation, &ids).await.unwrap_or_default() {
+            let _ = self.events.send(ClientEvent::MessageUpdated { message });
         }
         if let Ok(inner) = self.inner().await {
             inner.outbox_wakeup.notify_one();

@@ -89,7 +89,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
         };
         backoff.reset();
-        if let Err(e) = record(&inner, &results).await {
+        if let Err(e) = record(&inner, conversation, &results).await {
             tracing::error!(%e, "outbox step failed");
             tokio::time::sleep(backoff.next_delay()).await;
         }
@@ -97,7 +97,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// Records what the server said about each message, and tells the UI.
-async fn record(inner: &Inner, results: &[SendResult]) -> crate::Result<()> {
+async fn record(
+    inner: &Inner,
+    conversation: confab_protocol::ConversationId,
+    results: &[SendResult],
+) -> crate::Result<()> {
     let sent: Vec<_> = results
         .iter()
         .filter_map(|r| match r {
@@ -106,18 +110,19 @@ async fn record(inner: &Inner, results: &[SendResult]) -> crate::Result<()> {
         })
         .collect();
     inner.cache.mark_sent_all(&sent).await?;
+    let mut ids = Vec::with_capacity(results.len());
     for r in results {
-        let client_id = match r {
+        ids.push(match r {
             SendResult::Sent { client_id, .. } => *client_id,
             SendResult::Refused { client_id, code, message } => {
                 tracing::info!(?code, %message, %client_id, "message refused");
                 inner.cache.mark_failed(*client_id, *code, message).await?;
                 *client_id
             }
-        };
-        if let Ok(Some(message)) = inner.cache.own_message(inner.me, client_id).await {
-            inner.emit(ClientEvent::MessageUpdated { message });
-        }
+        });
+    }
+    for message in inner.cache.own_messages(inner.me, conversation, &ids).await.unwrap_or_default() {
+        inner.emit(ClientEvent::MessageUpdated { message });
     }
     Ok(())
 }

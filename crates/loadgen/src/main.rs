@@ -315,8 +315,13 @@ async fn main() -> anyhow::Result<()> {
                 let text = format!("t{}", now_us());
                 let client_id = uuid::Uuid::now_v7().to_string();
                 let frame = match target {
-                    Target::Confab => json!({"id": id, "type": "send", "conversation": room, "client_id": client_id, "text": text}).to_string(),
-                    Target::Socketio => format!("42{}", json!(["sendMessage", {"room": room, "clientId": client_id, "text": text}])),
+                    Target::Confab => {
+                        json!({"id": id, "type": "send", "conversation": room, "client_id": client_id, "text": text})
+                            .to_string()
+                    }
+                    Target::Socketio => {
+                        format!("42{}", json!(["sendMessage", {"room": room, "clientId": client_id, "text": text}]))
+                    }
                 };
                 if tx.send(Message::text(frame)).is_err() {
                     return;

@@ -503,17 +503,22 @@ impl Service {
             RequestBody::Send { conversation, client_id, text } => {
                 validate_text(&text)?;
                 let _guard = self.lock_for(conversation).lock().await;
-                // A retry of a message already committed is acknowledged
-                // again even if the sender has since lost access: it was
-                // delivered, and must not be reported as failed.
-                if let Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) =
-                    self.store.sent_message(caller.user, client_id).await?
-                {
-                    if c == conversation {
-                        return Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate: true });
+                if let Err(e) = self.member(conversation, caller.user).await {
+                    // A retry of a message already committed is acknowledged
+                    // again even if the sender has since lost access: it was
+                    // delivered, and must not be reported as failed. (A
+                    // member's retry is recognised by the append itself.)
+                    if e.code == ErrorCode::NotMember {
+                        if let Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) =
+                            self.store.sent_message(caller.user, client_id).await?
+                        {
+                            if c == conversation {
+                                return Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate: true });
+                            }
+                        }
                     }
+                    return Err(e);
                 }
-                self.member(conversation, caller.user).await?;
                 let body = EventBody::Message { seq: 0, client_id, text };
                 let outcome = self.store.append(conversation, caller.user, body).await?;
                 self.publish(&outcome)?;

@@ -191,6 +191,45 @@ impl Cache {
         }
     }
 
+    /// Several own messages of one conversation by client id (as
+    /// [`Cache::own_message`], in a constant number of queries), in the
+    /// order given; ids not found are left out.
+    pub async fn own_messages(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        client_ids: &[ClientId],
+    ) -> Result<Vec<ChatMessage>> {
+        if client_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conv = conversation.to_string();
+        let marks = vec!["?"; client_ids.len()].join(",");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.id = m.sender
+             WHERE m.conversation_id = ? AND m.own_client_id IN ({marks})"
+        );
+        let mut query = sqlx::query(&sql).bind(&conv);
+        for id in client_ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let members = self.members(&conv).await?;
+        let seqs: Vec<i64> = rows.iter().filter_map(|r| r.get::<Option<i64>, _>("seq")).collect();
+        let mut reactions = match (seqs.iter().min(), seqs.iter().max()) {
+            (Some(lo), Some(hi)) => self.reactions(&conv, *lo, *hi).await?,
+            _ => HashMap::new(),
+        };
+        let mut by_id = HashMap::new();
+        for row in &rows {
+            let view = self.view(me, row, &members, &mut reactions)?;
+            if let Some(id) = view.client_id {
+                by_id.insert(id, view);
+            }
+        }
+        Ok(client_ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
     /// A message by its local id.
     pub async fn message(&self, me: UserId, local: LocalId) -> Result<Option<ChatMessage>> {
         let row = sqlx::query(&format!(
