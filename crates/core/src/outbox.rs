@@ -25,13 +25,16 @@ use std::time::Duration;
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut state = inner.link().state();
+    // A server that refuses `send_many` as a whole (one older than it)
+    // gets one `send` per message from then on, each with its own verdict.
+    let mut batch_max = MAX_BATCH;
     loop {
         // Wait for a connection.
         if state.wait_for(|s| matches!(s, ConnectionState::Connected)).await.is_err() {
             return;
         }
         // Room in the frame for the request around the texts.
-        let batch = match inner.cache.next_outbox_batch(MAX_BATCH, MAX_FRAME_BYTES - 4096).await {
+        let batch = match inner.cache.next_outbox_batch(batch_max, MAX_FRAME_BYTES - 4096).await {
             Ok(batch) if !batch.is_empty() => batch,
             Ok(_) => {
                 tokio::select! {
@@ -75,6 +78,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 };
                 tracing::debug!(%e, ?delay, entries = batch.len(), "send failed; will retry");
                 tokio::time::sleep(delay).await;
+                continue;
+            }
+            Err(Error::Server { code, message, .. }) if batch.len() > 1 => {
+                tracing::warn!(?code, %message, "the server refused send_many; sending one by one");
+                batch_max = 1;
                 continue;
             }
             // The request itself was refused (one `send`'s message).
