@@ -296,8 +296,7 @@ async fn forward<R: Runtime>(
 }
 
 async fn notification_title(client: &Client, message: &confab_core::ChatMessage) -> String {
-    let conversation =
-        client.conversations().await.ok().and_then(|cs| cs.into_iter().find(|c| c.id == message.conversation));
+    let conversation = client.conversation(message.conversation).await.ok().flatten();
     match conversation {
         Some(c) if c.kind == confab_protocol::ConvKind::Group => format!("{} in {}", message.sender_name, c.title),
         _ => message.sender_name.clone(),

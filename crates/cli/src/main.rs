@@ -450,7 +450,7 @@ async fn listen(client: &Client, json: bool) -> anyhow::Result<()> {
 
 async fn history(client: &Client, conversation: ConversationId, json: bool, limit: u32) -> anyhow::Result<()> {
     let online = start_and_sync(client).await?;
-    let known = client.conversations().await?.into_iter().any(|c| c.id == conversation);
+    let known = client.conversation(conversation).await?.is_some();
     if !known {
         if online {
             return Err(CoreError::Server {

@@ -563,6 +563,12 @@ impl Client {
         self.cache.conversations(me).await
     }
 
+    /// One conversation's summary (without loading the whole list).
+    pub async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        self.cache.conversation(me, conversation).await
+    }
+
     /// A user's name, as far as this device knows it.
     pub async fn username(&self, user: UserId) -> Result<Option<String>> {
         self.cache.username(user).await

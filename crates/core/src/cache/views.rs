@@ -318,17 +318,35 @@ impl Cache {
     /// queries whatever the number of conversations: the list is reloaded
     /// after every burst of events.
     pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationSummary>> {
+        self.summaries(me, None).await
+    }
+
+    /// One conversation's summary, in the same few queries as the list but
+    /// for it alone.
+    pub async fn conversation(&self, me: UserId, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
+        Ok(self.summaries(me, Some(conversation)).await?.pop())
+    }
+
+    /// Summaries of every conversation, or of `only`: a constant number of
+    /// queries however many there are.
+    async fn summaries(&self, me: UserId, only: Option<ConversationId>) -> Result<Vec<ConversationSummary>> {
+        let only = only.map(|c| c.to_string());
         let rows = sqlx::query(
             "SELECT c.id, c.kind, c.name, c.left,
                COALESCE((SELECT id FROM messages WHERE conversation_id = c.id AND seq IS NULL ORDER BY id DESC LIMIT 1),
                         (SELECT id FROM messages WHERE conversation_id = c.id AND seq IS NOT NULL
                          ORDER BY seq DESC LIMIT 1)) AS last_id
-             FROM conversations c",
+             FROM conversations c WHERE ?1 IS NULL OR c.id = ?1",
         )
+        .bind(&only)
         .fetch_all(&self.pool)
         .await?;
         let mut members: HashMap<String, Vec<MemberView>> = HashMap::new();
-        let member_rows = sqlx::query(&format!("{MEMBER_SELECT} ORDER BY username")).fetch_all(&self.pool).await?;
+        let member_rows =
+            sqlx::query(&format!("{MEMBER_SELECT} WHERE ?1 IS NULL OR m.conversation_id = ?1 ORDER BY username"))
+                .bind(&only)
+                .fetch_all(&self.pool)
+                .await?;
         for r in &member_rows {
             members.entry(r.get("conversation_id")).or_default().push(member_view(r)?);
         }
@@ -336,9 +354,11 @@ impl Cache {
             "SELECT m.conversation_id, COUNT(*) AS n FROM messages m
              JOIN members me ON me.conversation_id = m.conversation_id AND me.user_id = ?1
              WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 AND {UNREAD_CALL}
+               AND (?2 IS NULL OR m.conversation_id = ?2)
              GROUP BY m.conversation_id"
         ))
         .bind(me.to_string())
+        .bind(&only)
         .fetch_all(&self.pool)
         .await?;
         let unread: HashMap<String, i64> = unread_rows.iter().map(|r| (r.get("conversation_id"), r.get("n"))).collect();
@@ -393,10 +413,6 @@ impl Cache {
         // Most recent activity first.
         out.sort_by_key(|c| std::cmp::Reverse(c.last_message.as_ref().map(|m| m.ts).unwrap_or(0)));
         Ok(out)
-    }
-
-    pub async fn conversation(&self, me: UserId, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
-        Ok(self.conversations(me).await?.into_iter().find(|c| c.id == conversation))
     }
 }
 

@@ -337,3 +337,49 @@ async fn with_a_keychain_the_token_never_touches_the_profile() {
     assert!(!token.is_empty());
     start_synced(&bob).await;
 }
+
+#[tokio::test]
+async fn many_queued_messages_go_out_in_batches_once_and_in_order() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    // More than one batch (100), queued in one local commit.
+    let texts: Vec<String> = (1..=250).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = alice.send_all(conv, &refs).await.expect("queued");
+    let outcomes = alice.wait_sent(&ids).await.expect("sent");
+    let want: Vec<SendOutcome> = (1..=250).map(|seq| SendOutcome::Sent { seq }).collect();
+    assert_eq!(outcomes, want);
+    assert_eq!(texts_when(&bob, conv, 250).await, texts);
+    // An invalid text queues none of them.
+    let too_long = "x".repeat(confab_protocol::MAX_MESSAGE_CHARS + 1);
+    assert!(alice.send_all(conv, &["fine", &too_long]).await.is_err());
+    assert_eq!(alice.outbox_len().await.expect("outbox"), 0);
+}
+
+#[tokio::test]
+async fn one_conversation_summary_is_the_same_as_its_entry_in_the_list() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let _carol = w.user("carol").await;
+    let with_bob = alice.open_direct("bob").await.expect("dm");
+    let with_carol = alice.open_direct("carol").await.expect("dm");
+    let group = alice.create_group("trio", &["bob".into(), "carol".into()]).await.expect("group");
+    for (conv, text) in [(with_bob, "to bob"), (with_carol, "to carol"), (group, "to both")] {
+        let id = alice.send(conv, text).await.expect("queued");
+        alice.wait_sent(&[id]).await.expect("sent");
+    }
+    let id = bob.send(group, "bob to all").await.expect("queued");
+    bob.wait_sent(&[id]).await.expect("sent");
+    texts_when(&alice, group, 2).await;
+    let list = alice.conversations().await.expect("list");
+    assert_eq!(list.len(), 3);
+    for entry in &list {
+        let one = alice.conversation(entry.id).await.expect("one").expect("found");
+        assert_eq!(&one, entry);
+    }
+    assert!(list.iter().any(|c| c.id == group && c.unread == 1 && c.members.len() == 3));
+    assert_eq!(alice.conversation(uuid::Uuid::now_v7()).await.expect("lookup"), None);
+}
