@@ -170,7 +170,19 @@ async fn append_group(write: &SqlitePool, work: Vec<Work>) -> Result<Vec<Result<
     for (conversation, actor, bodies) in work {
         let mut outcomes = Vec::with_capacity(bodies.len());
         for body in bodies {
-            // A nested transaction is a savepoint.
+            // A new message is refused, if at all, before it writes anything
+            // (a repeated client id, no such conversation); an error after
+            // its first write is the database's, and fails the whole group.
+            // So it needs no savepoint: two statements fewer on the hot path.
+            if matches!(body, EventBody::Message { .. }) {
+                match append_in(&mut tx, conversation, actor, body).await {
+                    Err(e) if e.code == ErrorCode::Internal => return Err(e),
+                    outcome => outcomes.push(outcome),
+                }
+                continue;
+            }
+            // Any other change may refuse after writing: a savepoint (a
+            // nested transaction) rolls it back alone.
             let mut one = sqlx::Acquire::begin(&mut tx).await?;
             match append_in(&mut one, conversation, actor, body).await {
                 Ok(outcome) => {

@@ -35,6 +35,11 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
         if i % 13 == 0 {
             jobs.push((conv, actor, EventBody::Edited { seq: 1_000_000 + i as i64, text: "no".into() }));
         }
+        if i % 17 == 0 {
+            // To a conversation that does not exist: refused, alone.
+            let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: "nowhere".into() };
+            jobs.push((Uuid::now_v7(), actor, body));
+        }
     }
     let total = jobs.len();
     let tasks: Vec<_> = jobs
@@ -51,7 +56,7 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
 
     let mut seq_of: HashMap<Uuid, i64> = HashMap::new();
     let mut appended_seqs: HashMap<Uuid, Vec<i64>> = HashMap::new();
-    let (mut refused, mut duplicates) = (0, 0);
+    let (mut refused, mut duplicates, mut nowhere) = (0, 0, 0);
     for t in tasks {
         let (conv, client_id, result) = t.await.unwrap();
         match (client_id, result) {
@@ -65,12 +70,17 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
                 assert!(seq_of.insert(id, seq).is_none_or(|earlier| earlier == seq), "a repeat got another number");
             }
             (None, Err(_)) => refused += 1,
+            (Some(_), Err(e)) if !convs.contains(&conv) => {
+                assert_eq!(e.code, confab_protocol::ErrorCode::NotFound);
+                nowhere += 1;
+            }
             other => panic!("unexpected: {other:?}"),
         }
     }
     assert_eq!(seq_of.len(), 400, "every send is stored once");
     assert_eq!(duplicates, 58, "every repeat is recognised"); // i % 7 == 0 for i < 400
     assert_eq!(refused, 31, "every edit of a missing message is refused"); // i % 13 == 0
+    assert_eq!(nowhere, 24, "every send to a missing conversation is refused"); // i % 17 == 0
     for conv in convs {
         // Message numbers 1..=n, each once; positions 1..=last, each once.
         let mut seqs = appended_seqs.remove(&conv).unwrap_or_default();
