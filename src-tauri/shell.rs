@@ -284,7 +284,7 @@ async fn forward<R: Runtime>(
             event,
             ClientEvent::MessageAdded { .. } | ClientEvent::Receipt { .. } | ClientEvent::SyncCompleted
         );
-        // Once per burst: the count reads every conversation.
+        // Once per burst of events.
         if unread_stale && events.is_empty() {
             unread_stale = false;
             update_unread(&app, &client).await;
@@ -307,7 +307,7 @@ async fn notification_title(client: &Client, message: &confab_core::ChatMessage)
 async fn update_unread<R: Runtime>(app: &AppHandle<R>, client: &Client) {
     #[cfg(desktop)]
     {
-        let unread: i64 = client.conversations().await.map(|cs| cs.iter().map(|c| c.unread).sum()).unwrap_or(0);
+        let unread = client.unread_total().await.unwrap_or(0);
         if let Some(tray) = app.tray_by_id("main") {
             let tip = if unread > 0 { format!("Confab — {unread} unread") } else { "Confab".to_owned() };
             let _ = tray.set_tooltip(Some(tip));

@@ -563,6 +563,12 @@ impl Client {
         self.cache.conversations(me).await
     }
 
+    /// Unread messages in all conversations (without loading the list).
+    pub async fn unread_total(&self) -> Result<i64> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        self.cache.unread_total(me).await
+    }
+
     /// One conversation's summary (without loading the whole list).
     pub async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
         let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;

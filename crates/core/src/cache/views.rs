@@ -321,6 +321,16 @@ impl Cache {
         self.summaries(me, None).await
     }
 
+    /// Unread messages in all conversations (the list's counts, summed), in
+    /// one query.
+    pub async fn unread_total(&self, me: UserId) -> Result<i64> {
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n {}", unread_from()))
+            .bind(me.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get("n"))
+    }
+
     /// One conversation's summary, in the same few queries as the list but
     /// for it alone.
     pub async fn conversation(&self, me: UserId, conversation: ConversationId) -> Result<Option<ConversationSummary>> {
@@ -351,11 +361,9 @@ impl Cache {
             members.entry(r.get("conversation_id")).or_default().push(member_view(r)?);
         }
         let unread_rows = sqlx::query(&format!(
-            "SELECT m.conversation_id, COUNT(*) AS n FROM messages m
-             JOIN members me ON me.conversation_id = m.conversation_id AND me.user_id = ?1
-             WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 AND {UNREAD_CALL}
-               AND (?2 IS NULL OR m.conversation_id = ?2)
-             GROUP BY m.conversation_id"
+            "SELECT m.conversation_id, COUNT(*) AS n {} AND (?2 IS NULL OR m.conversation_id = ?2)
+             GROUP BY m.conversation_id",
+            unread_from()
         ))
         .bind(me.to_string())
         .bind(&only)
@@ -414,6 +422,15 @@ impl Cache {
         out.sort_by_key(|c| std::cmp::Reverse(c.last_message.as_ref().map(|m| m.ts).unwrap_or(0)));
         Ok(out)
     }
+}
+
+/// Which messages `?1` has not read: the one definition the list's counts
+/// and the total share.
+fn unread_from() -> String {
+    format!(
+        "FROM messages m JOIN members me ON me.conversation_id = m.conversation_id AND me.user_id = ?1
+         WHERE m.seq > me.read_seq AND m.sender != ?1 AND m.deleted = 0 AND {UNREAD_CALL}"
+    )
 }
 
 /// Own-message status from the other members' receipt watermarks: delivered

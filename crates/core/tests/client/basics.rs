@@ -393,5 +393,16 @@ async fn one_conversation_summary_is_the_same_as_its_entry_in_the_list() {
     assert_eq!(list.len(), 3);
     assert_eq!(singles, list);
     assert!(list.iter().any(|c| c.id == group && c.unread == 1 && c.members.len() == 3));
+    assert_eq!(alice.unread_total().await.expect("total"), list.iter().map(|c| c.unread).sum::<i64>());
+    // Bob has alice's "to bob" and "to both" unread (once they have arrived).
+    let mut bobs = 0;
+    for _ in 0..100 {
+        bobs = bob.unread_total().await.expect("total");
+        if bobs == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bobs, 2);
     assert_eq!(alice.conversation(uuid::Uuid::now_v7()).await.expect("lookup"), None);
 }
