@@ -401,16 +401,8 @@ impl Client {
     /// Queues a message: it is saved locally and sent as soon as possible,
     /// surviving restarts. Returns its client id at once.
     pub async fn send(&self, conversation: ConversationId, text: &str) -> Result<ClientId> {
-        confab_protocol::validate_text(text).map_err(|code| Error::Invalid(code.describe().to_owned()))?;
-        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
-        let client_id = self.cache.enqueue(conversation, session.user, text).await?;
-        if let Ok(Some(message)) = self.cache.own_message(session.user, client_id).await {
-            let _ = self.events.send(ClientEvent::MessageUpdated { message });
-        }
-        if let Ok(inner) = self.inner().await {
-            inner.outbox_wakeup.notify_one();
-        }
-        Ok(client_id)
+        let ids = self.send_all(conversation, &[text]).await?;
+        ids.into_iter().next().ok_or_else(|| Error::Protocol("nothing was queued".into()))
     }
 
     /// [`Client::send`] for several messages to one conversation, queued in

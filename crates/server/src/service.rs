@@ -180,17 +180,15 @@ impl Service {
         }
     }
 
-    /// `send_many`: each message as `send` would take it, all appended in
-    /// one store call (one commit), in order.
-    async fn send_many(
+    /// `send` and `send_many`: each message checked, deduplicated and
+    /// appended in order, all in one store call (one commit); one result
+    /// each. A failure that is not a message's own fails them all.
+    async fn send_texts(
         &self,
         caller: &Caller,
         conversation: ConversationId,
         messages: Vec<confab_protocol::OutgoingText>,
-    ) -> Result<Reply> {
-        if messages.is_empty() || messages.len() > MAX_BATCH {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("send_many takes 1 to {MAX_BATCH} messages")));
-        }
+    ) -> Result<Vec<SendResult>> {
         let _guard = self.lock_for(conversation).lock().await;
         let access = match self.member(conversation, caller.user).await {
             Ok(_) => None,
@@ -203,8 +201,9 @@ impl Service {
         let mut slots = Vec::with_capacity(messages.len());
         for (i, m) in messages.into_iter().enumerate() {
             if let Some(e) = &access {
-                // As for `send`: a retry of a message committed before the
-                // sender lost access is acknowledged, not failed.
+                // A retry of a message committed before the sender lost
+                // access is acknowledged again, not failed: it was
+                // delivered. (A member's retry is caught by the append.)
                 results[i] = Some(match self.store.sent_message(caller.user, m.client_id).await? {
                     Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) if c == conversation => {
                         SendResult::Sent { client_id: m.client_id, seq, pos, ts, duplicate: true }
@@ -232,12 +231,12 @@ impl Service {
                                 EventBody::Message { seq, .. } => {
                                     SendResult::Sent { client_id, seq, pos: event.pos, ts: event.ts, duplicate: false }
                                 }
-                                _ => return Err(ApiError::internal("send_many", "not a message event")),
+                                _ => return Err(ApiError::internal("send", "not a message event")),
                             },
                             AppendOutcome::Duplicate { seq, pos, ts, .. } => {
                                 SendResult::Sent { client_id, seq, pos, ts, duplicate: true }
                             }
-                            AppendOutcome::Unchanged => return Err(ApiError::internal("send_many", "unchanged")),
+                            AppendOutcome::Unchanged => return Err(ApiError::internal("send", "unchanged")),
                         }
                     }
                     // Not the message's fault: the whole request fails, and
@@ -254,11 +253,7 @@ impl Service {
         if let Some(e) = transient {
             return Err(e);
         }
-        let results = results
-            .into_iter()
-            .map(|r| r.ok_or_else(|| ApiError::internal("send_many", "no result")))
-            .collect::<Result<_>>()?;
-        Ok(Reply::SentMany { conversation, results })
+        results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("send", "no result"))).collect()
     }
 
     async fn group_admin(&self, conversation: ConversationId, user: UserId) -> Result<()> {
@@ -499,41 +494,23 @@ impl Service {
                     self.store.append(conversation, caller.user, EventBody::AdminChanged { user, admin }).await?;
                 Ok(Reply::Done { pos: self.publish(&outcome)? })
             }
-            RequestBody::SendMany { conversation, messages } => self.send_many(caller, conversation, messages).await,
+            RequestBody::SendMany { conversation, messages } => {
+                if messages.is_empty() || messages.len() > MAX_BATCH {
+                    let why = format!("send_many takes 1 to {MAX_BATCH} messages");
+                    return Err(ApiError::new(ErrorCode::InvalidRequest, why));
+                }
+                let results = self.send_texts(caller, conversation, messages).await?;
+                Ok(Reply::SentMany { conversation, results })
+            }
             RequestBody::Send { conversation, client_id, text } => {
                 validate_text(&text)?;
-                let _guard = self.lock_for(conversation).lock().await;
-                if let Err(e) = self.member(conversation, caller.user).await {
-                    // A retry of a message already committed is acknowledged
-                    // again even if the sender has since lost access: it was
-                    // delivered, and must not be reported as failed. (A
-                    // member's retry is recognised by the append itself.)
-                    if e.code == ErrorCode::NotMember {
-                        if let Some(AppendOutcome::Duplicate { conversation: c, seq, pos, ts }) =
-                            self.store.sent_message(caller.user, client_id).await?
-                        {
-                            if c == conversation {
-                                return Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate: true });
-                            }
-                        }
+                let one = confab_protocol::OutgoingText { client_id, text };
+                match self.send_texts(caller, conversation, vec![one]).await?.pop() {
+                    Some(SendResult::Sent { client_id, seq, pos, ts, duplicate }) => {
+                        Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate })
                     }
-                    return Err(e);
-                }
-                let body = EventBody::Message { seq: 0, client_id, text };
-                let outcome = self.store.append(conversation, caller.user, body).await?;
-                self.publish(&outcome)?;
-                self.hub.typing_reset(caller.user, conversation);
-                match outcome {
-                    AppendOutcome::Appended { event, .. } => {
-                        let EventBody::Message { seq, .. } = event.body else {
-                            return Err(ApiError::internal("send", "not a message event"));
-                        };
-                        Ok(Reply::Sent { conversation, client_id, seq, pos: event.pos, ts: event.ts, duplicate: false })
-                    }
-                    AppendOutcome::Duplicate { conversation, seq, pos, ts } => {
-                        Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate: true })
-                    }
-                    AppendOutcome::Unchanged => Err(ApiError::internal("send", "unchanged")),
+                    Some(SendResult::Refused { code, message, .. }) => Err(ApiError::new(code, message)),
+                    None => Err(ApiError::internal("send", "no result")),
                 }
             }
             RequestBody::Edit { conversation, seq, text } => {

@@ -19,13 +19,8 @@ pub struct OutboxEntry {
 }
 
 impl Cache {
-    /// Saves a new own message and its outbox entry in one transaction.
-    pub async fn enqueue(&self, conversation: ConversationId, sender: UserId, text: &str) -> Result<ClientId> {
-        let ids = self.enqueue_all(conversation, sender, &[text]).await?;
-        ids.into_iter().next().ok_or_else(|| crate::Error::Protocol("nothing enqueued".into()))
-    }
-
-    /// [`Cache::enqueue`] for several messages, in order, in one transaction.
+    /// Saves new own messages and their outbox entries, in order, in one
+    /// transaction.
     pub async fn enqueue_all(
         &self,
         conversation: ConversationId,
@@ -70,23 +65,6 @@ impl Cache {
             batch.push(entry);
         }
         Ok(batch)
-    }
-
-    /// The oldest entry.
-    pub async fn next_outbox(&self) -> Result<Option<OutboxEntry>> {
-        let row = sqlx::query("SELECT id, client_id, conversation_id, text, attempts FROM outbox ORDER BY id LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(OutboxEntry {
-                id: r.get("id"),
-                client_id: id(r.get("client_id"))?,
-                conversation: id(r.get("conversation_id"))?,
-                text: r.get("text"),
-                attempts: r.get("attempts"),
-            })
-        })
-        .transpose()
     }
 
     pub async fn outbox_len(&self) -> Result<i64> {
