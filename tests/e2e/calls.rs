@@ -414,12 +414,16 @@ fn page(server: &str, token: &str, conversation: &str, mode: &str, hangup_after_
         "video": true,
         "hangup_after_ms": hangup_after_ms,
     });
-    let fragment: String = params
+    format!("file://{}#{}", here.display(), fragment(&params))
+}
+
+/// JSON parameters for a page's URL fragment, percent-encoded.
+pub(crate) fn fragment(params: &Value) -> String {
+    params
         .to_string()
         .bytes()
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    format!("file://{}#{fragment}", here.display())
+        .collect()
 }
 
 /// The page's report (its `RESULT` message), as seen in the history.
@@ -442,14 +446,34 @@ fn assert_browser_got_media(report: &Value, want_hz: f64) {
     let packets = report["in_audio_packets"].as_u64().unwrap_or(0);
     assert!(packets > 100, "the browser got {packets} audio packets: {report}");
     assert!(report["out_video_packets"].as_u64().unwrap_or(0) > 20, "the browser sent no video: {report}");
-    // Most of what it heard peaks at our tone (an FFT bin is ~6 Hz wide).
-    let peaks: Vec<f64> =
-        report["peaks"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    assert_peaks_near(&report["peaks"], want_hz, "the browser");
+}
+
+/// Most of what a page heard (its dominant frequencies every 100 ms)
+/// peaks at `want_hz` (an FFT bin is ~6 Hz wide).
+pub(crate) fn assert_peaks_near(peaks: &Value, want_hz: f64, who: &str) {
+    let peaks: Vec<f64> = peaks.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
     let near = peaks.iter().filter(|p| (**p - want_hz).abs() < 15.0).count();
-    assert!(
-        peaks.len() > 10 && near * 10 > peaks.len() * 7,
-        "the browser heard peaks at {peaks:?}, wanted {want_hz} Hz"
-    );
+    assert!(peaks.len() > 10 && near * 10 > peaks.len() * 7, "{who} heard peaks at {peaks:?}, wanted {want_hz} Hz");
+}
+
+/// The next view of a call from `events` that satisfies `want`, within 20 s.
+pub(crate) async fn next_call(
+    events: &mut tokio::sync::broadcast::Receiver<confab_core::ClientEvent>,
+    what: &str,
+    mut want: impl FnMut(&confab_core::CallView) -> bool,
+) -> confab_core::CallView {
+    use tokio::sync::broadcast::error::RecvError;
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(confab_core::ClientEvent::Call { call }) if want(&call) => return call,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 #[test]
@@ -560,17 +584,8 @@ mod cases {
 
     impl Device {
         /// The next view of a call that satisfies `want`.
-        async fn until(&mut self, what: &str, mut want: impl FnMut(&CallView) -> bool) -> CallView {
-            let wait = async {
-                loop {
-                    match self.events.recv().await {
-                        Ok(ClientEvent::Call { call }) if want(&call) => return call,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(e) => panic!("{what}: {e}"),
-                    }
-                }
-            };
-            tokio::time::timeout(T, wait).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        async fn until(&mut self, what: &str, want: impl FnMut(&CallView) -> bool) -> CallView {
+            next_call(&mut self.events, what, want).await
         }
 
         async fn ringing(&mut self) -> CallView {

@@ -6,7 +6,7 @@
 //! bridge instead, in the same JSON. The other side of each call is a
 //! real `confab` CLI on its native engine: standard WebRTC both ways.
 
-use crate::calls::{assert_hears, finish, path, spawn, summary, Browser};
+use crate::calls::{assert_hears, assert_peaks_near, finish, fragment, next_call, path, spawn, summary, Browser};
 use confab_core::call::{ExternalEngine, ExternalMedia, MediaEvent, SelectedEngine};
 use confab_core::{CallEndReason, CallPhase, CallView, Client, ClientEvent};
 use confab_tests::*;
@@ -134,12 +134,7 @@ fn build_page(dir: &Path) -> std::path::PathBuf {
 }
 
 fn page_url(html: &Path, bridge: &str) -> String {
-    let fragment: String = json!({ "bridge": bridge })
-        .to_string()
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    format!("file://{}#{fragment}", html.display())
+    format!("file://{}#{}", html.display(), fragment(&json!({ "bridge": bridge })))
 }
 
 /// The app's device: the real core with the webview engine, as the shell
@@ -163,27 +158,15 @@ impl App {
         App { client, events, bridge }
     }
 
-    async fn until(&mut self, what: &str, mut want: impl FnMut(&CallView) -> bool) -> CallView {
-        let wait = async {
-            loop {
-                match self.events.recv().await {
-                    Ok(ClientEvent::Call { call }) if want(&call) => return call,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(e) => panic!("{what}: {e}"),
-                }
-            }
-        };
-        tokio::time::timeout(T, wait).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    async fn until(&mut self, what: &str, want: impl FnMut(&CallView) -> bool) -> CallView {
+        next_call(&mut self.events, what, want).await
     }
 }
 
 fn assert_page_heard(probe: &Value, want_hz: f64) {
     let packets = probe["stats"]["in_audio_packets"].as_u64().unwrap_or(0);
     assert!(packets > 100, "the page got {packets} audio packets: {probe}");
-    let peaks: Vec<f64> =
-        probe["peaks"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-    let near = peaks.iter().filter(|p| (**p - want_hz).abs() < 15.0).count();
-    assert!(peaks.len() > 10 && near * 10 > peaks.len() * 7, "the page heard peaks at {peaks:?}, wanted {want_hz} Hz");
+    assert_peaks_near(&probe["peaks"], want_hz, "the page");
 }
 
 #[test]
