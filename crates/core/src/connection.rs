@@ -83,6 +83,13 @@ pub(crate) enum Inbound {
         presence: Vec<confab_protocol::Presence>,
         snapshot: bool,
     },
+    /// Members' receipt watermarks moved (see [`ServerFrame::Receipts`]).
+    Receipts {
+        conversation: ConversationId,
+        since: i64,
+        version: i64,
+        marks: Vec<confab_protocol::Watermark>,
+    },
 }
 
 struct Command {
@@ -375,6 +382,9 @@ async fn session(ws: Ws, config: &LinkConfig, commands: &mut mpsc::Receiver<Comm
                     ServerFrame::Typing { conversation, user, ttl_ms } => Some(Inbound::Typing { conversation, user, ttl_ms }),
                     ServerFrame::Presence { user, online, last_seen } => Some(Inbound::Presence { user, online, last_seen }),
                     ServerFrame::PresenceList { presence, snapshot } => Some(Inbound::PresenceList { presence, snapshot }),
+                    ServerFrame::Receipts { conversation, since, version, marks } => {
+                        Some(Inbound::Receipts { conversation, since, version, marks })
+                    }
                     ServerFrame::Call { call, conversation, peer, update } => {
                         // A full queue means the call manager is stuck;
                         // losing a frame ends that call by timeout rather

@@ -482,7 +482,12 @@ impl Client {
 
     /// Marks messages up to `seq` as read.
     pub async fn mark_read(&self, conversation: ConversationId, seq: i64) -> Result<()> {
-        self.request(RequestBody::Read { conversation, seq }).await.map(drop)
+        self.request(RequestBody::Read { conversation, seq }).await?;
+        // Committed: count it read here now, not when the coalesced frame
+        // comes back (the version held stays, so a sync still checks).
+        let mark = confab_protocol::Watermark { user: self.inner.me, delivered_seq: seq, read_seq: seq };
+        self.inner.cache.apply_watermarks(conversation, &[mark], crate::cache::MarksVersion::Unchanged).await?;
+        Ok(())
     }
 
     /// This account's signed-in devices (the current one marked).

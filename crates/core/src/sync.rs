@@ -12,7 +12,10 @@
 //!    A conversation that is new to this device and long, or that the
 //!    server cannot replay, is loaded from a snapshot (its newest messages)
 //!    instead; older pages come on demand.
-//! 3. Delivery receipts go out batched, and `rate_limited` is honoured by
+//! 3. Receipt watermarks are fetched where the head's `marks` version
+//!    differs from the one held here; live, coalesced `receipts` frames
+//!    keep them current.
+//! 4. Delivery receipts go out batched, and `rate_limited` is honoured by
 //!    waiting the `retry_after_ms` the server names.
 //!
 //! A new server epoch (its log may have been rewound) drops every position
@@ -25,13 +28,13 @@
 //! ([`ClientEvent::MissedMessages`]), so coming back to 300 messages raises
 //! one notification per conversation, not 300.
 
-use crate::cache::{Applied, Effect, LocalId};
+use crate::cache::{Applied, Effect, LocalId, MarksVersion};
 use crate::connection::Inbound;
 use crate::types::{ChatMessage, ClientEvent};
 use crate::{Error, Inner, Result};
 use confab_protocol::{
     CatchUpFrom, ConvEvent, ConversationHead, ConversationId, ConversationInfo, ErrorCode, ReceiptPos, Reply,
-    RequestBody, MAX_BATCH,
+    RequestBody, Watermark, WatermarksFrom, MAX_BATCH,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,6 +100,9 @@ impl Sync {
                 let r = self.inner.cache.set_presence(user, online, last_seen).await;
                 self.inner.emit(ClientEvent::Presence { user, online, last_seen });
                 r
+            }
+            Inbound::Receipts { conversation, since, version, marks } => {
+                self.on_marks(conversation, &marks, MarksVersion::Frame { since, version }).await
             }
             Inbound::PresenceList { presence, snapshot } => {
                 let r = self.inner.cache.set_presence_list(&presence, snapshot).await;
@@ -215,6 +221,14 @@ impl Sync {
         if let Err(e) = self.catch_up(behind).await {
             failure.get_or_insert(e);
         }
+        // Receipt watermarks where the version held here is not the
+        // server's (after the events: they name the members).
+        let held = cache.marks_versions().await?;
+        let stale: Vec<ConversationId> =
+            heads.iter().filter(|h| held.get(&h.id).is_some_and(|v| *v != h.marks)).map(|h| h.id).collect();
+        if let Err(e) = self.fetch_watermarks(stale).await {
+            failure.get_or_insert(e);
+        }
         // Acknowledge what a lost receipt left unacknowledged — only where
         // this device now has everything the head listed.
         let applied: HashMap<ConversationId, i64> =
@@ -237,6 +251,60 @@ impl Sync {
             return Err(e);
         }
         self.inner.emit(ClientEvent::SyncCompleted);
+        Ok(())
+    }
+
+    /// Applies members' watermarks and reports those that moved.
+    async fn on_marks(&self, conversation: ConversationId, marks: &[Watermark], version: MarksVersion) -> Result<()> {
+        let moved = self.inner.cache.apply_watermarks(conversation, marks, version).await?;
+        for m in moved {
+            self.inner.emit(ClientEvent::Receipt {
+                conversation,
+                user: m.user,
+                delivered_seq: m.delivered_seq,
+                read_seq: m.read_seq,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fetches every member's watermarks of these conversations,
+    /// [`MAX_BATCH`] per request, each paged by member.
+    async fn fetch_watermarks(&mut self, conversations: Vec<ConversationId>) -> Result<()> {
+        let mut todo: Vec<WatermarksFrom> =
+            conversations.into_iter().map(|conversation| WatermarksFrom { conversation, after: None }).collect();
+        // The version of a conversation's first page: its later pages are
+        // at least as new, so all of them together are that version.
+        let mut versions: HashMap<ConversationId, i64> = HashMap::new();
+        while !todo.is_empty() {
+            let batch: Vec<WatermarksFrom> = todo.drain(..todo.len().min(MAX_BATCH)).collect();
+            let Reply::Watermarks { pages } = self.request(RequestBody::Watermarks { from: batch.clone() }).await? else {
+                return Err(Error::Protocol("expected watermarks".into()));
+            };
+            if pages.is_empty() {
+                return Err(Error::Protocol("an empty watermarks reply".into()));
+            }
+            let answered = pages.len();
+            for page in pages {
+                let conversation = page.conversation;
+                match page.error {
+                    Some(ErrorCode::NotMember) => {
+                        self.left(conversation).await?;
+                        continue;
+                    }
+                    Some(code) => return Err(Error::server(code, code.describe())),
+                    None => {}
+                }
+                let version = *versions.entry(conversation).or_insert(page.version);
+                let last = page.marks.last().map(|m| m.user);
+                let done = if page.has_more { MarksVersion::Unchanged } else { MarksVersion::Fetched(version) };
+                self.on_marks(conversation, &page.marks, done).await?;
+                if page.has_more {
+                    todo.push(WatermarksFrom { conversation, after: last });
+                }
+            }
+            todo.extend(batch.into_iter().skip(answered));
+        }
         Ok(())
     }
 

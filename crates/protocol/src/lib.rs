@@ -176,7 +176,10 @@ pub enum RequestBody {
         seq: i64,
         pinned: bool,
     },
-    /// "This device has received messages up to `seq`."
+    /// "This device has received messages up to `seq`." Receipts move
+    /// watermarks beside the log, not events in it: the reply `done {pos:
+    /// null}` comes once the watermark is committed, and members learn of
+    /// it from coalesced [`ServerFrame::Receipts`].
     Delivered {
         conversation: ConversationId,
         seq: i64,
@@ -187,10 +190,17 @@ pub enum RequestBody {
     DeliveredMany {
         receipts: Vec<ReceiptPos>,
     },
-    /// "The user has read messages up to `seq`."
+    /// "The user has read messages up to `seq`." Like [`RequestBody::Delivered`].
     Read {
         conversation: ConversationId,
         seq: i64,
+    },
+    /// The members' receipt watermarks of up to [`MAX_BATCH`]
+    /// conversations, each paged by member (`after`: the last user of the
+    /// previous page). Reply: [`Reply::Watermarks`]. A device fetches them
+    /// where a `sync` head's `marks` differs from the version it holds.
+    Watermarks {
+        from: Vec<WatermarksFrom>,
     },
     /// Calls the other member of a direct conversation; `call` is a new
     /// UUID chosen by the caller. Every device of the callee rings.
@@ -269,6 +279,7 @@ impl RequestBody {
         "delivered",
         "delivered_many",
         "read",
+        "watermarks",
         "typing",
         "call_invite",
         "call_accept",
@@ -333,6 +344,47 @@ pub enum ServerFrame {
         /// listed (in it or in the lists that follow it) is offline.
         snapshot: bool,
     },
+    /// Ephemeral, coalesced: members' receipt watermarks that moved (each
+    /// member's newest). Applied to the watermarks at version `since` (or
+    /// later) it gives the state at `version`; a device holding an older
+    /// version applies the marks (they only move forward) but keeps its
+    /// version, and refetches at the next `sync`.
+    Receipts {
+        conversation: ConversationId,
+        since: i64,
+        version: i64,
+        marks: Vec<Watermark>,
+    },
+}
+
+/// A member's receipt watermarks: every message up to `delivered_seq`
+/// reached one of their devices, every one up to `read_seq` was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Watermark {
+    pub user: UserId,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct WatermarksFrom {
+    pub conversation: ConversationId,
+    /// Members after this user id (the previous page's last).
+    pub after: Option<UserId>,
+}
+
+/// One conversation's part of a [`Reply::Watermarks`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct WatermarkPage {
+    pub conversation: ConversationId,
+    /// The watermarks' version when the first page was read; later pages
+    /// may be newer (watermarks only move forward).
+    pub version: i64,
+    /// Ordered by user id.
+    pub marks: Vec<Watermark>,
+    pub has_more: bool,
+    /// Set instead of marks: `not_member`, ….
+    pub error: Option<ErrorCode>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
@@ -472,6 +524,9 @@ pub struct ConversationHead {
     pub last_seq: i64,
     /// The caller's own delivered watermark.
     pub delivered_seq: i64,
+    /// Version of the members' receipt watermarks: it grows with every
+    /// change to them.
+    pub marks: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
@@ -497,6 +552,11 @@ pub enum Reply {
     },
     CatchUp {
         pages: Vec<EventPage>,
+    },
+    /// Pages in request order until the reply's byte budget is spent; ask
+    /// again for the conversations left out.
+    Watermarks {
+        pages: Vec<WatermarkPage>,
     },
     Conversation {
         conversation: ConversationInfo,
@@ -580,6 +640,8 @@ pub struct ConversationInfo {
     pub last_pos: i64,
     /// Sequence number of the newest message.
     pub last_seq: i64,
+    /// Version of the members' watermarks (see [`ConversationHead::marks`]).
+    pub marks: i64,
 }
 
 /// One persisted change to a conversation.
@@ -647,7 +709,9 @@ pub enum EventBody {
         video: bool,
         outcome: CallOutcome,
     },
-    /// A member's receipt watermarks moved forward.
+    /// A member's receipt watermarks moved forward. Logs written before
+    /// receipts moved beside the log still hold these; servers no longer
+    /// append them.
     Receipt {
         user: UserId,
         delivered_seq: i64,
@@ -727,15 +791,16 @@ impl Reaction {
     }
 }
 
-/// The digest `sync` compares: SHA-256 over `"<id>:<last_pos>\n"` of every
-/// conversation, sorted by id, as lowercase hex. The client computes it over
-/// the positions it has applied; equal digests mean nothing to fetch.
-pub fn sync_digest(mut conversations: Vec<(ConversationId, i64)>) -> String {
+/// The digest `sync` compares: SHA-256 over `"<id>:<last_pos>:<marks>\n"`
+/// of every conversation, sorted by id, as lowercase hex. The client
+/// computes it over the positions and watermark versions it has applied;
+/// equal digests mean nothing to fetch.
+pub fn sync_digest(mut conversations: Vec<(ConversationId, i64, i64)>) -> String {
     use sha2::{Digest, Sha256};
     conversations.sort_unstable();
     let mut hasher = Sha256::new();
-    for (id, pos) in conversations {
-        hasher.update(format!("{id}:{pos}\n").as_bytes());
+    for (id, pos, marks) in conversations {
+        hasher.update(format!("{id}:{pos}:{marks}\n").as_bytes());
     }
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod hasher;
 pub mod hub;
 pub mod ice;
+pub mod receipts;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -275,6 +276,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     // Forget rate-limit keys that have recovered, so junk names and
     // one-off addresses cost no lasting memory.
+    // Committed receipts go out coalesced.
+    let receipts = {
+        let service = state.service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(receipts::FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                service.flush_receipts().await;
+            }
+        })
+    };
     // Calls that rang too long become missed calls.
     let ringer = {
         let service = state.service.clone();
@@ -313,6 +326,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             let _ = stopped.await;
             pruner.abort();
             ringer.abort();
+            receipts.abort();
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
             service.hub.kick_all();

@@ -8,11 +8,11 @@
 
 use crate::error::{ApiError, Result};
 use crate::hub::Hub;
-use crate::store::{AppendOutcome, Membership, Revoke, Store};
+use crate::store::{AppendOutcome, Mark, Membership, Revoke, Store};
 use confab_protocol::{
     sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
     ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, SendResult,
-    ServerFrame, UserId, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
+    ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -40,6 +40,8 @@ pub struct Service {
     pub log_total: AtomicI64,
     /// Call attempts per user: 10, then one every 6 s.
     call_limiter: governor::DefaultKeyedRateLimiter<UserId>,
+    /// Committed receipts waiting for the next coalesced frame.
+    receipts: crate::receipts::Receipts,
 }
 
 /// The authenticated caller of a request.
@@ -69,6 +71,7 @@ impl Service {
             epoch,
             log_total: AtomicI64::new(log_total),
             call_limiter: governor::RateLimiter::keyed(crate::guard::period(std::time::Duration::from_secs(6), 10)),
+            receipts: crate::receipts::Receipts::default(),
         }
     }
 
@@ -392,17 +395,16 @@ impl Service {
                         format!("at most {MAX_BATCH} receipts per request"),
                     ));
                 }
-                for r in receipts {
-                    let body = EventBody::Receipt { user: caller.user, delivered_seq: r.seq, read_seq: 0 };
-                    match self.change(caller, r.conversation, body).await {
-                        Ok(_) => {}
-                        // Left meanwhile: nothing to acknowledge there.
-                        Err(e) if e.code == ErrorCode::NotMember => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                // A conversation the caller is not (or no longer) in moves
+                // nothing: there is nothing to acknowledge there.
+                let marks = receipts
+                    .into_iter()
+                    .map(|r| Mark { conversation: r.conversation, user: caller.user, delivered: r.seq, read: 0 })
+                    .collect();
+                self.mark(marks).await?;
                 Ok(Reply::Done { pos: None })
             }
+            RequestBody::Watermarks { from } => self.watermarks(caller, from).await,
             RequestBody::OpenDirect { username } => {
                 let other = self.user_named(&username).await?;
                 if other == caller.user {
@@ -526,12 +528,14 @@ impl Service {
                 self.change(caller, conversation, EventBody::Pinned { seq, pinned }).await
             }
             RequestBody::Delivered { conversation, seq } => {
-                let body = EventBody::Receipt { user: caller.user, delivered_seq: seq, read_seq: 0 };
-                self.change(caller, conversation, body).await
+                self.member(conversation, caller.user).await?;
+                self.mark(vec![Mark { conversation, user: caller.user, delivered: seq, read: 0 }]).await?;
+                Ok(Reply::Done { pos: None })
             }
             RequestBody::Read { conversation, seq } => {
-                let body = EventBody::Receipt { user: caller.user, delivered_seq: seq, read_seq: seq };
-                self.change(caller, conversation, body).await
+                self.member(conversation, caller.user).await?;
+                self.mark(vec![Mark { conversation, user: caller.user, delivered: seq, read: seq }]).await?;
+                Ok(Reply::Done { pos: None })
             }
             RequestBody::CallInvite { conversation, call, video } => {
                 crate::guard::check(&self.call_limiter, &caller.user)?;
@@ -584,6 +588,74 @@ impl Service {
         }
     }
 
+    /// Commits receipts (no conversation lock: watermarks only move
+    /// forward, so concurrent ones commute) and queues what moved for the
+    /// next coalesced frame.
+    async fn mark(&self, marks: Vec<Mark>) -> Result<()> {
+        let moved = self.store.mark(marks).await?;
+        self.receipts.add(moved.into_iter().flatten());
+        Ok(())
+    }
+
+    /// Sends the receipt frames that are due, each to the conversation's
+    /// members (called every [`crate::receipts::FLUSH_EVERY`]).
+    pub async fn flush_receipts(&self) {
+        for f in self.receipts.take(std::time::Instant::now()) {
+            let members = match self.store.member_ids(f.conversation).await {
+                Ok(members) => members,
+                Err(e) => {
+                    // Committed all the same: devices see it at their next
+                    // sync (the version they hold is behind).
+                    tracing::warn!(%e, "cannot publish receipts");
+                    continue;
+                }
+            };
+            let body = ServerFrame::Receipts { conversation: f.conversation, since: f.since, version: f.version, marks: f.marks };
+            match frame(&body) {
+                Ok(frame) => self.hub.publish(&members, frame),
+                Err(e) => tracing::warn!(%e, "cannot publish receipts"),
+            }
+        }
+    }
+
+    /// Watermark pages in request order until the reply's budget is spent.
+    async fn watermarks(&self, caller: &Caller, from: Vec<WatermarksFrom>) -> Result<Reply> {
+        if from.len() > MAX_BATCH {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("at most {MAX_BATCH} conversations per request")));
+        }
+        let mut budget = REPLY_BUDGET_BYTES;
+        let mut pages = Vec::with_capacity(from.len());
+        for f in from {
+            if budget < crate::store::WATERMARK_BYTES {
+                break;
+            }
+            let page = match self.member(f.conversation, caller.user).await {
+                Ok(_) => self.store.watermarks(f.conversation, f.after, budget).await.map(|p| WatermarkPage {
+                    conversation: f.conversation,
+                    version: p.version,
+                    marks: p.marks,
+                    has_more: p.has_more,
+                    error: None,
+                }),
+                Err(e) => Err(e),
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if e.code != ErrorCode::Internal => WatermarkPage {
+                    conversation: f.conversation,
+                    version: 0,
+                    marks: Vec::new(),
+                    has_more: false,
+                    error: Some(e.code),
+                },
+                Err(e) => return Err(e),
+            };
+            budget = budget.saturating_sub((page.marks.len() * crate::store::WATERMARK_BYTES).max(100));
+            pages.push(page);
+        }
+        Ok(Reply::Watermarks { pages })
+    }
+
     /// Closes the sockets of revoked sessions (4001); they cannot come
     /// back, their tokens are gone.
     fn kick_sessions(&self, sessions: &[uuid::Uuid]) {
@@ -607,7 +679,7 @@ impl Service {
     /// client's digest shows it has everything.
     async fn sync(&self, caller: &Caller, digest: Option<String>, after: Option<ConversationId>) -> Result<Reply> {
         let heads: Vec<ConversationHead> = self.store.heads(caller.user).await?;
-        let ours = sync_digest(heads.iter().map(|h| (h.id, h.last_pos)).collect());
+        let ours = sync_digest(heads.iter().map(|h| (h.id, h.last_pos, h.marks)).collect());
         if digest.as_deref() == Some(ours.as_str()) {
             return Ok(Reply::Sync { conversations: Vec::new(), digest: ours, unchanged: true, has_more: false });
         }

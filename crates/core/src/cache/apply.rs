@@ -18,9 +18,20 @@ use super::views::write_presence;
 use super::{id, kind_str, Cache, LocalId};
 use crate::{Error, Result};
 use confab_protocol::{
-    rules, ConvEvent, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, UserId,
+    rules, ConvEvent, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, UserId, Watermark,
 };
 use sqlx::{Acquire, Row, Sqlite, Transaction};
+
+/// Which watermark version applying some marks leaves the cache at.
+#[derive(Clone, Copy, Debug)]
+pub enum MarksVersion {
+    /// A live frame: the state at `version` for a cache at `since` or later.
+    Frame { since: i64, version: i64 },
+    /// Every member's marks, read at this version.
+    Fetched(i64),
+    /// Marks only (an own receipt the server confirmed).
+    Unchanged,
+}
 
 /// The result of offering one event to the cache.
 #[derive(Debug)]
@@ -77,8 +88,61 @@ impl Cache {
     /// The digest `sync` compares ([`confab_protocol::sync_digest`]) over
     /// the conversations this device follows and the positions it applied.
     pub async fn sync_digest(&self) -> Result<String> {
-        let known = self.known_conversations().await?;
-        Ok(confab_protocol::sync_digest(known.into_iter().filter(|k| !k.2).map(|k| (k.0, k.1)).collect()))
+        let rows = sqlx::query("SELECT id, applied_pos, marks FROM conversations WHERE left = 0")
+            .fetch_all(&self.pool)
+            .await?;
+        let known =
+            rows.iter().map(|r| Ok((id(r.get("id"))?, r.get("applied_pos"), r.get("marks")))).collect::<Result<_>>()?;
+        Ok(confab_protocol::sync_digest(known))
+    }
+
+    /// Each conversation's watermark version as this device holds it.
+    pub async fn marks_versions(&self) -> Result<std::collections::HashMap<ConversationId, i64>> {
+        let rows = sqlx::query("SELECT id, marks FROM conversations").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((id(r.get("id"))?, r.get("marks")))).collect()
+    }
+
+    /// Applies members' watermarks (each only moves forward) and returns
+    /// those that moved. `version` is what the cache holds afterwards if
+    /// every mark was applicable: with [`MarksVersion::Frame`] only when the
+    /// frame starts at or before the version held (it covers every change
+    /// since); with [`MarksVersion::Fetched`] whenever it is newer.
+    pub async fn apply_watermarks(
+        &self,
+        conversation: ConversationId,
+        marks: &[Watermark],
+        version: MarksVersion,
+    ) -> Result<Vec<Watermark>> {
+        let conv = conversation.to_string();
+        let mut tx = self.pool.begin().await?;
+        let mut moved = Vec::new();
+        let mut complete = true;
+        for m in marks {
+            match advance_mark(&mut tx, &conv, *m).await? {
+                Some(Some(now)) => moved.push(now),
+                Some(None) => {}
+                // A member this device does not know yet: its marks are
+                // lost here, so the version must not claim them.
+                None => complete = false,
+            }
+        }
+        let held: Option<i64> = sqlx::query("SELECT marks FROM conversations WHERE id = ?")
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get("marks"));
+        let to = match (version, held) {
+            (_, None) => None,
+            (_, Some(_)) if !complete => None,
+            (MarksVersion::Frame { since, version }, Some(held)) => (since <= held && version > held).then_some(version),
+            (MarksVersion::Fetched(version), Some(held)) => (version > held).then_some(version),
+            (MarksVersion::Unchanged, _) => None,
+        };
+        if let Some(to) = to {
+            sqlx::query("UPDATE conversations SET marks = ? WHERE id = ?").bind(to).bind(&conv).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     /// We are no longer a member: keep the history, stop syncing.
@@ -109,7 +173,7 @@ impl Cache {
         }
         sqlx::query("DELETE FROM messages WHERE own_client_id IS NULL").execute(&mut *tx).await?;
         sqlx::query("DELETE FROM reactions").execute(&mut *tx).await?;
-        sqlx::query("UPDATE conversations SET applied_pos = 0, last_seq = 0").execute(&mut *tx).await?;
+        sqlx::query("UPDATE conversations SET applied_pos = 0, last_seq = 0, marks = 0").execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO meta (key, value) VALUES ('epoch', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         )
@@ -164,15 +228,16 @@ impl Cache {
             sqlx::query("DELETE FROM reactions WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
         }
         sqlx::query(
-            "INSERT INTO conversations (id, kind, name, applied_pos, last_seq, left) VALUES (?, ?, ?, ?, ?, 0)
+            "INSERT INTO conversations (id, kind, name, applied_pos, last_seq, marks, left) VALUES (?, ?, ?, ?, ?, ?, 0)
              ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
-               applied_pos = excluded.applied_pos, last_seq = excluded.last_seq, left = 0",
+               applied_pos = excluded.applied_pos, last_seq = excluded.last_seq, marks = excluded.marks, left = 0",
         )
         .bind(&conv)
         .bind(kind_str(info.kind))
         .bind(&info.name)
         .bind(info.last_pos)
         .bind(info.last_seq)
+        .bind(info.marks)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM members WHERE conversation_id = ?").bind(&conv).execute(&mut *tx).await?;
@@ -407,26 +472,10 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 .await?;
             vec![Effect::ConversationChanged]
         }
+        // Logs from before receipts moved beside the log.
         EventBody::Receipt { user, delivered_seq, read_seq } => {
-            let row =
-                sqlx::query("SELECT delivered_seq, read_seq FROM members WHERE conversation_id = ? AND user_id = ?")
-                    .bind(&conv)
-                    .bind(user.to_string())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            let current = row.map(|r| (r.get("delivered_seq"), r.get("read_seq"))).unwrap_or((0, 0));
-            // The server already capped these at the newest message.
-            if let Some((d, r)) = rules::advance_receipt(current, (*delivered_seq, *read_seq), i64::MAX) {
-                sqlx::query(
-                    "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
-                )
-                .bind(d)
-                .bind(r)
-                .bind(&conv)
-                .bind(user.to_string())
-                .execute(&mut **tx)
-                .await?;
-            }
+            let mark = Watermark { user: *user, delivered_seq: *delivered_seq, read_seq: *read_seq };
+            advance_mark(tx, &conv, mark).await?;
             vec![Effect::Receipt { user: *user, delivered_seq: *delivered_seq, read_seq: *read_seq }]
         }
         EventBody::Edited { .. }
@@ -434,6 +483,31 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
         | EventBody::Reaction { .. }
         | EventBody::Pinned { .. } => Vec::new(),
     })
+}
+
+/// Moves a member's watermarks forward (never back); the new marks if
+/// they moved, `None` if not or if the member is not known here.
+async fn advance_mark(tx: &mut Transaction<'_, Sqlite>, conv: &str, mark: Watermark) -> Result<Option<Option<Watermark>>> {
+    let user = mark.user.to_string();
+    let row = sqlx::query("SELECT delivered_seq, read_seq FROM members WHERE conversation_id = ? AND user_id = ?")
+        .bind(conv)
+        .bind(&user)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let current = (row.get("delivered_seq"), row.get("read_seq"));
+    // The server already capped these at the newest message.
+    let Some((d, r)) = rules::advance_receipt(current, (mark.delivered_seq, mark.read_seq), i64::MAX) else {
+        return Ok(Some(None));
+    };
+    sqlx::query("UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?")
+        .bind(d)
+        .bind(r)
+        .bind(conv)
+        .bind(&user)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(Some(Watermark { user: mark.user, delivered_seq: d, read_seq: r })))
 }
 
 /// Stores a new message (or a call's entry) from the log.

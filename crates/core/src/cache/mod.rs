@@ -20,7 +20,7 @@ mod outbox;
 mod session;
 mod views;
 
-pub use apply::{Applied, Effect};
+pub use apply::{Applied, Effect, MarksVersion};
 pub use outbox::OutboxEntry;
 pub use session::StoredSession;
 

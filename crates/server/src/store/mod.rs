@@ -8,12 +8,13 @@
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, WATERMARK_BYTES};
 
 use crate::error::Result;
 use async_trait::async_trait;
 use confab_protocol::{
     ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
+    Watermark,
 };
 use uuid::Uuid;
 
@@ -63,6 +64,33 @@ pub struct Membership {
 pub struct MessageMeta {
     pub sender: UserId,
     pub deleted: bool,
+}
+
+/// A receipt to record: `user`'s devices got messages up to `delivered`,
+/// and read up to `read`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub delivered: i64,
+    pub read: i64,
+}
+
+/// A watermark change that committed: the member's marks now, and the
+/// conversation's watermark version after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marked {
+    pub conversation: ConversationId,
+    pub mark: Watermark,
+    pub version: i64,
+}
+
+/// A page of one conversation's watermarks.
+#[derive(Clone, Debug)]
+pub struct MarksPage {
+    pub version: i64,
+    pub marks: Vec<Watermark>,
+    pub has_more: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +187,15 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(results)
     }
+
+    /// Moves receipt watermarks forward (by [`confab_protocol::rules::advance_receipt`]),
+    /// committed together; one result each: `None` when nothing moved (or
+    /// the user is not a member).
+    async fn mark(&self, marks: Vec<Mark>) -> Result<Vec<Option<Marked>>>;
+    /// Members' watermarks of one conversation, by user id after `after`,
+    /// about `budget` bytes (at least one).
+    async fn watermarks(&self, conversation: ConversationId, after: Option<UserId>, budget: usize)
+        -> Result<MarksPage>;
 
     /// Events with `pos > after`, oldest first, at most `limit` of them and
     /// about `budget` bytes (at least one), and the newest position.

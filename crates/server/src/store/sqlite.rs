@@ -9,12 +9,14 @@
 //! rolls back alone). One fsync then covers many messages, and no append
 //! is answered, so none is published, before its transaction commits.
 
-use super::{now_ms, AppendOutcome, LogPage, Membership, MessageMeta, Revoke, Session, SessionId, Store};
+use super::{
+    now_ms, AppendOutcome, LogPage, Mark, Marked, MarksPage, Membership, MessageMeta, Revoke, Session, SessionId, Store,
+};
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
     rules, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody,
-    Member, MemberState, Message, Millis, Reaction, UserId,
+    Member, MemberState, Message, Millis, Reaction, UserId, Watermark,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -26,22 +28,49 @@ use uuid::Uuid;
 /// Bytes an event or message adds to a reply beyond its text: ids, numbers,
 /// field names (an over-estimate, so replies stay under their budget).
 const EVENT_OVERHEAD: usize = 200;
+/// Bytes one [`Watermark`] takes in a reply (an over-estimate).
+pub const WATERMARK_BYTES: usize = 100;
 const MESSAGE_OVERHEAD: usize = 300;
 
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
-    appends: tokio::sync::mpsc::Sender<AppendJob>,
+    appends: tokio::sync::mpsc::Sender<Job>,
     /// Transactions the append task committed (each holds one or more appends).
     append_commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Appends of one request, applied in order, one after another.
-struct AppendJob {
-    conversation: ConversationId,
-    actor: UserId,
-    bodies: Vec<EventBody>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Result<AppendOutcome>>>>,
+/// Writes of one request, applied in order: a change's appends, or receipts.
+enum Job {
+    Append {
+        conversation: ConversationId,
+        actor: UserId,
+        bodies: Vec<EventBody>,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Result<AppendOutcome>>>>,
+    },
+    Mark {
+        marks: Vec<Mark>,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<Option<Marked>>>>,
+    },
+}
+
+/// What a job wrote, before it is answered.
+enum Done {
+    Append(Vec<Result<AppendOutcome>>),
+    Mark(Vec<Option<Marked>>),
+}
+
+impl Job {
+    fn answer(self, result: Result<Done>) {
+        match (self, result) {
+            (Job::Append { reply, .. }, Ok(Done::Append(r))) => drop(reply.send(Ok(r))),
+            (Job::Mark { reply, .. }, Ok(Done::Mark(r))) => drop(reply.send(Ok(r))),
+            (Job::Append { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Job::Mark { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Job::Append { reply, .. }, Ok(_)) => drop(reply.send(Err(ApiError::internal("append", "wrong result")))),
+            (Job::Mark { reply, .. }, Ok(_)) => drop(reply.send(Err(ApiError::internal("mark", "wrong result")))),
+        }
+    }
 }
 
 /// Appends in one transaction at most: bounds a transaction's size and how
@@ -124,81 +153,134 @@ impl SqliteStore {
             members,
             last_pos: r.get("last_pos"),
             last_seq: r.get("last_seq"),
+            marks: r.get("marks"),
         })
     }
 }
 
-/// Inserts the conversation's next event inside `tx` and returns it.
-/// The append task: each round takes what queued up meanwhile (up to
-/// [`MAX_GROUP`]), applies it in one transaction with a savepoint per
-/// append, commits, and only then answers.
+/// The write task: each round takes what queued up meanwhile (up to
+/// [`MAX_GROUP`] jobs), applies it in one transaction with a savepoint per
+/// change that may refuse, commits, and only then answers.
 async fn commit_appends(
     write: SqlitePool,
-    mut jobs: tokio::sync::mpsc::Receiver<AppendJob>,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_GROUP);
     while jobs.recv_many(&mut batch, MAX_GROUP).await > 0 {
-        let (work, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|j| ((j.conversation, j.actor, j.bodies), j.reply)).unzip();
-        let n = work.len();
-        let results = append_group(&write, work).await;
+        let n = batch.len();
+        let results = write_group(&write, &mut batch).await;
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match results {
             Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for (job, result) in batch.drain(..).zip(results) {
+                    job.answer(Ok(result));
                 }
             }
-            // Nothing committed: every append in the group fails alike, and
-            // its sender retries with the same client id.
+            // Nothing committed: every job in the group fails alike, and
+            // its sender retries (a send with the same client id).
             Err(e) => {
-                tracing::error!(%e, appends = n, "an append transaction failed");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                tracing::error!(%e, jobs = n, "a write transaction failed");
+                for job in batch.drain(..) {
+                    job.answer(Err(e.clone()));
                 }
             }
         }
     }
 }
 
-type Work = (ConversationId, UserId, Vec<EventBody>);
-
-async fn append_group(write: &SqlitePool, work: Vec<Work>) -> Result<Vec<Result<Vec<Result<AppendOutcome>>>>> {
+async fn write_group(write: &SqlitePool, jobs: &mut [Job]) -> Result<Vec<Done>> {
     let mut tx = write.begin().await?;
-    let mut results = Vec::with_capacity(work.len());
-    for (conversation, actor, bodies) in work {
-        let mut outcomes = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            // A new message is refused, if at all, before it writes anything
-            // (a repeated client id, no such conversation); an error after
-            // its first write is the database's, and fails the whole group.
-            // So it needs no savepoint: two statements fewer on the hot path.
-            if matches!(body, EventBody::Message { .. }) {
-                match append_in(&mut tx, conversation, actor, body).await {
-                    Err(e) if e.code == ErrorCode::Internal => return Err(e),
-                    outcome => outcomes.push(outcome),
-                }
-                continue;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        match job {
+            Job::Append { conversation, actor, bodies, .. } => {
+                let outcomes = append_bodies(&mut tx, *conversation, *actor, std::mem::take(bodies)).await?;
+                results.push(Done::Append(outcomes));
             }
-            // Any other change may refuse after writing: a savepoint (a
-            // nested transaction) rolls it back alone.
-            let mut one = sqlx::Acquire::begin(&mut tx).await?;
-            match append_in(&mut one, conversation, actor, body).await {
-                Ok(outcome) => {
-                    one.commit().await?;
-                    outcomes.push(Ok(outcome));
+            Job::Mark { marks, .. } => {
+                let mut out = Vec::with_capacity(marks.len());
+                for m in marks.iter() {
+                    out.push(mark_in(&mut tx, *m).await?);
                 }
-                Err(e) => {
-                    one.rollback().await?;
-                    outcomes.push(Err(e));
-                }
+                results.push(Done::Mark(out));
             }
         }
-        results.push(Ok(outcomes));
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// One request's appends inside the group's transaction.
+async fn append_bodies(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    actor: UserId,
+    bodies: Vec<EventBody>,
+) -> Result<Vec<Result<AppendOutcome>>> {
+    let mut outcomes = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        // A new message is refused, if at all, before it writes anything
+        // (a repeated client id, no such conversation); an error after
+        // its first write is the database's, and fails the whole group.
+        // So it needs no savepoint: two statements fewer on the hot path.
+        if matches!(body, EventBody::Message { .. }) {
+            match append_in(tx, conversation, actor, body).await {
+                Err(e) if e.code == ErrorCode::Internal => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+            continue;
+        }
+        // Any other change may refuse after writing: a savepoint (a
+        // nested transaction) rolls it back alone.
+        let mut one = sqlx::Acquire::begin(&mut *tx).await?;
+        match append_in(&mut one, conversation, actor, body).await {
+            Ok(outcome) => {
+                one.commit().await?;
+                outcomes.push(Ok(outcome));
+            }
+            Err(e) => {
+                one.rollback().await?;
+                outcomes.push(Err(e));
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Moves one member's watermarks forward and bumps the conversation's
+/// watermark version; `None` when nothing moves.
+async fn mark_in(tx: &mut Transaction<'_, Sqlite>, m: Mark) -> Result<Option<Marked>> {
+    let conv = m.conversation.to_string();
+    let user = m.user.to_string();
+    let row = sqlx::query(
+        "SELECT m.delivered_seq, m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.conversation_id = ? AND m.user_id = ?",
+    )
+    .bind(&conv)
+    .bind(&user)
+    .fetch_optional(&mut **tx)
+    .await?;
+    // Not (or no longer) a member: nothing to acknowledge.
+    let Some(row) = row else { return Ok(None) };
+    let current = (row.get("delivered_seq"), row.get("read_seq"));
+    let Some((delivered, read)) = rules::advance_receipt(current, (m.delivered, m.read), row.get("last_seq")) else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?")
+        .bind(delivered)
+        .bind(read)
+        .bind(&conv)
+        .bind(&user)
+        .execute(&mut **tx)
+        .await?;
+    let version: i64 = sqlx::query("UPDATE conversations SET marks = marks + 1 WHERE id = ? RETURNING marks")
+        .bind(&conv)
+        .fetch_one(&mut **tx)
+        .await?
+        .get("marks");
+    let mark = Watermark { user: m.user, delivered_seq: delivered, read_seq: read };
+    Ok(Some(Marked { conversation: m.conversation, mark, version }))
 }
 
 async fn append_in(
@@ -497,34 +579,8 @@ async fn apply_change(
                 .rows_affected()
                 > 0
         }
-        EventBody::Receipt { user, delivered_seq, read_seq } => {
-            let row = sqlx::query(
-                "SELECT m.delivered_seq, m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id
-                 WHERE m.conversation_id = ? AND m.user_id = ?",
-            )
-            .bind(conv)
-            .bind(user.to_string())
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else { return Ok(false) };
-            let current = (row.get("delivered_seq"), row.get("read_seq"));
-            match rules::advance_receipt(current, (*delivered_seq, *read_seq), row.get("last_seq")) {
-                Some((d, r)) => {
-                    sqlx::query(
-                        "UPDATE members SET delivered_seq = ?, read_seq = ? WHERE conversation_id = ? AND user_id = ?",
-                    )
-                    .bind(d)
-                    .bind(r)
-                    .bind(conv)
-                    .bind(user.to_string())
-                    .execute(&mut **tx)
-                    .await?;
-                    *delivered_seq = d;
-                    *read_seq = r;
-                    true
-                }
-                None => false,
-            }
+        EventBody::Receipt { .. } => {
+            return Err(ApiError::internal("apply_change", "receipts are watermarks (Store::mark), not events"))
         }
         EventBody::Created { .. } | EventBody::Message { .. } | EventBody::Call { .. } => {
             return Err(ApiError::internal("apply_change", "created/message are appended elsewhere"))
@@ -745,7 +801,7 @@ impl Store for SqliteStore {
 
     async fn heads(&self, user: UserId) -> Result<Vec<ConversationHead>> {
         let rows = sqlx::query(
-            "SELECT c.id, c.last_pos, c.last_seq, m.delivered_seq FROM conversations c
+            "SELECT c.id, c.last_pos, c.last_seq, c.marks, m.delivered_seq FROM conversations c
              JOIN members m ON m.conversation_id = c.id WHERE m.user_id = ? ORDER BY c.id",
         )
         .bind(user.to_string())
@@ -758,6 +814,7 @@ impl Store for SqliteStore {
                     last_pos: r.get("last_pos"),
                     last_seq: r.get("last_seq"),
                     delivered_seq: r.get("delivered_seq"),
+                    marks: r.get("marks"),
                 })
             })
             .collect()
@@ -765,7 +822,7 @@ impl Store for SqliteStore {
 
     async fn conversation(&self, conversation: ConversationId) -> Result<Option<ConversationInfo>> {
         let id = conversation.to_string();
-        let row = sqlx::query("SELECT id, kind, name, last_pos, last_seq FROM conversations WHERE id = ?")
+        let row = sqlx::query("SELECT id, kind, name, last_pos, last_seq, marks FROM conversations WHERE id = ?")
             .bind(&id)
             .fetch_optional(&self.read)
             .await?;
@@ -852,8 +909,60 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Result<AppendOutcome>>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
-        self.appends.send(AppendJob { conversation, actor, bodies, reply }).await.map_err(|_| gone())?;
+        self.appends.send(Job::Append { conversation, actor, bodies, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    async fn mark(&self, marks: Vec<Mark>) -> Result<Vec<Option<Marked>>> {
+        if marks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
+        self.appends.send(Job::Mark { marks, reply }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn watermarks(
+        &self,
+        conversation: ConversationId,
+        after: Option<UserId>,
+        budget: usize,
+    ) -> Result<MarksPage> {
+        let conv = conversation.to_string();
+        let mut tx = self.read.begin().await?;
+        let version: i64 = sqlx::query("SELECT marks FROM conversations WHERE id = ?")
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get("marks"))
+            .ok_or_else(|| ApiError::from(ErrorCode::NotFound))?;
+        let limit = (budget / WATERMARK_BYTES).max(1);
+        // Ids are stored as hyphenated lowercase text, whose order is the
+        // ids' order.
+        let rows = sqlx::query(
+            "SELECT user_id, delivered_seq, read_seq FROM members WHERE conversation_id = ? AND user_id > ?
+             ORDER BY user_id LIMIT ?",
+        )
+        .bind(&conv)
+        .bind(after.map(|u| u.to_string()).unwrap_or_default())
+        .bind((limit + 1) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let has_more = rows.len() > limit;
+        let marks = rows
+            .iter()
+            .take(limit)
+            .map(|r| {
+                Ok(Watermark {
+                    user: parse_id(r.get("user_id"))?,
+                    delivered_seq: r.get("delivered_seq"),
+                    read_seq: r.get("read_seq"),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(MarksPage { version, marks, has_more })
     }
 
     async fn events_after(

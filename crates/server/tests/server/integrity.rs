@@ -117,7 +117,7 @@ async fn sync_lists_heads_and_a_matching_digest_is_one_tiny_reply() {
     assert_eq!(heads.len(), 1);
     assert_eq!(heads[0]["last_pos"], 2);
     assert_eq!(heads[0]["last_seq"], 1);
-    let digest = confab_protocol::sync_digest(vec![(conv.parse().expect("uuid"), 2)]);
+    let digest = confab_protocol::sync_digest(vec![(conv.parse().expect("uuid"), 2, 0)]);
     assert_eq!(full["digest"], digest.as_str());
     let same = alice.ok(json!({"type": "sync", "digest": digest})).await;
     assert_eq!(same["unchanged"], true);

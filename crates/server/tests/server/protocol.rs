@@ -1,5 +1,6 @@
 use crate::support::*;
-use serde_json::json;
+use confab_server::Limits;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 #[tokio::test]
@@ -145,7 +146,8 @@ async fn resume_replays_every_kind_of_change_in_order_and_paged() {
     }
     assert_eq!(
         kinds,
-        ["created", "message", "message", "message", "edited", "reaction", "pinned", "deleted", "receipt", "receipt"]
+        ["created", "message", "message", "message", "edited", "reaction", "pinned", "deleted"],
+        "receipts are watermarks beside the log, not events in it"
     );
 
     // The current state agrees.
@@ -165,6 +167,10 @@ async fn resume_replays_every_kind_of_change_in_order_and_paged() {
     assert_eq!(code, "invalid_request");
 }
 
+fn is_receipts(f: &Value) -> bool {
+    f["type"] == "receipts"
+}
+
 #[tokio::test]
 async fn receipts_only_move_forward_and_reach_the_sender_live() {
     let s = TestServer::start().await;
@@ -174,17 +180,102 @@ async fn receipts_only_move_forward_and_reach_the_sender_live() {
     for i in 0..5 {
         send(&mut alice, &conv, &format!("m{i}")).await;
     }
+    let bob_id = bob.ok(json!({"type": "sync"})).await;
+    let head = &bob_id["conversations"][0];
+    assert_eq!(head["marks"], 0);
     let r = bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 4})).await;
-    assert!(r["pos"].is_i64());
-    let ev = alice.event("receipt").await;
-    assert_eq!((ev["body"]["delivered_seq"].clone(), ev["body"]["read_seq"].clone()), (json!(4), json!(0)));
-    // Going back is a no-op.
-    let r = bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 2})).await;
-    assert!(r["pos"].is_null());
+    assert!(r["pos"].is_null(), "no position: not an event");
+    let f = alice.expect(is_receipts).await;
+    assert_eq!(f["conversation"], conv.as_str());
+    assert_eq!((f["since"].clone(), f["version"].clone()), (json!(0), json!(1)));
+    assert_eq!((f["marks"][0]["delivered_seq"].clone(), f["marks"][0]["read_seq"].clone()), (json!(4), json!(0)));
+    // Going back is a no-op: no frame, no new version.
+    bob.ok(json!({"type": "delivered", "conversation": conv, "seq": 2})).await;
+    alice.quiet(Duration::from_millis(200), is_receipts).await;
     // Read implies delivered, and is clamped to the newest message.
     bob.ok(json!({"type": "read", "conversation": conv, "seq": 99})).await;
-    let ev = alice.event("receipt").await;
-    assert_eq!((ev["body"]["delivered_seq"].clone(), ev["body"]["read_seq"].clone()), (json!(5), json!(5)));
+    let f = alice.expect(is_receipts).await;
+    assert_eq!((f["since"].clone(), f["version"].clone()), (json!(1), json!(2)));
+    assert_eq!((f["marks"][0]["delivered_seq"].clone(), f["marks"][0]["read_seq"].clone()), (json!(5), json!(5)));
+    // The log holds messages only, and sync names the watermarks' version.
+    let r = alice.ok(json!({"type": "events", "conversation": conv, "after": 0, "limit": 100})).await;
+    assert_eq!(r["last_pos"], 6);
+    let heads = alice.ok(json!({"type": "sync"})).await;
+    assert_eq!(heads["conversations"][0]["marks"], 2);
+    let w = alice.ok(json!({"type": "watermarks", "from": [{"conversation": conv, "after": null}]})).await;
+    let page = &w["pages"][0];
+    assert_eq!(page["version"], 2);
+    let marks: Vec<(i64, i64)> = page["marks"]
+        .as_array()
+        .expect("marks")
+        .iter()
+        .map(|m| (m["delivered_seq"].as_i64().expect("d"), m["read_seq"].as_i64().expect("r")))
+        .collect();
+    let mut sorted = marks.clone();
+    sorted.sort();
+    assert_eq!(sorted, [(0, 0), (5, 5)], "alice has acknowledged nothing, bob everything");
+}
+
+#[tokio::test]
+async fn receipts_in_a_burst_go_out_coalesced_and_watermarks_page_by_member() {
+    let s = TestServer::with_limits(Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() })
+        .await;
+    let mut owner = s.user("owner").await;
+    let mut names = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..60 {
+        let name = format!("m{i:02}");
+        let (_, token) = s.quick_user(&name).await;
+        members.push(s.connect(&token).await);
+        names.push(name);
+    }
+    let g = owner.ok(json!({"type": "create_group", "name": "big", "members": names})).await;
+    let conv = g["conversation"]["id"].as_str().expect("id").to_owned();
+    send(&mut owner, &conv, "hello all").await;
+    // Every member acknowledges and reads at once.
+    for m in &mut members {
+        m.ok(json!({"type": "read", "conversation": conv, "seq": 1})).await;
+    }
+    // The owner learns of all 60 in far fewer frames than 60, and exactly.
+    let mut frames = 0;
+    let mut read = std::collections::HashSet::new();
+    let mut version = 0;
+    while read.len() < 60 {
+        let f = owner.expect(is_receipts).await;
+        frames += 1;
+        assert!(f["since"].as_i64() <= Some(version), "contiguous claims: {f}");
+        version = f["version"].as_i64().expect("version");
+        for m in f["marks"].as_array().expect("marks") {
+            assert_eq!(m["read_seq"], 1);
+            read.insert(m["user"].as_str().expect("user").to_owned());
+        }
+    }
+    assert_eq!(version, 60);
+    assert!(frames < 30, "{frames} frames for 60 receipts: not coalesced");
+    // Paged by member, in user-id order, with no one twice or missing.
+    let mut after: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let w = owner.ok(json!({"type": "watermarks", "from": [{"conversation": conv, "after": after}]})).await;
+        let page = &w["pages"][0];
+        assert_eq!(page["version"], 60);
+        for m in page["marks"].as_array().expect("marks") {
+            seen.push(m["user"].as_str().expect("user").to_owned());
+        }
+        after = seen.last().cloned();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted), (61, seen.clone()));
+    // A stranger is refused per page, not for the whole request.
+    let mut carol = s.user("carol").await;
+    let w = carol.ok(json!({"type": "watermarks", "from": [{"conversation": conv, "after": null}]})).await;
+    assert_eq!(w["pages"][0]["error"], "not_member");
+    assert!(w["pages"][0]["marks"].as_array().expect("marks").is_empty());
 }
 
 #[tokio::test]

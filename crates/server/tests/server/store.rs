@@ -105,3 +105,68 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
     let commits = store.append_commits();
     assert!(commits < total as u64 / 2, "{commits} transactions for {total} appends");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_commit_together_move_only_forward_and_number_their_versions_without_gaps() {
+    use confab_server::store::Mark;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
+    let mut members = Vec::new();
+    for i in 0..30 {
+        let user = store.create_user(&format!("u{i:02}"), "x").await.unwrap();
+        members.push(Member { user, username: format!("u{i:02}"), admin: i == 0 });
+    }
+    let group = Uuid::now_v7();
+    let owner = members[0].user;
+    store.create_group(group, "g", members.clone(), owner).await.unwrap();
+    for i in 0..10 {
+        let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("m{i}") };
+        store.append(group, owner, body).await.unwrap();
+    }
+    let stranger = store.create_user("stranger", "x").await.unwrap();
+
+    // Every member acknowledges 1..=12 (beyond the newest: clamped) at
+    // once, some twice and out of order; a stranger's receipt moves nothing.
+    let mut tasks = Vec::new();
+    for m in &members {
+        for seq in [3, 1, 12, 7] {
+            let (store, user) = (store.clone(), m.user);
+            tasks.push(tokio::spawn(async move {
+                store.mark(vec![Mark { conversation: group, user, delivered: seq, read: 0 }]).await.unwrap()
+            }));
+        }
+    }
+    let moved: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let outsider = store.mark(vec![Mark { conversation: group, user: stranger, delivered: 5, read: 5 }]).await.unwrap();
+    assert_eq!(outsider, [None]);
+
+    let mut versions: Vec<i64> = moved.iter().flatten().map(|m| m.version).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>(), "one version per change, no gaps");
+    assert!(store.append_commits() < 10 + moved.len() as u64, "receipts shared commits");
+    for m in moved.iter().flatten() {
+        assert!(m.mark.delivered_seq <= 10, "clamped to the newest message");
+    }
+
+    // Paged by member with a tiny budget: each member once, in id order.
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.watermarks(group, after, 700).await.unwrap();
+        assert_eq!(page.version, versions.len() as i64);
+        assert!(!page.marks.is_empty() && page.marks.len() <= 7);
+        seen.extend(page.marks.iter().copied());
+        after = page.marks.last().map(|m| m.user);
+        if !page.has_more {
+            break;
+        }
+    }
+    let users: Vec<Uuid> = seen.iter().map(|m| m.user).collect();
+    let mut sorted: Vec<Uuid> = members.iter().map(|m| m.user).collect();
+    sorted.sort();
+    assert_eq!(users, sorted);
+    assert!(seen.iter().all(|m| m.delivered_seq == 10 && m.read_seq == 0), "{seen:?}");
+    // Reading implies delivery.
+    let r = store.mark(vec![Mark { conversation: group, user: owner, delivered: 0, read: 4 }]).await.unwrap();
+    assert_eq!(r[0].map(|m| (m.mark.delivered_seq, m.mark.read_seq)), Some((10, 4)));
+}
