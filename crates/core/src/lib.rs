@@ -485,8 +485,9 @@ impl Client {
         self.request(RequestBody::Read { conversation, seq }).await?;
         // Committed: count it read here now, not when the coalesced frame
         // comes back (the version held stays, so a sync still checks).
-        let mark = confab_protocol::Watermark { user: self.inner.me, delivered_seq: seq, read_seq: seq };
-        self.inner.cache.apply_watermarks(conversation, &[mark], crate::cache::MarksVersion::Unchanged).await?;
+        let inner = self.inner().await?;
+        let mark = confab_protocol::Watermark { user: inner.me, delivered_seq: seq, read_seq: seq };
+        inner.cache.apply_watermarks(conversation, &[mark], crate::cache::MarksVersion::Unchanged).await?;
         Ok(())
     }
 

@@ -37,6 +37,43 @@ async fn own_message_ticks_go_queued_sent_delivered_read() {
 }
 
 #[tokio::test]
+async fn ticks_and_reads_from_other_devices_that_happened_while_offline_arrive_with_the_sync() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let conv = alice.open_direct("bob").await.expect("dm");
+    let mut mine = Vec::new();
+    for i in 0..3 {
+        mine.push(alice.send(conv, &format!("to bob {i}")).await.expect("queued"));
+    }
+    alice.wait_sent(&mine).await.expect("sent");
+    let mut bob_events = bob.subscribe();
+    bob.send(conv, "to alice").await.expect("queued");
+    wait_for(&mut bob_events, |e| matches!(e, ClientEvent::Receipt { delivered_seq: 4, .. })).await;
+    // Alice is away; meanwhile bob reads everything, and alice reads bob's
+    // message on another device of hers.
+    alice.stop().await;
+    let mut bob_events = bob.subscribe();
+    bob.mark_read(conv, 4).await.expect("read");
+    let alice_phone = w.client("alice-phone").await;
+    alice_phone.login(&w.url, "alice", PASSWORD).await.expect("login");
+    start_synced(&alice_phone).await;
+    alice_phone.mark_read(conv, 4).await.expect("read");
+    wait_for(&mut bob_events, |e| matches!(e, ClientEvent::Receipt { read_seq: 4, .. })).await;
+    assert_eq!(alice.conversation(conv).await.expect("cache").expect("known").unread, 1, "not yet known here");
+
+    // Back: one sync brings both, though no event was logged for either.
+    drop(alice);
+    let alice = w.client("alice").await;
+    start_synced(&alice).await;
+    for id in &mine {
+        assert_eq!(status_of(&alice, *id).await, MessageStatus::Read);
+    }
+    assert_eq!(alice.conversation(conv).await.expect("cache").expect("known").unread, 0);
+    assert_eq!(alice.unread_total().await.expect("total"), 0);
+}
+
+#[tokio::test]
 async fn a_refused_message_is_marked_failed_with_its_reason_and_does_not_block_the_rest() {
     let w = World::new().await;
     let alice = w.user("alice").await;
