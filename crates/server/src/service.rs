@@ -186,7 +186,7 @@ impl Service {
     /// `send` and `send_many`: each message checked, deduplicated and
     /// appended in order, all in one store call (one commit); one result
     /// each. A failure that is not a message's own fails them all.
-    async fn send_texts(
+    pub(crate) async fn send_texts(
         &self,
         caller: &Caller,
         conversation: ConversationId,

@@ -1,7 +1,9 @@
 //! One WebSocket connection: `hello` authentication, then a request loop.
 //!
 //! Two tasks per socket: this reader, which handles requests in order (so a
-//! connection's requests are answered in the order sent), and a writer that
+//! connection's requests are answered in the order sent; consecutive sends
+//! to one conversation that already wait in the socket are committed
+//! together, see [`read_ahead_sends`]), and a writer that
 //! drains the connection's bounded queue (replies and fan-out alike), sends
 //! heartbeats and closes the socket when kicked. The two live and die
 //! together: when the writer ends (a write stalled past the timeout, the
@@ -21,7 +23,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::response::Response;
 use confab_protocol::{
-    decode_request, ErrorCode, Reply, Request, RequestBody, ServerFrame, MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION,
+    decode_request, ErrorCode, OutgoingText, Reply, Request, RequestBody, SendResult, ServerFrame, MAX_BATCH,
+    MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -268,10 +271,15 @@ async fn read_loop(
         kick.send_replace(Some(SLOW));
     };
     let idle = state.limits.idle_timeout;
+    // A frame read past the end of a batch of sends, handled next.
+    let mut ahead = None;
     loop {
-        let next = tokio::select! {
-            next = timeout(idle, stream.next()) => next,
-            _ = kicked.changed() => return,
+        let next = match ahead.take() {
+            Some(frame) => Ok(frame),
+            None => tokio::select! {
+                next = timeout(idle, stream.next()) => next,
+                _ = kicked.changed() => return,
+            },
         };
         let text = match next {
             Err(_) => {
@@ -301,20 +309,111 @@ async fn read_loop(
             }
             Ok(Some(Ok(Message::Text(text)))) => text,
         };
-        let reply = handle_text(state, caller, text.as_str()).await;
-        if !queue.reply(reply).await {
-            // Replies pile up unread beyond the byte budget.
-            slow();
-            return;
+        let replies = match decode_request(text.as_str()) {
+            Ok(Request { id, body: RequestBody::Send { conversation, client_id, text } }) => {
+                let mut batch = vec![(id, OutgoingText { client_id, text })];
+                ahead = read_ahead_sends(stream, conversation, &mut batch);
+                handle_sends(state, caller, conversation, batch).await
+            }
+            Ok(req) => vec![handle_request(state, caller, req).await],
+            Err(e) => vec![error_frame(e.id, e.code, e.message, None)],
+        };
+        for reply in replies {
+            if !queue.reply(reply).await {
+                // Replies pile up unread beyond the byte budget.
+                slow();
+                return;
+            }
         }
     }
 }
 
-async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> {
-    let req = match decode_request(text) {
-        Ok(req) => req,
-        Err(e) => return error_frame(e.id, e.code, e.message, None),
-    };
+/// Takes the sends to `conversation` that already wait in the socket right
+/// after the first (a client that pipelines them, or one whose sends
+/// queued while the last commit ran), up to [`MAX_BATCH`]: they become one
+/// store call and one commit, and are answered one by one, in order. The
+/// first frame that is anything else is returned, to be handled next.
+fn read_ahead_sends(
+    stream: &mut SplitStream<WebSocket>,
+    conversation: confab_protocol::ConversationId,
+    batch: &mut Vec<(u64, OutgoingText)>,
+) -> Option<Option<Result<Message, axum::Error>>> {
+    use futures_util::FutureExt;
+    while batch.len() < MAX_BATCH {
+        let next = stream.next().now_or_never()?;
+        let Some(Ok(Message::Text(t))) = &next else {
+            if matches!(next, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
+                continue;
+            }
+            return Some(next);
+        };
+        match decode_request(t.as_str()) {
+            Ok(Request { id, body: RequestBody::Send { conversation: c, client_id, text } }) if c == conversation => {
+                batch.push((id, OutgoingText { client_id, text }));
+            }
+            _ => return Some(next),
+        }
+    }
+    None
+}
+
+/// Replies to a batch of `send`s, in order: each checked against the rate
+/// limit like any request, the rest committed together.
+async fn handle_sends(
+    state: &AppState,
+    caller: &Caller,
+    conversation: confab_protocol::ConversationId,
+    batch: Vec<(u64, OutgoingText)>,
+) -> Vec<Arc<str>> {
+    let mut replies: Vec<Option<Arc<str>>> = vec![None; batch.len()];
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut texts = Vec::with_capacity(batch.len());
+    for (i, (id, text)) in batch.into_iter().enumerate() {
+        match limited(state, caller, std::num::NonZeroU32::MIN) {
+            Some(e) => replies[i] = Some(error_frame(Some(id), e.code, e.message, e.retry_after_ms)),
+            None => {
+                ids.push((i, id));
+                texts.push(text);
+            }
+        }
+    }
+    if !texts.is_empty() {
+        match state.service.send_texts(caller, conversation, texts).await {
+            Ok(results) => {
+                for ((i, id), result) in ids.into_iter().zip(results) {
+                    replies[i] = Some(match result {
+                        SendResult::Sent { client_id, seq, pos, ts, duplicate } => encode(&ServerFrame::Result {
+                            id,
+                            result: Reply::Sent { conversation, client_id, seq, pos, ts, duplicate },
+                        }),
+                        SendResult::Refused { code, message, .. } => error_frame(Some(id), code, message, None),
+                    });
+                }
+            }
+            Err(e) => {
+                for (i, id) in ids {
+                    replies[i] = Some(error_frame(Some(id), e.code, e.message.clone(), e.retry_after_ms));
+                }
+            }
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| error_frame(None, ErrorCode::Internal, "no reply".into(), None)))
+        .collect()
+}
+
+/// The rate limiter's word on a request of `cost`.
+fn limited(state: &AppState, caller: &Caller, cost: std::num::NonZeroU32) -> Option<ApiError> {
+    match state.request_limiter.check_key_n(&caller.user, cost) {
+        Ok(Ok(())) => None,
+        Ok(Err(wait)) => Some(crate::guard::not_until(wait)),
+        // More than the burst allows at all (a tiny configured burst).
+        Err(_) => Some(ApiError::rate_limited(1000)),
+    }
+}
+
+async fn handle_request(state: &AppState, caller: &Caller, req: Request) -> Arc<str> {
     // A batch of receipts is up to 100 commits: it costs one request per
     // ten of them, so batching saves round trips without buying load.
     let cost = match &req.body {
@@ -324,13 +423,7 @@ async fn handle_text(state: &AppState, caller: &Caller, text: &str) -> Arc<str> 
         _ => 1,
     };
     let cost = std::num::NonZeroU32::new(cost as u32).unwrap_or(std::num::NonZeroU32::MIN);
-    let limited = match state.request_limiter.check_key_n(&caller.user, cost) {
-        Ok(Ok(())) => None,
-        Ok(Err(wait)) => Some(crate::guard::not_until(wait)),
-        // More than the burst allows at all (a tiny configured burst).
-        Err(_) => Some(ApiError::rate_limited(1000)),
-    };
-    if let Some(e) = limited {
+    if let Some(e) = limited(state, caller, cost) {
         return error_frame(Some(req.id), e.code, e.message, e.retry_after_ms);
     }
     match state.service.handle(caller, req.body).await {

@@ -365,3 +365,58 @@ async fn typing_is_throttled_and_presence_follows_connections() {
     assert_eq!(alice_state["online"], false);
     assert!(alice_state["last_seen"].is_i64());
 }
+
+#[tokio::test]
+async fn pipelined_sends_are_answered_one_by_one_in_order_with_gap_free_seqs() {
+    let s = TestServer::start().await;
+    let mut alice = s.user("alice").await;
+    let _bob = s.user("bob").await;
+    let _carol = s.user("carol").await;
+    let conv = dm(&mut alice, "bob").await;
+    let other = dm(&mut alice, "carol").await;
+    // 60 frames written without waiting: sends to one conversation, a
+    // repeat of an earlier client id, one too long, a send elsewhere and a
+    // ping in the middle.
+    let repeated = client_id();
+    let mut expect = Vec::new();
+    for i in 0..60u64 {
+        let id = 1000 + i;
+        let frame = match i {
+            10 => json!({"id": id, "type": "send", "conversation": conv, "client_id": repeated, "text": "again"}),
+            20 => json!({"id": id, "type": "ping"}),
+            30 => json!({"id": id, "type": "send", "conversation": other, "client_id": client_id(), "text": "x"}),
+            40 => json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": "y".repeat(9000)}),
+            5 => json!({"id": id, "type": "send", "conversation": conv, "client_id": repeated, "text": "first"}),
+            _ => json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": format!("m{i}")}),
+        };
+        expect.push(i);
+        alice.send_text(frame.to_string()).await;
+    }
+    let mut seq = 0;
+    let mut first_seq = None;
+    for i in expect {
+        let r = alice.reply_to(1000 + i).await;
+        match i {
+            20 => assert_eq!(r["result"]["type"], "pong"),
+            30 => assert_eq!((r["result"]["conversation"].as_str(), r["result"]["seq"].as_i64()), (Some(other.as_str()), Some(1))),
+            40 => assert_eq!(r["code"], "message_too_long", "{r}"),
+            10 => {
+                assert_eq!(r["result"]["duplicate"], true);
+                assert_eq!(r["result"]["seq"].as_i64(), first_seq);
+            }
+            _ => {
+                seq += 1;
+                assert_eq!(r["result"]["seq"], seq, "in order, gap-free: {r}");
+                assert_eq!(r["result"]["duplicate"], false);
+                if i == 5 {
+                    first_seq = Some(seq);
+                }
+            }
+        }
+    }
+    // Bob's view agrees: every message once, in the order sent.
+    let h = alice.ok(json!({"type": "history", "conversation": conv, "limit": 100})).await;
+    let texts: Vec<&str> = h["messages"].as_array().expect("messages").iter().rev().map(|m| m["text"].as_str().expect("text")).collect();
+    assert_eq!(texts.len(), 56);
+    assert_eq!((texts[0], texts[5], texts[6]), ("m0", "first", "m6"));
+}
