@@ -56,6 +56,20 @@ struct Args {
     /// A label for the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Receivers drop their connection for --churn-down-ms every
+    /// --churn-every seconds (each at its own phase) and come back:
+    /// Confab's resume from the last position they applied, socket.io's
+    /// join their room again.
+    #[arg(long)]
+    churn: bool,
+    #[arg(long, default_value_t = 10)]
+    churn_every: u64,
+    #[arg(long, default_value_t = 1000)]
+    churn_down_ms: u64,
+    /// Confab accounts kept between runs ("name token" per line):
+    /// registering thousands costs minutes of password hashing.
+    #[arg(long)]
+    accounts: Option<std::path::PathBuf>,
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -75,15 +89,42 @@ struct Stats {
     send_errors: AtomicU64,
     delivered: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// When the first message was sent and the last one arrived.
+    first_send_us: AtomicU64,
+    last_arrival_us: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 impl Stats {
     fn arrived(&self, text: &str) {
         if let Some(sent) = text.strip_prefix('t').and_then(|t| t.parse::<u64>().ok()) {
-            let latency = now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+            let now = now_us();
+            let latency = now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
             self.delivered.fetch_add(1, Ordering::Relaxed);
+            self.last_arrival_us.fetch_max(now, Ordering::Relaxed);
             self.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
         }
+    }
+}
+
+/// The positions a Confab receiver has seen: each message counts once,
+/// live or replayed, and a resume starts after the contiguous run.
+#[derive(Default)]
+struct Seen {
+    contiguous: i64,
+    above: std::collections::BTreeSet<i64>,
+}
+
+impl Seen {
+    /// True the first time `pos` is seen.
+    fn insert(&mut self, pos: i64) -> bool {
+        if pos <= self.contiguous || !self.above.insert(pos) {
+            return false;
+        }
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
     }
 }
 
@@ -95,6 +136,8 @@ struct Peer {
     /// The user id (Confab) or name (socket.io) its own messages carry.
     me: String,
     name: String,
+    /// Confab's session token, to come back after a drop.
+    token: String,
 }
 
 async fn open(url: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>)> {
@@ -156,27 +199,55 @@ async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Resu
     bail!("could not register {name}")
 }
 
-/// Registers, connects and groups the users; returns the peers and, per
-/// group, the conversation id.
-async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
+/// Opens a Confab connection and authenticates it; returns the user id.
+async fn confab_connect(ws_url: &str, token: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>, String)> {
+    let (tx, mut stream) = open(ws_url).await?;
+    tx.send(Message::text(json!({"id": 0, "type": "hello", "token": token, "protocol": 1}).to_string()))?;
+    let welcome = confab_reply(&mut stream, 0).await?;
+    let me = welcome["user"].as_str().ok_or_else(|| anyhow!("no user id"))?.to_owned();
+    Ok((tx, stream, me))
+}
+
+/// `n` accounts: those kept in `file` from earlier runs, and new ones.
+async fn accounts(url: &str, n: usize, file: Option<&std::path::Path>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut kept: Vec<(String, String)> = match file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        Some(text) => text
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect(),
+        None => Vec::new(),
+    };
+    if kept.len() >= n {
+        kept.truncate(n);
+        return Ok(kept);
+    }
     let run = &uuid::Uuid::now_v7().simple().to_string()[20..28];
-    let names: Vec<String> = (0..args.connections).map(|i| format!("lg{run}x{i}")).collect();
+    let names: Vec<String> = (kept.len()..n).map(|i| format!("lg{run}x{i}")).collect();
     let http = reqwest::Client::new();
     let tokens: Vec<String> = futures_util::stream::iter(names.iter())
-        .map(|n| register(&http, &args.url, n))
+        .map(|n| register(&http, url, n))
         .buffered(8)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    let ws_url = format!("{}/v1/ws", args.url.replacen("http", "ws", 1));
-    let mut peers = Vec::with_capacity(names.len());
-    for (name, token) in names.iter().zip(tokens) {
-        let (tx, mut stream) = open(&ws_url).await?;
-        tx.send(Message::text(json!({"id": 0, "type": "hello", "token": token, "protocol": 1}).to_string()))?;
-        let welcome = confab_reply(&mut stream, 0).await?;
-        let me = welcome["user"].as_str().ok_or_else(|| anyhow!("no user id"))?.to_owned();
-        peers.push(Peer { tx, reader: Some(stream), me, name: name.clone() });
+    kept.extend(names.into_iter().zip(tokens));
+    if let Some(f) = file {
+        let text: String = kept.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+        std::fs::write(f, text).with_context(|| format!("write {}", f.display()))?;
+    }
+    Ok(kept)
+}
+
+/// Registers (or reuses), connects and groups the users; returns the
+/// peers and, per group, the conversation id.
+async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
+    let accounts = accounts(&args.url, args.connections, args.accounts.as_deref()).await?;
+    let ws_url = confab_ws_url(&args.url);
+    let mut peers = Vec::with_capacity(accounts.len());
+    for (name, token) in accounts {
+        let (tx, stream, me) = confab_connect(&ws_url, &token).await?;
+        peers.push(Peer { tx, reader: Some(stream), me, name, token });
     }
     let mut conversations = Vec::new();
     for group in peers.chunks_mut(args.group) {
@@ -190,71 +261,171 @@ async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
     Ok((peers, conversations))
 }
 
+fn confab_ws_url(url: &str) -> String {
+    format!("{}/v1/ws", url.replacen("http", "ws", 1))
+}
+
+fn socketio_ws_url(url: &str) -> String {
+    format!("{}/socket.io/?EIO=4&transport=websocket", url.replacen("http", "ws", 1))
+}
+
+/// Opens a socket.io connection as `name` and joins `room`.
+async fn socketio_connect(ws_url: &str, name: &str, room: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>)> {
+    let (tx, mut stream) = open(ws_url).await?;
+    let open = next_text(&mut stream).await?;
+    if !open.starts_with('0') {
+        bail!("expected engine.io open, got {open}");
+    }
+    tx.send(Message::text(format!("40{}", json!({"user": name}))))?;
+    loop {
+        let f = next_text(&mut stream).await?;
+        if f.starts_with("40") {
+            break;
+        }
+        if f.starts_with("44") {
+            bail!("connect refused: {f}");
+        }
+    }
+    tx.send(Message::text(format!("42{}", json!(["join", room]))))?;
+    Ok((tx, stream))
+}
+
 async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
-    let ws_url = format!("{}/socket.io/?EIO=4&transport=websocket", args.url.replacen("http", "ws", 1));
+    let ws_url = socketio_ws_url(&args.url);
     let mut peers = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let (tx, mut stream) = open(&ws_url).await?;
-        let open = next_text(&mut stream).await?;
-        if !open.starts_with('0') {
-            bail!("expected engine.io open, got {open}");
-        }
         let name = format!("u{i}");
-        tx.send(Message::text(format!("40{}", json!({"user": name}))))?;
-        loop {
-            let f = next_text(&mut stream).await?;
-            if f.starts_with("40") {
-                break;
-            }
-            if f.starts_with("44") {
-                bail!("connect refused: {f}");
-            }
-        }
-        let room = format!("g{}", i / args.group);
-        tx.send(Message::text(format!("42{}", json!(["join", room]))))?;
-        peers.push(Peer { tx, reader: Some(stream), me: name.clone(), name });
+        let (tx, stream) = socketio_connect(&ws_url, &name, &format!("g{}", i / args.group)).await?;
+        peers.push(Peer { tx, reader: Some(stream), me: name.clone(), name, token: String::new() });
     }
     let rooms = (0..args.connections.div_ceil(args.group)).map(|g| format!("g{g}")).collect();
     Ok((peers, rooms))
 }
 
-fn spawn_reader(target: Target, peer: &mut Peer, stats: Arc<Stats>) {
-    let mut stream = peer.reader.take().expect("one reader");
-    let (me, tx) = (peer.me.clone(), peer.tx.clone());
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            let Message::Text(t) = msg else { continue };
-            let t = t.as_str();
-            match target {
-                Target::Confab => {
-                    // Cheap filter before parsing: only events matter.
-                    if !t.starts_with(r#"{"type":"event""#) && !t.contains(r#""type":"error""#) {
-                        continue;
-                    }
-                    let Ok(f) = serde_json::from_str::<Value>(t) else { continue };
-                    if f["type"] == "error" {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let e = &f["event"];
-                    if e["body"]["type"] == "message" && e["actor"] != me.as_str() {
-                        stats.arrived(e["body"]["text"].as_str().unwrap_or_default());
-                    }
+/// What a receiver needs to come back after a drop.
+#[derive(Clone)]
+struct Receiver {
+    target: Target,
+    ws_url: String,
+    me: String,
+    name: String,
+    token: String,
+    room: String,
+    stats: Arc<Stats>,
+}
+
+/// When a receiver drops out: every `every`, starting at `first`, for
+/// `down`, until the senders stop.
+#[derive(Clone, Copy)]
+struct Churn {
+    first: tokio::time::Instant,
+    every: Duration,
+    down: Duration,
+    until: tokio::time::Instant,
+}
+
+/// Handles one frame; for Confab returns the request id and `has_more`
+/// of an `events` reply, with its last position.
+fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, t: &str) -> Option<(u64, bool, i64)> {
+    match r.target {
+        Target::Confab => {
+            // Cheap filter before parsing: only events, replays and errors matter.
+            if !t.starts_with(r#"{"type":"event""#) && !t.contains(r#""type":"error""#) && !t.contains(r#""type":"events""#)
+            {
+                return None;
+            }
+            let f = serde_json::from_str::<Value>(t).ok()?;
+            let mut event = |e: &Value| {
+                let pos = e["pos"].as_i64().unwrap_or(0);
+                if seen.insert(pos) && e["body"]["type"] == "message" && e["actor"] != r.me.as_str() {
+                    r.stats.arrived(e["body"]["text"].as_str().unwrap_or_default());
                 }
-                Target::Socketio => {
-                    if t == "2" {
-                        let _ = tx.send(Message::text("3"));
-                        continue;
-                    }
-                    let Some(body) = t.strip_prefix("42") else { continue };
-                    let Ok(f) = serde_json::from_str::<Value>(body) else { continue };
-                    if f[0] == "message" && f[1]["sender"] != me.as_str() {
-                        stats.arrived(f[1]["text"].as_str().unwrap_or_default());
-                    }
+            };
+            match f["type"].as_str() {
+                Some("event") => event(&f["event"]),
+                Some("error") => {
+                    r.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 }
+                Some("result") if f["result"]["type"] == "events" => {
+                    let events = f["result"]["events"].as_array().cloned().unwrap_or_default();
+                    for e in &events {
+                        event(e);
+                    }
+                    let last = events.last().and_then(|e| e["pos"].as_i64()).unwrap_or(seen.contiguous);
+                    return Some((f["id"].as_u64().unwrap_or(0), f["result"]["has_more"] == true, last));
+                }
+                _ => {}
             }
         }
-    });
+        Target::Socketio => {
+            if t == "2" {
+                let _ = tx.send(Message::text("3"));
+                return None;
+            }
+            let body = t.strip_prefix("42")?;
+            let f = serde_json::from_str::<Value>(body).ok()?;
+            if f[0] == "message" && f[1]["sender"] != r.me.as_str() {
+                r.stats.arrived(f[1]["text"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    None
+}
+
+/// A receiver: reads until its socket closes, dropping out and coming
+/// back as `churn` says.
+async fn receive(r: Receiver, mut tx: mpsc::UnboundedSender<Message>, mut stream: SplitStream<Ws>, churn: Option<Churn>) {
+    let mut seen = Seen::default();
+    let mut next_drop = churn.map(|c| c.first);
+    let mut request = 100u64;
+    loop {
+        let drop_at = next_drop.filter(|t| churn.is_some_and(|c| *t < c.until));
+        loop {
+            let frame = match drop_at {
+                Some(at) => tokio::select! {
+                    f = stream.next() => f,
+                    _ = tokio::time::sleep_until(at) => break,
+                },
+                None => stream.next().await,
+            };
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some((id, true, last)) = on_frame(&r, &mut seen, &tx, t.as_str()) {
+                        if id == request {
+                            request += 1;
+                            let req = json!({"id": request, "type": "events", "conversation": r.room, "after": last, "limit": 500});
+                            let _ = tx.send(Message::text(req.to_string()));
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+        let (Some(at), Some(c)) = (drop_at, churn) else { return };
+        drop(tx);
+        drop(stream);
+        tokio::time::sleep(c.down).await;
+        (tx, stream) = loop {
+            let back = match r.target {
+                Target::Confab => confab_connect(&r.ws_url, &r.token).await.map(|(tx, s, _)| (tx, s)),
+                Target::Socketio => socketio_connect(&r.ws_url, &r.name, &r.room).await,
+            };
+            match back {
+                Ok(back) => break back,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        r.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        if r.target == Target::Confab {
+            // Resume: everything after the last position applied (live
+            // events meanwhile count once, by position).
+            request += 1;
+            let req = json!({"id": request, "type": "events", "conversation": r.room, "after": seen.contiguous, "limit": 500});
+            let _ = tx.send(Message::text(req.to_string()));
+        }
+        next_drop = Some(at + c.every);
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -284,24 +455,55 @@ async fn main() -> anyhow::Result<()> {
         Target::Socketio => socketio_setup(&args).await?,
     };
     let stats = Arc::new(Stats::default());
-    for p in &mut peers {
-        spawn_reader(args.target, p, stats.clone());
+    // Sending starts once joins and group introductions have settled.
+    let begin = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = begin + Duration::from_secs(args.seconds);
+    let ws_url = match args.target {
+        Target::Confab => confab_ws_url(&args.url),
+        Target::Socketio => socketio_ws_url(&args.url),
+    };
+    let receivers = peers.len() - rooms.len();
+    let mut senders: Vec<(mpsc::UnboundedSender<Message>, String)> = Vec::new();
+    for (i, p) in peers.iter_mut().enumerate() {
+        let room = rooms[i / args.group].clone();
+        let is_sender = i % args.group == 0;
+        let r = Receiver {
+            target: args.target,
+            ws_url: ws_url.clone(),
+            me: p.me.clone(),
+            name: p.name.clone(),
+            token: p.token.clone(),
+            room: room.clone(),
+            stats: stats.clone(),
+        };
+        // Receivers drop out in turn, spread over one churn period.
+        let churn = (args.churn && !is_sender).then(|| {
+            let every = Duration::from_secs(args.churn_every.max(1));
+            let phase = every.mul_f64((i - i / args.group - 1) as f64 / receivers.max(1) as f64);
+            Churn { first: begin + phase, every, down: Duration::from_millis(args.churn_down_ms), until: deadline }
+        });
+        // The receiver owns the only sender half of a receiving socket, so
+        // dropping it closes the connection.
+        let (placeholder, _) = mpsc::unbounded_channel();
+        let tx = std::mem::replace(&mut p.tx, placeholder);
+        if is_sender {
+            senders.push((tx.clone(), room));
+        }
+        let stream = p.reader.take().expect("one reader");
+        tokio::spawn(receive(r, tx, stream, churn));
     }
-    // Let joins and group introductions settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep_until(begin).await;
     let rss_after = args.server_pid.and_then(rss_kib);
+    stats.first_send_us.store(now_us(), Ordering::Relaxed);
 
-    let senders: Vec<(mpsc::UnboundedSender<Message>, String)> =
-        peers.chunks(args.group).zip(&rooms).map(|(g, room)| (g[0].tx.clone(), room.clone())).collect();
     let per_sender = f64::from(args.rate) / senders.len() as f64;
     let period = Duration::from_secs_f64(1.0 / per_sender);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for (i, (tx, room)) in senders.into_iter().enumerate() {
         let stats = stats.clone();
         let target = args.target;
         // Spread the senders' phases over one period.
-        let start = tokio::time::Instant::now() + period.mul_f64(i as f64 / rooms.len() as f64);
+        let start = begin + period.mul_f64(i as f64 / rooms.len() as f64);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(start, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -341,6 +543,10 @@ async fn main() -> anyhow::Result<()> {
     let delivered = stats.delivered.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
     lat.sort_unstable();
+    // Messages persisted and delivered to every receiver, per second, from
+    // the first send to the last arrival.
+    let span = stats.last_arrival_us.load(Ordering::Relaxed).saturating_sub(stats.first_send_us.load(Ordering::Relaxed));
+    let throughput = if span > 0 { delivered as f64 / (args.group as f64 - 1.0) / (span as f64 / 1e6) } else { 0.0 };
     let report = json!({
         "label": args.label,
         "target": format!("{:?}", args.target).to_lowercase(),
@@ -355,6 +561,10 @@ async fn main() -> anyhow::Result<()> {
         "delivered_pct": if expected > 0 { delivered as f64 * 100.0 / expected as f64 } else { 0.0 },
         "p50_ms": percentile(&lat, 0.5),
         "p99_ms": percentile(&lat, 0.99),
+        "p999_ms": percentile(&lat, 0.999),
+        "churn": args.churn,
+        "reconnects": stats.reconnects.load(Ordering::Relaxed),
+        "delivered_msgs_per_s": throughput,
         "max_ms": percentile(&lat, 1.0),
         "server_kib_per_conn": match (rss_before, rss_after) {
             (Some(b), Some(a)) => json!((a.saturating_sub(b)) as f64 / args.connections as f64),
