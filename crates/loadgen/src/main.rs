@@ -241,14 +241,20 @@ async fn accounts(url: &str, n: usize, file: Option<&std::path::Path>) -> anyhow
 
 /// Registers (or reuses), connects and groups the users; returns the
 /// peers and, per group, the conversation id.
-async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
+async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Option<f64>)> {
     let accounts = accounts(&args.url, args.connections, args.accounts.as_deref()).await?;
     let ws_url = confab_ws_url(&args.url);
     let mut peers = Vec::with_capacity(accounts.len());
+    // Memory per connection: measured around connecting alone, once the
+    // accounts exist (hashing passwords grows the heap by itself).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = args.server_pid.and_then(rss_kib);
     for (name, token) in accounts {
         let (tx, stream, me) = confab_connect(&ws_url, &token).await?;
         peers.push(Peer { tx, reader: Some(stream), me, name, token });
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_conn = per_connection(before, args.server_pid.and_then(rss_kib), peers.len());
     let mut conversations = Vec::new();
     for group in peers.chunks_mut(args.group) {
         let members: Vec<String> = group[1..].iter().map(|p| p.name.clone()).collect();
@@ -258,7 +264,11 @@ async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
         let reply = confab_reply(sender.reader.as_mut().expect("reader"), 1).await?;
         conversations.push(reply["conversation"]["id"].as_str().ok_or_else(|| anyhow!("no id"))?.to_owned());
     }
-    Ok((peers, conversations))
+    Ok((peers, conversations, per_conn))
+}
+
+fn per_connection(before: Option<u64>, after: Option<u64>, n: usize) -> Option<f64> {
+    Some(after?.saturating_sub(before?) as f64 / n.max(1) as f64)
 }
 
 fn confab_ws_url(url: &str) -> String {
@@ -290,8 +300,9 @@ async fn socketio_connect(ws_url: &str, name: &str, room: &str) -> anyhow::Resul
     Ok((tx, stream))
 }
 
-async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)> {
+async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Option<f64>)> {
     let ws_url = socketio_ws_url(&args.url);
+    let before = args.server_pid.and_then(rss_kib);
     let mut peers = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let name = format!("u{i}");
@@ -299,7 +310,9 @@ async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>)>
         peers.push(Peer { tx, reader: Some(stream), me: name.clone(), name, token: String::new() });
     }
     let rooms = (0..args.connections.div_ceil(args.group)).map(|g| format!("g{g}")).collect();
-    Ok((peers, rooms))
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_conn = per_connection(before, args.server_pid.and_then(rss_kib), peers.len());
+    Ok((peers, rooms, per_conn))
 }
 
 /// What a receiver needs to come back after a drop.
@@ -449,8 +462,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--group must be at least 2 and at most --connections");
     }
     origin();
-    let rss_before = args.server_pid.and_then(rss_kib);
-    let (mut peers, rooms) = match args.target {
+    let (mut peers, rooms, per_conn) = match args.target {
         Target::Confab => confab_setup(&args).await?,
         Target::Socketio => socketio_setup(&args).await?,
     };
@@ -493,7 +505,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(receive(r, tx, stream, churn));
     }
     tokio::time::sleep_until(begin).await;
-    let rss_after = args.server_pid.and_then(rss_kib);
     stats.first_send_us.store(now_us(), Ordering::Relaxed);
 
     let per_sender = f64::from(args.rate) / senders.len() as f64;
@@ -566,10 +577,9 @@ async fn main() -> anyhow::Result<()> {
         "reconnects": stats.reconnects.load(Ordering::Relaxed),
         "delivered_msgs_per_s": throughput,
         "max_ms": percentile(&lat, 1.0),
-        "server_kib_per_conn": match (rss_before, rss_after) {
-            (Some(b), Some(a)) => json!((a.saturating_sub(b)) as f64 / args.connections as f64),
-            _ => Value::Null,
-        },
+        // Server RSS growth per connection while connecting (authenticated,
+        // not yet in groups).
+        "server_kib_per_conn": per_conn,
     });
     println!("{report}");
     drop(peers);

@@ -43,8 +43,12 @@ use tokio::time::timeout;
 /// the client gets a `frame_too_large` error and stays connected.
 const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
 /// Per-socket buffers: chat frames are small, and 10k idle sockets at the
-/// default 128 KiB each would be over a gigabyte.
-const SOCKET_BUFFER: usize = 8 * 1024;
+/// default 128 KiB each would be over a gigabyte. The read buffer is
+/// allocated up front and grows only while a larger frame is read (the
+/// write buffer only as needed), so 1 KiB holds a typical request and
+/// costs an idle connection little: 8 KiB made it ~17.7 KiB of server
+/// RSS per connection, 1 KiB ~9.8 KiB (`scripts/bench-load`).
+const SOCKET_BUFFER: usize = 1024;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
 
