@@ -219,26 +219,27 @@ async fn append_bodies(
     bodies: Vec<EventBody>,
 ) -> Result<Vec<Result<AppendOutcome>>> {
     let mut outcomes = Vec::with_capacity(bodies.len());
-    // The members, read once for a run of messages (only other changes
-    // change them).
-    let mut members = None;
-    for body in bodies {
-        // A new message is refused, if at all, before it writes anything
-        // (a repeated client id, no such conversation); an error after
-        // its first write is the database's, and fails the whole group.
-        // So it needs no savepoint: two statements fewer on the hot path.
-        if matches!(body, EventBody::Message { .. }) {
-            match append_in(tx, conversation, actor, body, &mut members).await {
-                Err(e) if e.code == ErrorCode::Internal => return Err(e),
-                outcome => outcomes.push(outcome),
+    let mut bodies = bodies.into_iter().peekable();
+    while let Some(body) = bodies.next() {
+        // A run of new messages is written in a constant number of
+        // statements however long it is. It is refused, if at all, before
+        // it writes anything (a repeated client id, no such conversation);
+        // an error after its first write is the database's, and fails the
+        // whole group, so it needs no savepoint.
+        if let EventBody::Message { client_id, text, .. } = body {
+            let mut run = vec![(client_id, text)];
+            while let Some(EventBody::Message { .. }) = bodies.peek() {
+                if let Some(EventBody::Message { client_id, text, .. }) = bodies.next() {
+                    run.push((client_id, text));
+                }
             }
+            outcomes.extend(append_messages(tx, conversation, actor, run).await?);
             continue;
         }
         // Any other change may refuse after writing: a savepoint (a
         // nested transaction) rolls it back alone.
-        members = None;
         let mut one = sqlx::Acquire::begin(&mut *tx).await?;
-        match append_in(&mut one, conversation, actor, body, &mut None).await {
+        match append_in(&mut one, conversation, actor, body).await {
             Ok(outcome) => {
                 one.commit().await?;
                 outcomes.push(Ok(outcome));
@@ -250,6 +251,118 @@ async fn append_bodies(
         }
     }
     Ok(outcomes)
+}
+
+/// Rows per multi-row statement: well under SQLite's bound-parameter limit.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// New messages from `actor`, in order, in a constant number of statements:
+/// the repeats among them found in one query, positions and sequence
+/// numbers taken in one update, events and message rows inserted a
+/// hundred at a time. Each gets its own outcome; an `Err` outcome is the
+/// message's refusal, an `Err` result the database's failure.
+async fn append_messages(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation: ConversationId,
+    actor: UserId,
+    run: Vec<(ClientId, String)>,
+) -> Result<Vec<Result<AppendOutcome>>> {
+    let conv = conversation.to_string();
+    let sender = actor.to_string();
+    // Client ids this sender already used: (conversation, seq, pos, ts).
+    let mut known: HashMap<ClientId, (ConversationId, i64, i64, Millis)> = HashMap::new();
+    for chunk in run.chunks(ROWS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT client_id, conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id IN ({marks})"
+        );
+        let mut q = sqlx::query(&sql).bind(&sender);
+        for (client_id, _) in chunk {
+            q = q.bind(client_id.to_string());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            let row = (parse_id(r.get("conversation_id"))?, r.get("seq"), r.get("pos"), r.get("ts"));
+            known.insert(parse_id(r.get("client_id"))?, row);
+        }
+    }
+    let fresh: Vec<bool> = {
+        let mut seen = std::collections::HashSet::new();
+        run.iter().map(|(id, _)| !known.contains_key(id) && seen.insert(*id)).collect()
+    };
+    let n = fresh.iter().filter(|f| **f).count() as i64;
+    let mut next = None;
+    if n > 0 {
+        let row = sqlx::query(
+            "UPDATE conversations SET last_pos = last_pos + ?1, last_seq = last_seq + ?1
+             WHERE id = ?2 RETURNING last_pos, last_seq",
+        )
+        .bind(n)
+        .bind(&conv)
+        .fetch_optional(&mut **tx)
+        .await?;
+        next = row.map(|r| (r.get::<i64, _>("last_pos") - n + 1, r.get::<i64, _>("last_seq") - n + 1));
+    }
+    let ts = now_ms();
+    let (mut pos, mut seq) = next.unwrap_or((0, 0));
+    let mut events = Vec::with_capacity(n as usize);
+    let mut outcomes: Vec<Option<Result<AppendOutcome>>> = Vec::with_capacity(run.len());
+    for (client_id, text) in run {
+        // Known from before, or a repeat of one earlier in this run.
+        if let Some(&(c, seq, pos, ts)) = known.get(&client_id) {
+            outcomes.push(Some(if c == conversation {
+                Ok(AppendOutcome::Duplicate { conversation, seq, pos, ts })
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "this client_id was already used for a message in another conversation",
+                ))
+            }));
+            continue;
+        }
+        if next.is_none() {
+            outcomes.push(Some(Err(ApiError::from(ErrorCode::NotFound))));
+            continue;
+        }
+        known.insert(client_id, (conversation, seq, pos, ts));
+        events.push(ConvEvent { conversation, pos, ts, actor, body: EventBody::Message { seq, client_id, text } });
+        outcomes.push(None);
+        pos += 1;
+        seq += 1;
+    }
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let rows = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO events (conversation_id, pos, ts, actor, body) VALUES {rows}");
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            let json = serde_json::to_string(&e.body).map_err(|e| ApiError::internal("serialize event", e))?;
+            q = q.bind(&conv).bind(e.pos).bind(e.ts).bind(&sender).bind(json);
+        }
+        q.execute(&mut **tx).await?;
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, NULL)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call) VALUES {rows}"
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            let EventBody::Message { seq, client_id, text } = &e.body else {
+                return Err(ApiError::internal("append", "not a message"));
+            };
+            q = q.bind(&conv).bind(seq).bind(e.pos).bind(&sender).bind(client_id.to_string()).bind(text).bind(e.ts);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    let recipients = if events.is_empty() { Vec::new() } else { member_ids_tx(tx, &conv).await? };
+    let mut events = events.into_iter();
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Some(outcome) => Ok(outcome),
+            None => match events.next() {
+                Some(event) => Ok(Ok(AppendOutcome::Appended { event, recipients: recipients.clone() })),
+                None => Err(ApiError::internal("append", "an outcome without its event")),
+            },
+        })
+        .collect()
 }
 
 /// Moves one member's watermarks forward and bumps the conversation's
@@ -292,41 +405,8 @@ async fn append_in(
     conversation: ConversationId,
     actor: UserId,
     mut body: EventBody,
-    members: &mut Option<Vec<UserId>>,
 ) -> Result<AppendOutcome> {
     let conv = conversation.to_string();
-    let is_message = matches!(body, EventBody::Message { .. });
-    if let EventBody::Message { client_id, text, .. } = &body {
-        let dup = sqlx::query("SELECT conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id = ?")
-            .bind(actor.to_string())
-            .bind(client_id.to_string())
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(r) = dup {
-            let dup_conv = parse_id(r.get("conversation_id"))?;
-            if dup_conv != conversation {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "this client_id was already used for a message in another conversation",
-                ));
-            }
-            return Ok(AppendOutcome::Duplicate {
-                conversation,
-                seq: r.get("seq"),
-                pos: r.get("pos"),
-                ts: r.get("ts"),
-            });
-        }
-        let event = push_event(tx, conversation, actor, body.clone(), true, now_ms()).await?;
-        let EventBody::Message { seq, .. } = event.body else { unreachable!("push_event keeps the kind") };
-        insert_message(tx, &event, seq, *client_id, text, None).await?;
-        let recipients = match members {
-            Some(m) => m.clone(),
-            None => members.insert(member_ids_tx(tx, &conv).await?).clone(),
-        };
-        return Ok(AppendOutcome::Appended { event, recipients });
-    }
-    debug_assert!(!is_message);
     if let EventBody::Call { call, video, outcome, .. } = &body {
         // The call's entry, a message of the caller's keyed by the call
         // id: each call is logged once.

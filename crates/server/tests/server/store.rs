@@ -170,3 +170,48 @@ async fn receipts_commit_together_move_only_forward_and_number_their_versions_wi
     let r = store.mark(vec![Mark { conversation: group, user: owner, delivered: 0, read: 4 }]).await.unwrap();
     assert_eq!(r[0].map(|m| (m.mark.delivered_seq, m.mark.read_seq)), Some((10, 4)));
 }
+
+#[tokio::test]
+async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one_outcome_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).await.unwrap();
+    let a = store.create_user("alice", "x").await.unwrap();
+    let b = store.create_user("bob", "x").await.unwrap();
+    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
+    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
+    let group = Uuid::now_v7();
+    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let msg = |client_id, text: &str| EventBody::Message { seq: 0, client_id, text: text.into() };
+    let (before, elsewhere, x, y) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store.append(direct, a, msg(before, "earlier")).await.unwrap();
+    store.append(group, a, msg(elsewhere, "in the group")).await.unwrap();
+    let bodies = vec![msg(x, "x"), msg(before, "again"), msg(y, "y"), msg(x, "x again"), msg(elsewhere, "moved?")];
+    let out = store.append_all(direct, a, bodies).await.unwrap();
+    let brief: Vec<String> = out
+        .iter()
+        .map(|o| match o {
+            Ok(AppendOutcome::Appended { event, recipients }) => {
+                assert_eq!(recipients.len(), 2);
+                format!("new {}", event.pos)
+            }
+            Ok(AppendOutcome::Duplicate { seq, pos, .. }) => format!("dup {seq}@{pos}"),
+            Ok(AppendOutcome::Unchanged) => "unchanged".into(),
+            Err(e) => e.code.to_string(),
+        })
+        .collect();
+    // Positions: 1 created, 2 "earlier"; the run takes 3 and 4.
+    assert_eq!(brief, ["new 3", "dup 1@2", "new 4", "dup 2@3", "invalid_request"]);
+    let page = store.events_after(direct, 0, 100, 1 << 20).await.unwrap();
+    let seqs: Vec<i64> = page
+        .events
+        .iter()
+        .filter_map(|e| match e.body {
+            EventBody::Message { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!((page.last_pos, seqs), (4, vec![1, 2, 3]));
+    // To a conversation that does not exist: each refused, nothing written.
+    let out = store.append_all(Uuid::now_v7(), a, vec![msg(Uuid::now_v7(), "void")]).await.unwrap();
+    assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotFound));
+}
