@@ -49,6 +49,8 @@ const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
 /// costs an idle connection little: 8 KiB made it ~17.7 KiB of server
 /// RSS per connection, 1 KiB ~9.8 KiB (`scripts/bench-load`).
 const SOCKET_BUFFER: usize = 1024;
+/// Frames written together before one flush, at most about this many bytes.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
 
@@ -458,15 +460,30 @@ async fn write_loop(
                 return;
             }
             frame = rx.recv() => match frame {
-                Some(f) => {
-                    if f.len() > MAX_SERVER_FRAME_BYTES {
-                        tracing::error!(bytes = f.len(), "a frame over the server's frame limit; closing");
-                        let _ = timeout(write_timeout, close(&mut sink, CLOSE_INTERNAL, "frame_too_large")).await;
-                        return;
+                Some(first) => {
+                    // Whatever else is queued goes out with it, flushed
+                    // once: under load one write carries many frames
+                    // instead of a syscall each.
+                    let mut next = Some(first);
+                    let mut bytes = 0;
+                    while let Some(f) = next.take() {
+                        if f.len() > MAX_SERVER_FRAME_BYTES {
+                            tracing::error!(bytes = f.len(), "a frame over the server's frame limit; closing");
+                            let _ = timeout(write_timeout, close(&mut sink, CLOSE_INTERNAL, "frame_too_large")).await;
+                            return;
+                        }
+                        let fed = timeout(write_timeout, sink.feed(Message::Text(f.as_ref().into()))).await;
+                        queue.sent(f.len());
+                        if !matches!(fed, Ok(Ok(()))) {
+                            tracing::debug!("write failed or stalled; closing the connection");
+                            return;
+                        }
+                        bytes += f.len();
+                        if bytes < WRITE_BATCH_BYTES {
+                            next = rx.try_recv().ok();
+                        }
                     }
-                    let sent = timeout(write_timeout, sink.send(Message::Text(f.as_ref().into()))).await;
-                    queue.sent(f.len());
-                    if !matches!(sent, Ok(Ok(()))) {
+                    if !matches!(timeout(write_timeout, sink.flush()).await, Ok(Ok(()))) {
                         tracing::debug!("write failed or stalled; closing the connection");
                         return;
                     }
