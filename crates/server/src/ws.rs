@@ -44,11 +44,15 @@ use tokio::time::timeout;
 const TRANSPORT_MAX_MESSAGE: usize = 256 * 1024;
 /// Per-socket buffers: chat frames are small, and 10k idle sockets at the
 /// default 128 KiB each would be over a gigabyte. The read buffer is
-/// allocated up front and grows only while a larger frame is read (the
-/// write buffer only as needed), so 1 KiB holds a typical request and
+/// allocated up front and grows only while a larger frame is read, so
+/// 1 KiB holds a typical request and
 /// costs an idle connection little: 8 KiB made it ~17.7 KiB of server
 /// RSS per connection, 1 KiB ~9.8 KiB (`scripts/bench-load`).
 const SOCKET_BUFFER: usize = 1024;
+/// Bytes the writer gathers before a write to the socket: the buffer grows
+/// only as frames need it, so an idle connection does not pay for it, and
+/// a burst goes out in few syscalls.
+const WRITE_BUFFER: usize = 8 * 1024;
 /// Frames written together before one flush, at most about this many bytes.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -56,10 +60,10 @@ const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     ws.read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         // Above the largest frame the server sends, so a legal frame is
         // never refused by the transport (the buffer only grows as needed).
-        .max_write_buffer_size(MAX_SERVER_FRAME_BYTES + SOCKET_BUFFER * 2)
+        .max_write_buffer_size(MAX_SERVER_FRAME_BYTES + WRITE_BUFFER * 2)
         .max_message_size(TRANSPORT_MAX_MESSAGE)
         .max_frame_size(TRANSPORT_MAX_MESSAGE)
         .on_upgrade(move |socket| connection(socket, state))
