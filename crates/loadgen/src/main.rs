@@ -303,13 +303,16 @@ async fn socketio_connect(ws_url: &str, name: &str, room: &str) -> anyhow::Resul
 async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Option<f64>)> {
     let ws_url = socketio_ws_url(&args.url);
     let before = args.server_pid.and_then(rss_kib);
+    // Rooms of their own: a server still working off an earlier run must
+    // not deliver that run's messages to this one.
+    let run = &uuid::Uuid::now_v7().simple().to_string()[20..28];
     let mut peers = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let name = format!("u{i}");
-        let (tx, stream) = socketio_connect(&ws_url, &name, &format!("g{}", i / args.group)).await?;
+        let (tx, stream) = socketio_connect(&ws_url, &name, &format!("g{run}x{}", i / args.group)).await?;
         peers.push(Peer { tx, reader: Some(stream), me: name.clone(), name, token: String::new() });
     }
-    let rooms = (0..args.connections.div_ceil(args.group)).map(|g| format!("g{g}")).collect();
+    let rooms = (0..args.connections.div_ceil(args.group)).map(|g| format!("g{run}x{g}")).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_conn = per_connection(before, args.server_pid.and_then(rss_kib), peers.len());
     Ok((peers, rooms, per_conn))
