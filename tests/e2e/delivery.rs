@@ -171,7 +171,7 @@ fn client_killed_with_a_full_outbox_sends_everything_once_on_the_next_run() {
 
 /// The load benchmark's smoke run (CI runs only this; the benchmark itself
 /// is `scripts/bench-load`): the real generator against the real server,
-/// with every receiver dropping out for half a second in turn and
+/// with every receiver dropping out for 0.3 s in turn and
 /// resuming. Every message reaches every receiver once.
 #[test]
 fn the_load_generator_delivers_everything_under_churn() {
@@ -182,15 +182,15 @@ fn the_load_generator_delivers_everything_under_churn() {
         &["--rate-limit", "1000", "--rate-burst", "2000", "--accounts-per-hour", "1000000"],
     );
     let out = std::process::Command::new(bin("confab-loadgen"))
-        .args(["--target", "confab", "--url", &server.url, "--connections", "40", "--group", "10"])
-        .args(["--rate", "100", "--seconds", "4", "--drain", "10", "--churn", "--churn-every", "2"])
-        .args(["--churn-down-ms", "500", "--server-pid", &server.pid().to_string()])
+        .args(["--target", "confab", "--url", &server.url, "--connections", "30", "--group", "10"])
+        .args(["--rate", "60", "--seconds", "3", "--drain", "10", "--churn", "--churn-every", "1"])
+        .args(["--churn-down-ms", "300", "--server-pid", &server.pid().to_string()])
         .output()
         .expect("run confab-loadgen");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
-    assert!(report["sent"].as_u64() >= Some(300), "{report}");
+    assert!(report["sent"].as_u64() >= Some(150), "{report}");
     assert_eq!(report["delivered"], report["expected"], "{report}");
     assert_eq!(report["send_errors"], 0, "{report}");
-    assert!(report["reconnects"].as_u64() >= Some(36), "every receiver dropped out at least once: {report}");
+    assert!(report["reconnects"].as_u64() >= Some(27), "every receiver dropped out at least once: {report}");
 }

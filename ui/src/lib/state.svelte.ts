@@ -197,13 +197,14 @@ function onEvent(e: ClientEvent) {
 /** Reloads the open conversation (coalesced). */
 const reloadOpenCoalesced = coalesced(() => reloadOpen());
 
-async function reloadOpen() {
+// Coalesced: one receipts frame can move a thousand members' ticks.
+const reloadOpen = coalesced(async () => {
   const id = app.openId;
   if (!id) return;
   const count = Math.max(PAGE, app.messages.filter((m) => m.seq !== null).length);
   const page = await api.history(id, null, Math.min(count, 500));
   if (app.openId === id) app.messages = page;
-}
+});
 
 function clearTyping(conv: string, user: string) {
   if (app.typing[conv]) app.typing[conv] = app.typing[conv].filter((t) => t.user !== user);
