@@ -278,7 +278,8 @@ impl Sync {
         let mut versions: HashMap<ConversationId, i64> = HashMap::new();
         while !todo.is_empty() {
             let batch: Vec<WatermarksFrom> = todo.drain(..todo.len().min(MAX_BATCH)).collect();
-            let Reply::Watermarks { pages } = self.request(RequestBody::Watermarks { from: batch.clone() }).await? else {
+            let Reply::Watermarks { pages } = self.request(RequestBody::Watermarks { from: batch.clone() }).await?
+            else {
                 return Err(Error::Protocol("expected watermarks".into()));
             };
             if pages.is_empty() {

@@ -200,7 +200,10 @@ async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Resu
 }
 
 /// Opens a Confab connection and authenticates it; returns the user id.
-async fn confab_connect(ws_url: &str, token: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>, String)> {
+async fn confab_connect(
+    ws_url: &str,
+    token: &str,
+) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>, String)> {
     let (tx, mut stream) = open(ws_url).await?;
     tx.send(Message::text(json!({"id": 0, "type": "hello", "token": token, "protocol": 1}).to_string()))?;
     let welcome = confab_reply(&mut stream, 0).await?;
@@ -211,10 +214,9 @@ async fn confab_connect(ws_url: &str, token: &str) -> anyhow::Result<(mpsc::Unbo
 /// `n` accounts: those kept in `file` from earlier runs, and new ones.
 async fn accounts(url: &str, n: usize, file: Option<&std::path::Path>) -> anyhow::Result<Vec<(String, String)>> {
     let mut kept: Vec<(String, String)> = match file.and_then(|f| std::fs::read_to_string(f).ok()) {
-        Some(text) => text
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
-            .collect(),
+        Some(text) => {
+            text.lines().filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))).collect()
+        }
         None => Vec::new(),
     };
     if kept.len() >= n {
@@ -280,7 +282,11 @@ fn socketio_ws_url(url: &str) -> String {
 }
 
 /// Opens a socket.io connection as `name` and joins `room`.
-async fn socketio_connect(ws_url: &str, name: &str, room: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>)> {
+async fn socketio_connect(
+    ws_url: &str,
+    name: &str,
+    room: &str,
+) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>)> {
     let (tx, mut stream) = open(ws_url).await?;
     let open = next_text(&mut stream).await?;
     if !open.starts_with('0') {
@@ -346,7 +352,9 @@ fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, 
     match r.target {
         Target::Confab => {
             // Cheap filter before parsing: only events, replays and errors matter.
-            if !t.starts_with(r#"{"type":"event""#) && !t.contains(r#""type":"error""#) && !t.contains(r#""type":"events""#)
+            if !t.starts_with(r#"{"type":"event""#)
+                && !t.contains(r#""type":"error""#)
+                && !t.contains(r#""type":"events""#)
             {
                 return None;
             }
@@ -390,7 +398,12 @@ fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, 
 
 /// A receiver: reads until its socket closes, dropping out and coming
 /// back as `churn` says.
-async fn receive(r: Receiver, mut tx: mpsc::UnboundedSender<Message>, mut stream: SplitStream<Ws>, churn: Option<Churn>) {
+async fn receive(
+    r: Receiver,
+    mut tx: mpsc::UnboundedSender<Message>,
+    mut stream: SplitStream<Ws>,
+    churn: Option<Churn>,
+) {
     let mut seen = Seen::default();
     let mut next_drop = churn.map(|c| c.first);
     let mut request = 100u64;
@@ -559,7 +572,8 @@ async fn main() -> anyhow::Result<()> {
     lat.sort_unstable();
     // Messages persisted and delivered to every receiver, per second, from
     // the first send to the last arrival.
-    let span = stats.last_arrival_us.load(Ordering::Relaxed).saturating_sub(stats.first_send_us.load(Ordering::Relaxed));
+    let span =
+        stats.last_arrival_us.load(Ordering::Relaxed).saturating_sub(stats.first_send_us.load(Ordering::Relaxed));
     let throughput = if span > 0 { delivered as f64 / (args.group as f64 - 1.0) / (span as f64 / 1e6) } else { 0.0 };
     let report = json!({
         "label": args.label,

@@ -12,7 +12,8 @@ use crate::store::{AppendOutcome, Mark, Membership, Revoke, Store};
 use confab_protocol::{
     sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
     ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, SendResult,
-    ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
+    ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES,
+    TYPING_TTL_MS,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -610,7 +611,12 @@ impl Service {
                     continue;
                 }
             };
-            let body = ServerFrame::Receipts { conversation: f.conversation, since: f.since, version: f.version, marks: f.marks };
+            let body = ServerFrame::Receipts {
+                conversation: f.conversation,
+                since: f.since,
+                version: f.version,
+                marks: f.marks,
+            };
             match frame(&body) {
                 Ok(frame) => self.hub.publish(&members, frame),
                 Err(e) => tracing::warn!(%e, "cannot publish receipts"),
@@ -621,7 +627,10 @@ impl Service {
     /// Watermark pages in request order until the reply's budget is spent.
     async fn watermarks(&self, caller: &Caller, from: Vec<WatermarksFrom>) -> Result<Reply> {
         if from.len() > MAX_BATCH {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("at most {MAX_BATCH} conversations per request")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("at most {MAX_BATCH} conversations per request"),
+            ));
         }
         let mut budget = REPLY_BUDGET_BYTES;
         let mut pages = Vec::with_capacity(from.len());

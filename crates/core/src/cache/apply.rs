@@ -134,12 +134,18 @@ impl Cache {
         let to = match (version, held) {
             (_, None) => None,
             (_, Some(_)) if !complete => None,
-            (MarksVersion::Frame { since, version }, Some(held)) => (since <= held && version > held).then_some(version),
+            (MarksVersion::Frame { since, version }, Some(held)) => {
+                (since <= held && version > held).then_some(version)
+            }
             (MarksVersion::Fetched(version), Some(held)) => (version > held).then_some(version),
             (MarksVersion::Unchanged, _) => None,
         };
         if let Some(to) = to {
-            sqlx::query("UPDATE conversations SET marks = ? WHERE id = ?").bind(to).bind(&conv).execute(&mut *tx).await?;
+            sqlx::query("UPDATE conversations SET marks = ? WHERE id = ?")
+                .bind(to)
+                .bind(&conv)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(moved)
@@ -487,7 +493,11 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
 
 /// Moves a member's watermarks forward (never back); the new marks if
 /// they moved, `None` if not or if the member is not known here.
-async fn advance_mark(tx: &mut Transaction<'_, Sqlite>, conv: &str, mark: Watermark) -> Result<Option<Option<Watermark>>> {
+async fn advance_mark(
+    tx: &mut Transaction<'_, Sqlite>,
+    conv: &str,
+    mark: Watermark,
+) -> Result<Option<Option<Watermark>>> {
     let user = mark.user.to_string();
     let row = sqlx::query("SELECT delivered_seq, read_seq FROM members WHERE conversation_id = ? AND user_id = ?")
         .bind(conv)

@@ -13,8 +13,8 @@ pub use sqlite::{SqliteStore, WATERMARK_BYTES};
 use crate::error::Result;
 use async_trait::async_trait;
 use confab_protocol::{
-    ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Millis, UserId,
-    Watermark,
+    ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Millis,
+    UserId, Watermark,
 };
 use uuid::Uuid;
 

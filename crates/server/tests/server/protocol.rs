@@ -385,9 +385,13 @@ async fn pipelined_sends_are_answered_one_by_one_in_order_with_gap_free_seqs() {
             10 => json!({"id": id, "type": "send", "conversation": conv, "client_id": repeated, "text": "again"}),
             20 => json!({"id": id, "type": "ping"}),
             30 => json!({"id": id, "type": "send", "conversation": other, "client_id": client_id(), "text": "x"}),
-            40 => json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": "y".repeat(9000)}),
+            40 => {
+                json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": "y".repeat(9000)})
+            }
             5 => json!({"id": id, "type": "send", "conversation": conv, "client_id": repeated, "text": "first"}),
-            _ => json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": format!("m{i}")}),
+            _ => {
+                json!({"id": id, "type": "send", "conversation": conv, "client_id": client_id(), "text": format!("m{i}")})
+            }
         };
         expect.push(i);
         alice.send_text(frame.to_string()).await;
@@ -398,7 +402,10 @@ async fn pipelined_sends_are_answered_one_by_one_in_order_with_gap_free_seqs() {
         let r = alice.reply_to(1000 + i).await;
         match i {
             20 => assert_eq!(r["result"]["type"], "pong"),
-            30 => assert_eq!((r["result"]["conversation"].as_str(), r["result"]["seq"].as_i64()), (Some(other.as_str()), Some(1))),
+            30 => assert_eq!(
+                (r["result"]["conversation"].as_str(), r["result"]["seq"].as_i64()),
+                (Some(other.as_str()), Some(1))
+            ),
             40 => assert_eq!(r["code"], "message_too_long", "{r}"),
             10 => {
                 assert_eq!(r["result"]["duplicate"], true);
@@ -416,7 +423,8 @@ async fn pipelined_sends_are_answered_one_by_one_in_order_with_gap_free_seqs() {
     }
     // Bob's view agrees: every message once, in the order sent.
     let h = alice.ok(json!({"type": "history", "conversation": conv, "limit": 100})).await;
-    let texts: Vec<&str> = h["messages"].as_array().expect("messages").iter().rev().map(|m| m["text"].as_str().expect("text")).collect();
+    let texts: Vec<&str> =
+        h["messages"].as_array().expect("messages").iter().rev().map(|m| m["text"].as_str().expect("text")).collect();
     assert_eq!(texts.len(), 56);
     assert_eq!((texts[0], texts[5], texts[6]), ("m0", "first", "m6"));
 }
