@@ -56,6 +56,14 @@ pub struct Caller {
     pub conn: u64,
 }
 
+/// Refuses a batch request naming more than [`MAX_BATCH`] `what`.
+fn at_most_batch(n: usize, what: &str) -> Result<()> {
+    if n > MAX_BATCH {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("at most {MAX_BATCH} {what} per request")));
+    }
+    Ok(())
+}
+
 pub(crate) fn frame(f: &ServerFrame) -> Result<Arc<str>> {
     serde_json::to_string(f).map(Arc::from).map_err(|e| ApiError::internal("serialize frame", e))
 }
@@ -187,7 +195,7 @@ impl Service {
     /// `send` and `send_many`: each message checked, deduplicated and
     /// appended in order, all in one store call (one commit); one result
     /// each. A failure that is not a message's own fails them all.
-    pub(crate) async fn send_texts(
+    async fn send_texts(
         &self,
         caller: &Caller,
         conversation: ConversationId,
@@ -258,6 +266,26 @@ impl Service {
             return Err(e);
         }
         results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("send", "no result"))).collect()
+    }
+
+    /// Messages sent as that many `send` requests: one reply each, a
+    /// refusal being that request's error.
+    pub(crate) async fn send_each(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        messages: Vec<confab_protocol::OutgoingText>,
+    ) -> Result<Vec<Result<Reply>>> {
+        let results = self.send_texts(caller, conversation, messages).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                SendResult::Sent { client_id, seq, pos, ts, duplicate } => {
+                    Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate })
+                }
+                SendResult::Refused { code, message, .. } => Err(ApiError::new(code, message)),
+            })
+            .collect())
     }
 
     async fn group_admin(&self, conversation: ConversationId, user: UserId) -> Result<()> {
@@ -337,12 +365,7 @@ impl Service {
                 self.conversation_reply(conversation).await
             }
             RequestBody::CatchUp { from } => {
-                if from.len() > MAX_BATCH {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidRequest,
-                        format!("at most {MAX_BATCH} conversations per request"),
-                    ));
-                }
+                at_most_batch(from.len(), "conversations")?;
                 let mut budget = REPLY_BUDGET_BYTES;
                 let mut pages = Vec::with_capacity(from.len());
                 // Pages in request order until the budget is spent; the
@@ -390,12 +413,7 @@ impl Service {
                 Ok(Reply::Messages { conversation, messages, has_more })
             }
             RequestBody::DeliveredMany { receipts } => {
-                if receipts.len() > MAX_BATCH {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidRequest,
-                        format!("at most {MAX_BATCH} receipts per request"),
-                    ));
-                }
+                at_most_batch(receipts.len(), "receipts")?;
                 // A conversation the caller is not (or no longer) in moves
                 // nothing: there is nothing to acknowledge there.
                 let marks = receipts
@@ -506,15 +524,9 @@ impl Service {
                 Ok(Reply::SentMany { conversation, results })
             }
             RequestBody::Send { conversation, client_id, text } => {
-                validate_text(&text)?;
                 let one = confab_protocol::OutgoingText { client_id, text };
-                match self.send_texts(caller, conversation, vec![one]).await?.pop() {
-                    Some(SendResult::Sent { client_id, seq, pos, ts, duplicate }) => {
-                        Ok(Reply::Sent { conversation, client_id, seq, pos, ts, duplicate })
-                    }
-                    Some(SendResult::Refused { code, message, .. }) => Err(ApiError::new(code, message)),
-                    None => Err(ApiError::internal("send", "no result")),
-                }
+                let reply = self.send_each(caller, conversation, vec![one]).await?.pop();
+                reply.unwrap_or_else(|| Err(ApiError::internal("send", "no result")))
             }
             RequestBody::Edit { conversation, seq, text } => {
                 self.change(caller, conversation, EventBody::Edited { seq, text }).await
@@ -626,12 +638,7 @@ impl Service {
 
     /// Watermark pages in request order until the reply's budget is spent.
     async fn watermarks(&self, caller: &Caller, from: Vec<WatermarksFrom>) -> Result<Reply> {
-        if from.len() > MAX_BATCH {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("at most {MAX_BATCH} conversations per request"),
-            ));
-        }
+        at_most_batch(from.len(), "conversations")?;
         let mut budget = REPLY_BUDGET_BYTES;
         let mut pages = Vec::with_capacity(from.len());
         for f in from {

@@ -23,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::response::Response;
 use confab_protocol::{
-    decode_request, ErrorCode, OutgoingText, Reply, Request, RequestBody, SendResult, ServerFrame, MAX_BATCH,
+    decode_request, ErrorCode, OutgoingText, Reply, Request, RequestBody, ServerFrame, MAX_BATCH,
     MAX_SERVER_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
@@ -388,15 +388,12 @@ async fn handle_sends(
         }
     }
     if !texts.is_empty() {
-        match state.service.send_texts(caller, conversation, texts).await {
+        match state.service.send_each(caller, conversation, texts).await {
             Ok(results) => {
                 for ((i, id), result) in ids.into_iter().zip(results) {
                     replies[i] = Some(match result {
-                        SendResult::Sent { client_id, seq, pos, ts, duplicate } => encode(&ServerFrame::Result {
-                            id,
-                            result: Reply::Sent { conversation, client_id, seq, pos, ts, duplicate },
-                        }),
-                        SendResult::Refused { code, message, .. } => error_frame(Some(id), code, message, None),
+                        Ok(result) => encode(&ServerFrame::Result { id, result }),
+                        Err(e) => error_frame(Some(id), e.code, e.message, e.retry_after_ms),
                     });
                 }
             }

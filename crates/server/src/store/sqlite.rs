@@ -115,6 +115,14 @@ impl SqliteStore {
         Ok(SqliteStore { read, write, appends, append_commits })
     }
 
+    /// Queues a job for the write task and waits for its committed result.
+    async fn submit<T>(&self, job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
+        self.appends.send(job(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
     /// How many transactions appends have taken so far (fewer than appends
     /// when they were grouped).
     pub fn append_commits(&self) -> u64 {
@@ -995,20 +1003,14 @@ impl Store for SqliteStore {
         actor: UserId,
         bodies: Vec<EventBody>,
     ) -> Result<Vec<Result<AppendOutcome>>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
-        self.appends.send(Job::Append { conversation, actor, bodies, reply }).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.submit(|reply| Job::Append { conversation, actor, bodies, reply }).await
     }
 
     async fn mark(&self, marks: Vec<Mark>) -> Result<Vec<Option<Marked>>> {
         if marks.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || ApiError::new(ErrorCode::Internal, "the store is shutting down");
-        self.appends.send(Job::Mark { marks, reply }).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.submit(|reply| Job::Mark { marks, reply }).await
     }
 
     async fn watermarks(
