@@ -89,6 +89,9 @@ struct Stats {
     send_errors: AtomicU64,
     delivered: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// Send → the server's acknowledgement (persisted), per message: the
+    /// first stage of send → deliver.
+    acks_us: Mutex<Vec<u32>>,
     /// When the first message was sent and the last one arrived.
     first_send_us: AtomicU64,
     last_arrival_us: AtomicU64,
@@ -105,7 +108,20 @@ impl Stats {
             self.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
         }
     }
+
+    /// The acknowledgement of the send with request id `id`.
+    fn acked(&self, id: u64) {
+        if let Some(sent) = id.checked_sub(SEND_IDS) {
+            let latency = now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+            self.acks_us.lock().unwrap_or_else(|e| e.into_inner()).push(latency);
+        }
+    }
 }
+
+/// A send's request (or socket.io ack) id is this plus its send time in
+/// microseconds, so its acknowledgement tells its latency without a
+/// lookup; setup and resume requests use small ids.
+const SEND_IDS: u64 = 1 << 40;
 
 /// The positions a Confab receiver has seen: each message counts once,
 /// live or replayed, and a resume starts after the contiguous run.
@@ -355,6 +371,7 @@ fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, 
             if !t.starts_with(r#"{"type":"event""#)
                 && !t.contains(r#""type":"error""#)
                 && !t.contains(r#""type":"events""#)
+                && !t.contains(r#""type":"sent""#)
             {
                 return None;
             }
@@ -370,6 +387,7 @@ fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, 
                 Some("error") => {
                     r.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 }
+                Some("result") if f["result"]["type"] == "sent" => r.stats.acked(f["id"].as_u64().unwrap_or(0)),
                 Some("result") if f["result"]["type"] == "events" => {
                     let events = f["result"]["events"].as_array().cloned().unwrap_or_default();
                     for e in &events {
@@ -384,6 +402,13 @@ fn on_frame(r: &Receiver, seen: &mut Seen, tx: &mpsc::UnboundedSender<Message>, 
         Target::Socketio => {
             if t == "2" {
                 let _ = tx.send(Message::text("3"));
+                return None;
+            }
+            if let Some(ack) = t.strip_prefix("43") {
+                let digits = ack.find(|c: char| !c.is_ascii_digit()).unwrap_or(ack.len());
+                if !ack[digits..].contains("error") {
+                    r.stats.acked(ack[..digits].parse().unwrap_or(0));
+                }
                 return None;
             }
             let body = t.strip_prefix("42")?;
@@ -534,14 +559,16 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(start, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut id = 10u64;
+            let mut id = SEND_IDS;
             loop {
                 let at = tick.tick().await;
                 if at >= deadline {
                     return;
                 }
-                id += 1;
-                let text = format!("t{}", now_us());
+                let sent = now_us();
+                // Unique per sender even when two ticks fall in one microsecond.
+                id = (SEND_IDS + sent).max(id + 1);
+                let text = format!("t{sent}");
                 let client_id = uuid::Uuid::now_v7().to_string();
                 let frame = match target {
                     Target::Confab => {
@@ -549,7 +576,7 @@ async fn main() -> anyhow::Result<()> {
                             .to_string()
                     }
                     Target::Socketio => {
-                        format!("42{}", json!(["sendMessage", {"room": room, "clientId": client_id, "text": text}]))
+                        format!("42{id}{}", json!(["sendMessage", {"room": room, "clientId": client_id, "text": text}]))
                     }
                 };
                 if tx.send(Message::text(frame)).is_err() {
@@ -570,6 +597,8 @@ async fn main() -> anyhow::Result<()> {
     let delivered = stats.delivered.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
     lat.sort_unstable();
+    let mut acks = std::mem::take(&mut *stats.acks_us.lock().unwrap_or_else(|e| e.into_inner()));
+    acks.sort_unstable();
     // Messages persisted and delivered to every receiver, per second, from
     // the first send to the last arrival.
     let span =
@@ -590,6 +619,9 @@ async fn main() -> anyhow::Result<()> {
         "p50_ms": percentile(&lat, 0.5),
         "p99_ms": percentile(&lat, 0.99),
         "p999_ms": percentile(&lat, 0.999),
+        "acked": acks.len(),
+        "ack_p50_ms": percentile(&acks, 0.5),
+        "ack_p99_ms": percentile(&acks, 0.99),
         "churn": args.churn,
         "reconnects": stats.reconnects.load(Ordering::Relaxed),
         "delivered_msgs_per_s": throughput,

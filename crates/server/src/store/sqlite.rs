@@ -199,24 +199,58 @@ async fn commit_appends(
 
 async fn write_group(write: &SqlitePool, jobs: &mut [Job]) -> Result<Vec<Done>> {
     let mut tx = write.begin().await?;
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs.iter_mut() {
+    let mut results: Vec<Option<Done>> = jobs.iter().map(|_| None).collect();
+    // Jobs that only add messages (every send) are written together, in a
+    // constant number of statements for the whole group: each statement is
+    // a round trip to SQLite's worker thread, and those dominate the cost.
+    let mut runs = Vec::new();
+    let mut run_jobs = Vec::new();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if let Job::Append { conversation, actor, bodies, .. } = job {
+            if bodies.iter().all(|b| matches!(b, EventBody::Message { .. })) {
+                let texts = std::mem::take(bodies).into_iter().filter_map(message_text).collect();
+                runs.push(MessageRun { conversation: *conversation, actor: *actor, texts });
+                run_jobs.push(i);
+            }
+        }
+    }
+    if !runs.is_empty() {
+        for (i, outcomes) in run_jobs.into_iter().zip(append_messages(&mut tx, runs).await?) {
+            results[i] = Some(Done::Append(outcomes));
+        }
+    }
+    for (job, result) in jobs.iter_mut().zip(results.iter_mut()) {
         match job {
+            _ if result.is_some() => {}
             Job::Append { conversation, actor, bodies, .. } => {
                 let outcomes = append_bodies(&mut tx, *conversation, *actor, std::mem::take(bodies)).await?;
-                results.push(Done::Append(outcomes));
+                *result = Some(Done::Append(outcomes));
             }
             Job::Mark { marks, .. } => {
                 let mut out = Vec::with_capacity(marks.len());
                 for m in marks.iter() {
                     out.push(mark_in(&mut tx, *m).await?);
                 }
-                results.push(Done::Mark(out));
+                *result = Some(Done::Mark(out));
             }
         }
     }
     tx.commit().await?;
-    Ok(results)
+    results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("write", "a job without its result"))).collect()
+}
+
+fn message_text(body: EventBody) -> Option<(ClientId, String)> {
+    match body {
+        EventBody::Message { client_id, text, .. } => Some((client_id, text)),
+        _ => None,
+    }
+}
+
+/// New messages from one sender to one conversation, in order.
+struct MessageRun {
+    conversation: ConversationId,
+    actor: UserId,
+    texts: Vec<(ClientId, String)>,
 }
 
 /// One request's appends inside the group's transaction.
@@ -229,19 +263,17 @@ async fn append_bodies(
     let mut outcomes = Vec::with_capacity(bodies.len());
     let mut bodies = bodies.into_iter().peekable();
     while let Some(body) = bodies.next() {
-        // A run of new messages is written in a constant number of
-        // statements however long it is. It is refused, if at all, before
-        // it writes anything (a repeated client id, no such conversation);
-        // an error after its first write is the database's, and fails the
-        // whole group, so it needs no savepoint.
+        // A run of new messages is refused, if at all, before it writes
+        // anything (a repeated client id, no such conversation); an error
+        // after its first write is the database's, and fails the whole
+        // group, so it needs no savepoint.
         if let EventBody::Message { client_id, text, .. } = body {
-            let mut run = vec![(client_id, text)];
+            let mut texts = vec![(client_id, text)];
             while let Some(EventBody::Message { .. }) = bodies.peek() {
-                if let Some(EventBody::Message { client_id, text, .. }) = bodies.next() {
-                    run.push((client_id, text));
-                }
+                texts.extend(bodies.next().and_then(message_text));
             }
-            outcomes.extend(append_messages(tx, conversation, actor, run).await?);
+            let run = MessageRun { conversation, actor, texts };
+            outcomes.extend(append_messages(tx, vec![run]).await?.into_iter().flatten());
             continue;
         }
         // Any other change may refuse after writing: a savepoint (a
@@ -264,78 +296,102 @@ async fn append_bodies(
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
 const ROWS_PER_STATEMENT: usize = 100;
 
-/// New messages from `actor`, in order, in a constant number of statements:
-/// the repeats among them found in one query, positions and sequence
-/// numbers taken in one update, events and message rows inserted a
-/// hundred at a time. Each gets its own outcome; an `Err` outcome is the
-/// message's refusal, an `Err` result the database's failure.
+/// Runs of new messages, in order, in a constant number of statements
+/// however many runs and messages there are: the repeats among them found
+/// in one query, positions and sequence numbers taken in one update,
+/// events and message rows inserted a hundred at a time, the recipients
+/// read in one query. Each message gets its own outcome (per run, in
+/// order); an `Err` outcome is the message's refusal, an `Err` result the
+/// database's failure.
 async fn append_messages(
     tx: &mut Transaction<'_, Sqlite>,
-    conversation: ConversationId,
-    actor: UserId,
-    run: Vec<(ClientId, String)>,
-) -> Result<Vec<Result<AppendOutcome>>> {
-    let conv = conversation.to_string();
-    let sender = actor.to_string();
-    // Client ids this sender already used: (conversation, seq, pos, ts).
-    let mut known: HashMap<ClientId, (ConversationId, i64, i64, Millis)> = HashMap::new();
-    for chunk in run.chunks(ROWS_PER_STATEMENT) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let sql = format!(
-            "SELECT client_id, conversation_id, seq, pos, ts FROM messages WHERE sender = ? AND client_id IN ({marks})"
-        );
-        let mut q = sqlx::query(&sql).bind(&sender);
-        for (client_id, _) in chunk {
-            q = q.bind(client_id.to_string());
+    runs: Vec<MessageRun>,
+) -> Result<Vec<Vec<Result<AppendOutcome>>>> {
+    type Key = (UserId, ClientId);
+    // Client ids their senders already used: (conversation, seq, pos, ts).
+    let mut known: HashMap<Key, (ConversationId, i64, i64, Millis)> = HashMap::new();
+    let keys: Vec<Key> = runs.iter().flat_map(|r| r.texts.iter().map(|(id, _)| (r.actor, *id))).collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        // An OR of pairs: SQLite searches the (sender, client_id) index for
+        // each (a row-value IN would scan it).
+        let pairs = vec!["(sender = ? AND client_id = ?)"; chunk.len()].join(" OR ");
+        let sql = format!("SELECT sender, client_id, conversation_id, seq, pos, ts FROM messages WHERE {pairs}");
+        let mut q = sqlx::query(&sql);
+        for (sender, client_id) in chunk {
+            q = q.bind(sender.to_string()).bind(client_id.to_string());
         }
         for r in q.fetch_all(&mut **tx).await? {
             let row = (parse_id(r.get("conversation_id"))?, r.get("seq"), r.get("pos"), r.get("ts"));
-            known.insert(parse_id(r.get("client_id"))?, row);
+            known.insert((parse_id(r.get("sender"))?, parse_id(r.get("client_id"))?), row);
         }
     }
-    let fresh: Vec<bool> = {
-        let mut seen = std::collections::HashSet::new();
-        run.iter().map(|(id, _)| !known.contains_key(id) && seen.insert(*id)).collect()
-    };
-    let n = fresh.iter().filter(|f| **f).count() as i64;
-    let mut next = None;
-    if n > 0 {
-        let row = sqlx::query(
-            "UPDATE conversations SET last_pos = last_pos + ?1, last_seq = last_seq + ?1
-             WHERE id = ?2 RETURNING last_pos, last_seq",
-        )
-        .bind(n)
-        .bind(&conv)
-        .fetch_optional(&mut **tx)
-        .await?;
-        next = row.map(|r| (r.get::<i64, _>("last_pos") - n + 1, r.get::<i64, _>("last_seq") - n + 1));
+    // How many new messages each conversation takes (a repeat, even of one
+    // earlier in this group, takes none).
+    let mut counts: HashMap<ConversationId, i64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &runs {
+        for (id, _) in &r.texts {
+            if !known.contains_key(&(r.actor, *id)) && seen.insert((r.actor, *id)) {
+                *counts.entry(r.conversation).or_default() += 1;
+            }
+        }
+    }
+    // The first new position and sequence number of each conversation that
+    // exists.
+    let mut next: HashMap<ConversationId, (i64, i64)> = HashMap::new();
+    let counts: Vec<(ConversationId, i64)> = counts.into_iter().collect();
+    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+        let cases = "WHEN ? THEN ? ".repeat(chunk.len());
+        let ids = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE conversations SET last_pos = last_pos + (CASE id {cases}END), last_seq = last_seq + (CASE id {cases}END)
+             WHERE id IN ({ids}) RETURNING id, last_pos, last_seq"
+        );
+        let mut q = sqlx::query(&sql);
+        for _ in 0..2 {
+            for (c, n) in chunk {
+                q = q.bind(c.to_string()).bind(n);
+            }
+        }
+        for (c, _) in chunk {
+            q = q.bind(c.to_string());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            let c = parse_id(r.get("id"))?;
+            let n = chunk.iter().find(|(id, _)| *id == c).map_or(0, |(_, n)| *n);
+            next.insert(c, (r.get::<i64, _>("last_pos") - n + 1, r.get::<i64, _>("last_seq") - n + 1));
+        }
     }
     let ts = now_ms();
-    let (mut pos, mut seq) = next.unwrap_or((0, 0));
-    let mut events = Vec::with_capacity(n as usize);
-    let mut outcomes: Vec<Option<Result<AppendOutcome>>> = Vec::with_capacity(run.len());
-    for (client_id, text) in run {
-        // Known from before, or a repeat of one earlier in this run.
-        if let Some(&(c, seq, pos, ts)) = known.get(&client_id) {
-            outcomes.push(Some(if c == conversation {
-                Ok(AppendOutcome::Duplicate { conversation, seq, pos, ts })
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "this client_id was already used for a message in another conversation",
-                ))
-            }));
-            continue;
+    let mut events = Vec::with_capacity(keys.len());
+    let mut outcomes: Vec<Vec<Option<Result<AppendOutcome>>>> = Vec::with_capacity(runs.len());
+    for MessageRun { conversation, actor, texts } in runs {
+        let mut run = Vec::with_capacity(texts.len());
+        for (client_id, text) in texts {
+            // Known from before, or a repeat of one earlier in this group.
+            if let Some(&(c, seq, pos, ts)) = known.get(&(actor, client_id)) {
+                run.push(Some(if c == conversation {
+                    Ok(AppendOutcome::Duplicate { conversation, seq, pos, ts })
+                } else {
+                    Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "this client_id was already used for a message in another conversation",
+                    ))
+                }));
+                continue;
+            }
+            let Some((pos, seq)) = next.get_mut(&conversation) else {
+                run.push(Some(Err(ApiError::from(ErrorCode::NotFound))));
+                continue;
+            };
+            known.insert((actor, client_id), (conversation, *seq, *pos, ts));
+            let body = EventBody::Message { seq: *seq, client_id, text };
+            events.push(ConvEvent { conversation, pos: *pos, ts, actor, body });
+            run.push(None);
+            *pos += 1;
+            *seq += 1;
         }
-        if next.is_none() {
-            outcomes.push(Some(Err(ApiError::from(ErrorCode::NotFound))));
-            continue;
-        }
-        known.insert(client_id, (conversation, seq, pos, ts));
-        events.push(ConvEvent { conversation, pos, ts, actor, body: EventBody::Message { seq, client_id, text } });
-        outcomes.push(None);
-        pos += 1;
-        seq += 1;
+        outcomes.push(run);
     }
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let rows = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -343,7 +399,7 @@ async fn append_messages(
         let mut q = sqlx::query(&sql);
         for e in chunk {
             let json = serde_json::to_string(&e.body).map_err(|e| ApiError::internal("serialize event", e))?;
-            q = q.bind(&conv).bind(e.pos).bind(e.ts).bind(&sender).bind(json);
+            q = q.bind(e.conversation.to_string()).bind(e.pos).bind(e.ts).bind(e.actor.to_string()).bind(json);
         }
         q.execute(&mut **tx).await?;
         let rows = vec!["(?, ?, ?, ?, ?, ?, ?, NULL)"; chunk.len()].join(", ");
@@ -355,20 +411,52 @@ async fn append_messages(
             let EventBody::Message { seq, client_id, text } = &e.body else {
                 return Err(ApiError::internal("append", "not a message"));
             };
-            q = q.bind(&conv).bind(seq).bind(e.pos).bind(&sender).bind(client_id.to_string()).bind(text).bind(e.ts);
+            q = q
+                .bind(e.conversation.to_string())
+                .bind(seq)
+                .bind(e.pos)
+                .bind(e.actor.to_string())
+                .bind(client_id.to_string())
+                .bind(text)
+                .bind(e.ts);
         }
         q.execute(&mut **tx).await?;
     }
-    let recipients = if events.is_empty() { Vec::new() } else { member_ids_tx(tx, &conv).await? };
+    // Everyone in each conversation that got a message, in one query.
+    let mut recipients: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
+    let written: Vec<ConversationId> = {
+        let mut w: Vec<ConversationId> = events.iter().map(|e| e.conversation).collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    };
+    for chunk in written.chunks(ROWS_PER_STATEMENT) {
+        let ids = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("SELECT conversation_id, user_id FROM members WHERE conversation_id IN ({ids})");
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            q = q.bind(c.to_string());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            recipients.entry(parse_id(r.get("conversation_id"))?).or_default().push(parse_id(r.get("user_id"))?);
+        }
+    }
     let mut events = events.into_iter();
     outcomes
         .into_iter()
-        .map(|o| match o {
-            Some(outcome) => Ok(outcome),
-            None => match events.next() {
-                Some(event) => Ok(Ok(AppendOutcome::Appended { event, recipients: recipients.clone() })),
-                None => Err(ApiError::internal("append", "an outcome without its event")),
-            },
+        .map(|run| {
+            run.into_iter()
+                .map(|o| match o {
+                    Some(outcome) => Ok(outcome),
+                    None => match events.next() {
+                        Some(event) => {
+                            let recipients = recipients.get(&event.conversation).cloned().unwrap_or_default();
+                            Ok(Ok(AppendOutcome::Appended { event, recipients }))
+                        }
+                        None => Err(ApiError::internal("append", "an outcome without its event")),
+                    },
+                })
+                .collect()
         })
         .collect()
 }

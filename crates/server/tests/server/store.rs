@@ -107,6 +107,57 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fails_nothing_else() {
+    // Both sends can land in one group transaction; the second must be
+    // refused alone, not break the unique index and fail everyone's group.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
+    let a = store.create_user("alice", "x").await.unwrap();
+    let b = store.create_user("bob", "x").await.unwrap();
+    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
+    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
+    let group = Uuid::now_v7();
+    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let client_id = Uuid::now_v7();
+        for conv in [direct, group] {
+            let store = store.clone();
+            let body = EventBody::Message { seq: 0, client_id, text: format!("twin {i}") };
+            tasks.push(tokio::spawn(async move { (client_id, store.append(conv, a, body).await) }));
+        }
+        // Bob's ordinary sends share the groups.
+        let store = store.clone();
+        let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("bob {i}") };
+        tasks.push(tokio::spawn(async move { (Uuid::nil(), store.append(group, b, body).await) }));
+    }
+    let mut stored: HashMap<Uuid, usize> = HashMap::new();
+    let (mut refused, mut bobs) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (id, Ok(AppendOutcome::Appended { .. })) if id.is_nil() => bobs += 1,
+            (id, Ok(AppendOutcome::Appended { .. })) => *stored.entry(id).or_default() += 1,
+            (id, Err(e)) if !id.is_nil() => {
+                assert_eq!(e.code, confab_protocol::ErrorCode::InvalidRequest, "{e:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(bobs, 100, "nobody else's send failed");
+    assert_eq!(stored.len(), 100);
+    assert!(stored.values().all(|n| *n == 1), "each client id stored once");
+    assert_eq!(refused, 100);
+    let logged = |conv| {
+        let store = store.clone();
+        async move { store.events_after(conv, 0, 500, usize::MAX).await.unwrap().events.len() }
+    };
+    // Created + every stored message, in the conversation it was stored in.
+    assert_eq!(logged(direct).await + logged(group).await, 2 + 200);
+    assert!(store.append_commits() < 300, "the sends were grouped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_commit_together_move_only_forward_and_number_their_versions_without_gaps() {
     use confab_server::store::Mark;
     let dir = tempfile::tempdir().unwrap();
