@@ -148,12 +148,45 @@ impl Seen {
 /// the setup is done.
 struct Peer {
     tx: mpsc::UnboundedSender<Message>,
-    reader: Option<SplitStream<Ws>>,
+    reader: Option<Parked>,
     /// The user id (Confab) or name (socket.io) its own messages carry.
     me: String,
     name: String,
     /// Confab's session token, to come back after a drop.
     token: String,
+}
+
+/// A socket whose reader does not run yet, kept read meanwhile (and
+/// socket.io's pings answered): setting up thousands of connections takes
+/// longer than a server waits before it drops one that never answers.
+struct Parked {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<SplitStream<Ws>>,
+}
+
+fn park(mut stream: SplitStream<Ws>, tx: mpsc::UnboundedSender<Message>) -> Parked {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return stream,
+                f = stream.next() => match f {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "2" => drop(tx.send(Message::text("3"))),
+                    Some(Ok(_)) => {}
+                    // Closed: its reader will find out.
+                    Some(Err(_)) | None => return stream,
+                },
+            }
+        }
+    });
+    Parked { stop, task }
+}
+
+impl Parked {
+    async fn resume(self) -> anyhow::Result<SplitStream<Ws>> {
+        let _ = self.stop.send(());
+        Ok(self.task.await?)
+    }
 }
 
 async fn open(url: &str) -> anyhow::Result<(mpsc::UnboundedSender<Message>, SplitStream<Ws>)> {
@@ -269,7 +302,8 @@ async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Op
     let before = args.server_pid.and_then(rss_kib);
     for (name, token) in accounts {
         let (tx, stream, me) = confab_connect(&ws_url, &token).await?;
-        peers.push(Peer { tx, reader: Some(stream), me, name, token });
+        let reader = Some(park(stream, tx.clone()));
+        peers.push(Peer { tx, reader, me, name, token });
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_conn = per_connection(before, args.server_pid.and_then(rss_kib), peers.len());
@@ -279,7 +313,9 @@ async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Op
         let req = json!({"id": 1, "type": "create_group", "name": "load", "members": members});
         let sender = &mut group[0];
         sender.tx.send(Message::text(req.to_string()))?;
-        let reply = confab_reply(sender.reader.as_mut().expect("reader"), 1).await?;
+        let mut stream = sender.reader.take().expect("reader").resume().await?;
+        let reply = confab_reply(&mut stream, 1).await?;
+        sender.reader = Some(park(stream, sender.tx.clone()));
         conversations.push(reply["conversation"]["id"].as_str().ok_or_else(|| anyhow!("no id"))?.to_owned());
     }
     Ok((peers, conversations, per_conn))
@@ -332,7 +368,8 @@ async fn socketio_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, 
     for i in 0..args.connections {
         let name = format!("u{i}");
         let (tx, stream) = socketio_connect(&ws_url, &name, &format!("g{run}x{}", i / args.group)).await?;
-        peers.push(Peer { tx, reader: Some(stream), me: name.clone(), name, token: String::new() });
+        let reader = Some(park(stream, tx.clone()));
+        peers.push(Peer { tx, reader, me: name.clone(), name, token: String::new() });
     }
     let rooms = (0..args.connections.div_ceil(args.group)).map(|g| format!("g{run}x{g}")).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -542,7 +579,7 @@ async fn main() -> anyhow::Result<()> {
         if is_sender {
             senders.push((tx.clone(), room));
         }
-        let stream = p.reader.take().expect("one reader");
+        let stream = p.reader.take().expect("one reader").resume().await?;
         tokio::spawn(receive(r, tx, stream, churn));
     }
     tokio::time::sleep_until(begin).await;

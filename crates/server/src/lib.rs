@@ -19,6 +19,7 @@ pub mod guard;
 pub mod hasher;
 pub mod hub;
 pub mod ice;
+mod locks;
 pub mod receipts;
 pub mod service;
 pub mod store;

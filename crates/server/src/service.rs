@@ -1,8 +1,8 @@
 //! What each request does: authorization, validation, the store call, and
 //! publication of the committed event. Nothing here knows about sockets.
 //!
-//! Ordering: changes to one conversation take that conversation's lock (one
-//! of [`LOCK_STRIPES`] striped mutexes) around check → commit → publish, so
+//! Ordering: changes to one conversation take that conversation's lock
+//! ([`crate::locks`]) around check → commit → publish, so
 //! events reach every connection queue in `pos` order and a membership check
 //! cannot race a concurrent removal.
 
@@ -15,12 +15,9 @@ use confab_protocol::{
     ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES,
     TYPING_TTL_MS,
 };
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use tokio::sync::Mutex;
 
-const LOCK_STRIPES: usize = 64;
 /// Presence entries per `presence_list` frame.
 const PRESENCE_CHUNK: usize = 1000;
 /// Bytes a [`ConversationHead`] takes in a `sync` reply (an over-estimate).
@@ -32,7 +29,7 @@ pub struct Service {
     pub(crate) calls: crate::calls::Calls,
     /// STUN/TURN servers handed to the two sides of a call.
     pub(crate) ice: crate::ice::IceConfig,
-    locks: Vec<Mutex<()>>,
+    locks: crate::locks::ConversationLocks,
     max_group_members: usize,
     /// The store epoch announced in `welcome` (see [`crate::epoch`]).
     pub epoch: String,
@@ -75,19 +72,13 @@ impl Service {
             hub,
             calls: crate::calls::Calls::new(std::time::Duration::from_secs(45), std::time::Duration::from_secs(20)),
             ice: crate::ice::IceConfig::default(),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: Default::default(),
             max_group_members,
             epoch,
             log_total: AtomicI64::new(log_total),
             call_limiter: governor::RateLimiter::keyed(crate::guard::period(std::time::Duration::from_secs(6), 10)),
             receipts: crate::receipts::Receipts::default(),
         }
-    }
-
-    fn lock_for(&self, conversation: ConversationId) -> &Mutex<()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        conversation.hash(&mut h);
-        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
     }
 
     /// Publishes a committed outcome (call with the conversation lock held).
@@ -177,7 +168,7 @@ impl Service {
 
     /// Commits a call's outcome to its conversation's log and publishes it.
     pub(crate) async fn log_call(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<()> {
-        let _guard = self.lock_for(conversation).lock().await;
+        let _guard = self.locks.lock(conversation).await;
         let outcome = self.store.append(conversation, actor, body).await?;
         self.publish(&outcome)?;
         Ok(())
@@ -201,7 +192,7 @@ impl Service {
         conversation: ConversationId,
         messages: Vec<confab_protocol::OutgoingText>,
     ) -> Result<Vec<SendResult>> {
-        let _guard = self.lock_for(conversation).lock().await;
+        let _guard = self.locks.lock(conversation).await;
         let access = match self.member(conversation, caller.user).await {
             Ok(_) => None,
             Err(e) if e.code == ErrorCode::NotMember => Some(e),
@@ -310,7 +301,7 @@ impl Service {
 
     /// Checks, commits and publishes one change to a conversation.
     async fn change(&self, caller: &Caller, conversation: ConversationId, body: EventBody) -> Result<Reply> {
-        let _guard = self.lock_for(conversation).lock().await;
+        let _guard = self.locks.lock(conversation).await;
         let membership = self.member(conversation, caller.user).await?;
         self.authorize(caller, conversation, membership, &body).await?;
         let outcome = self.store.append(conversation, caller.user, body).await?;
@@ -437,7 +428,7 @@ impl Service {
                 // Hold the new conversation's lock from creation to
                 // publication, so no send to it can be published first.
                 let new_id = uuid::Uuid::now_v7();
-                let guard = self.lock_for(new_id).lock().await;
+                let guard = self.locks.lock(new_id).await;
                 let (id, created) = self.store.open_direct(new_id, me, them).await?;
                 if let Some(outcome) = created {
                     self.publish(&outcome)?;
@@ -462,7 +453,7 @@ impl Service {
                 }
                 let id = uuid::Uuid::now_v7();
                 {
-                    let _guard = self.lock_for(id).lock().await;
+                    let _guard = self.locks.lock(id).await;
                     let outcome = self.store.create_group(id, &name, list, caller.user).await?;
                     self.publish(&outcome)?;
                 }
@@ -470,7 +461,7 @@ impl Service {
             }
             RequestBody::AddMember { conversation, username } => {
                 let user = self.user_named(&username).await?;
-                let _guard = self.lock_for(conversation).lock().await;
+                let _guard = self.locks.lock(conversation).await;
                 self.group_admin(conversation, caller.user).await?;
                 if self.store.member_ids(conversation).await?.len() >= self.max_group_members {
                     return Err(ApiError::new(ErrorCode::InvalidRequest, "the group is full"));
@@ -481,7 +472,7 @@ impl Service {
             }
             RequestBody::RemoveMember { conversation, username } => {
                 let user = self.user_named(&username).await?;
-                let _guard = self.lock_for(conversation).lock().await;
+                let _guard = self.locks.lock(conversation).await;
                 // Anyone may leave; removing others takes an admin.
                 if user == caller.user {
                     let m = self.member(conversation, caller.user).await?;
@@ -499,14 +490,14 @@ impl Service {
             }
             RequestBody::RenameGroup { conversation, name } => {
                 let name = self.group_name(&name)?;
-                let _guard = self.lock_for(conversation).lock().await;
+                let _guard = self.locks.lock(conversation).await;
                 self.group_admin(conversation, caller.user).await?;
                 let outcome = self.store.append(conversation, caller.user, EventBody::Renamed { name }).await?;
                 Ok(Reply::Done { pos: self.publish(&outcome)? })
             }
             RequestBody::SetAdmin { conversation, username, admin } => {
                 let user = self.user_named(&username).await?;
-                let _guard = self.lock_for(conversation).lock().await;
+                let _guard = self.locks.lock(conversation).await;
                 self.group_admin(conversation, caller.user).await?;
                 if self.store.membership(conversation, user).await?.is_none() {
                     return Err(ApiError::new(ErrorCode::NotMember, format!("{username} is not a member")));
