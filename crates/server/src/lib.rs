@@ -20,6 +20,7 @@ pub mod hasher;
 pub mod hub;
 pub mod ice;
 mod locks;
+pub mod media;
 pub mod receipts;
 pub mod service;
 pub mod store;
