@@ -329,11 +329,16 @@ async fn append_messages(
     // earlier in this group, takes none).
     let mut counts: HashMap<ConversationId, i64> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
+    // Per message, in order: whether it takes a position (what is counted
+    // here is exactly what is written below, or positions would collide).
+    let mut fresh = Vec::with_capacity(keys.len());
     for r in &runs {
         for (id, _) in &r.texts {
-            if !known.contains_key(&(r.actor, *id)) && seen.insert((r.actor, *id)) {
+            let new = !known.contains_key(&(r.actor, *id)) && seen.insert((r.actor, *id));
+            if new {
                 *counts.entry(r.conversation).or_default() += 1;
             }
+            fresh.push(new);
         }
     }
     // The first new position and sequence number of each conversation that
@@ -365,9 +370,11 @@ async fn append_messages(
     let ts = now_ms();
     let mut events = Vec::with_capacity(keys.len());
     let mut outcomes: Vec<Vec<Option<Result<AppendOutcome>>>> = Vec::with_capacity(runs.len());
+    let mut fresh = fresh.into_iter();
     for MessageRun { conversation, actor, texts } in runs {
         let mut run = Vec::with_capacity(texts.len());
         for (client_id, text) in texts {
+            let new = fresh.next().unwrap_or(false);
             // Known from before, or a repeat of one earlier in this group.
             if let Some(&(c, seq, pos, ts)) = known.get(&(actor, client_id)) {
                 run.push(Some(if c == conversation {
@@ -378,6 +385,15 @@ async fn append_messages(
                         "this client_id was already used for a message in another conversation",
                     ))
                 }));
+                continue;
+            }
+            if !new {
+                // A repeat of one refused earlier in this group (sent to a
+                // conversation that does not exist): it was counted there.
+                run.push(Some(Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "this client_id was already used for a message in another conversation",
+                ))));
                 continue;
             }
             let Some((pos, seq)) = next.get_mut(&conversation) else {

@@ -2,7 +2,7 @@
 //! positions and message numbers gap-free and in order, deduplication holds
 //! inside one group, and a refused change rolls back alone.
 
-use confab_protocol::{EventBody, Member};
+use confab_protocol::{ErrorCode, EventBody, Member};
 use confab_server::store::{AppendOutcome, SqliteStore, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,19 +126,31 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
             let body = EventBody::Message { seq: 0, client_id, text: format!("twin {i}") };
             tasks.push(tokio::spawn(async move { (client_id, store.append(conv, a, body).await) }));
         }
+        // The same sender's id to a conversation that does not exist and
+        // to the group at once: whichever is refused, no position is lost.
+        let ghost = Uuid::now_v7();
+        for conv in [Uuid::now_v7(), group] {
+            let store = store.clone();
+            let body = EventBody::Message { seq: 0, client_id: ghost, text: format!("ghost {i}") };
+            tasks.push(tokio::spawn(async move { (Uuid::max(), store.append(conv, b, body).await) }));
+        }
         // Bob's ordinary sends share the groups.
         let store = store.clone();
         let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("bob {i}") };
         tasks.push(tokio::spawn(async move { (Uuid::nil(), store.append(group, b, body).await) }));
     }
     let mut stored: HashMap<Uuid, usize> = HashMap::new();
-    let (mut refused, mut bobs) = (0, 0);
+    let (mut refused, mut bobs, mut ghosts) = (0, 0, 0);
     for t in tasks {
         match t.await.unwrap() {
             (id, Ok(AppendOutcome::Appended { .. })) if id.is_nil() => bobs += 1,
+            (id, Ok(AppendOutcome::Appended { .. })) if id.is_max() => ghosts += 1,
+            (id, Err(e)) if id.is_max() => {
+                assert!(matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidRequest), "{e:?}")
+            }
             (id, Ok(AppendOutcome::Appended { .. })) => *stored.entry(id).or_default() += 1,
             (id, Err(e)) if !id.is_nil() => {
-                assert_eq!(e.code, confab_protocol::ErrorCode::InvalidRequest, "{e:?}");
+                assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
                 refused += 1;
             }
             other => panic!("unexpected: {other:?}"),
@@ -153,7 +165,19 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
         async move { store.events_after(conv, 0, 500, usize::MAX).await.unwrap().events.len() }
     };
     // Created + every stored message, in the conversation it was stored in.
-    assert_eq!(logged(direct).await + logged(group).await, 2 + 200);
+    assert_eq!(logged(direct).await + logged(group).await, 2 + 200 + ghosts);
+    let page = store.events_after(group, 0, 1000, usize::MAX).await.unwrap();
+    let positions: Vec<i64> = page.events.iter().map(|e| e.pos).collect();
+    assert_eq!(positions, (1..=page.last_pos).collect::<Vec<_>>(), "gap-free, nothing reserved twice");
+    let seqs: Vec<i64> = page
+        .events
+        .iter()
+        .filter_map(|e| match e.body {
+            EventBody::Message { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     assert!(store.append_commits() < 300, "the sends were grouped");
 }
 
