@@ -16,7 +16,15 @@ pub(crate) struct ConversationLocks {
 impl ConversationLocks {
     /// Waits for `conversation`'s lock.
     pub(crate) async fn lock(&self, conversation: ConversationId) -> ConversationGuard<'_> {
-        let lock = self.map().entry(conversation).or_default().clone();
+        let lock = {
+            let mut map = self.map();
+            // A wait that was cancelled (its request dropped) leaves its
+            // entry behind; sweep those now and then, amortized O(1).
+            if map.len() >= 1024 && map.len().is_power_of_two() {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(conversation).or_default().clone()
+        };
         let guard = lock.lock_owned().await;
         ConversationGuard { locks: self, conversation, guard: Some(guard) }
     }
