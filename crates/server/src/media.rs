@@ -100,11 +100,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
         .map_err(|e| ApiError::internal("media storage", e))
 }
 
-fn len_or_zero(path: &Path) -> std::io::Result<u64> {
+/// A file's size, `None` if there is no such file.
+fn size_of(path: &Path) -> std::io::Result<Option<u64>> {
     match std::fs::metadata(path) {
-        Ok(m) => Ok(m.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+fn len_or_zero(path: &Path) -> std::io::Result<u64> {
+    Ok(size_of(path)?.unwrap_or(0))
+}
+
+/// Removes a file; one already gone is fine.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -195,21 +208,12 @@ impl BlobStore for DiskBlobStore {
 
     async fn discard(&self, upload: Uuid) -> Result<()> {
         let path = self.upload_path(upload);
-        blocking(move || match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await
+        blocking(move || remove_if_present(&path)).await
     }
 
     async fn size(&self, blob: BlobHash) -> Result<Option<u64>> {
         let path = self.blob_path(blob);
-        blocking(move || match std::fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
+        blocking(move || size_of(&path)).await
     }
 
     async fn read(&self, blob: BlobHash, start: u64, len: usize) -> Result<Vec<u8>> {
@@ -226,11 +230,7 @@ impl BlobStore for DiskBlobStore {
 
     async fn delete(&self, blob: BlobHash) -> Result<()> {
         let path = self.blob_path(blob);
-        blocking(move || match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await
+        blocking(move || remove_if_present(&path)).await
     }
 }
 

@@ -8,16 +8,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// A store in a temporary directory with alice and bob, their direct
+/// conversation and a group of the two.
+struct Pair {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    a: Uuid,
+    b: Uuid,
+    direct: Uuid,
+    group: Uuid,
+}
+
+async fn pair() -> Pair {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.expect("open the store"));
+    let a = store.create_user("alice", "x").await.expect("alice");
+    let b = store.create_user("bob", "x").await.expect("bob");
+    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
+    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.expect("direct");
+    let group = Uuid::now_v7();
+    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.expect("group");
+    Pair { _dir: dir, store, a, b, direct, group }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_and_lone_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
-    let a = store.create_user("alice", "x").await.unwrap();
-    let b = store.create_user("bob", "x").await.unwrap();
-    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
-    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
-    let group = Uuid::now_v7();
-    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let Pair { _dir, store, a, b, direct, group } = pair().await;
     let convs = [direct, group];
 
     // 400 sends from both users to both conversations, 60 repeats of some
@@ -110,14 +126,7 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
 async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fails_nothing_else() {
     // Both sends can land in one group transaction; the second must be
     // refused alone, not break the unique index and fail everyone's group.
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
-    let a = store.create_user("alice", "x").await.unwrap();
-    let b = store.create_user("bob", "x").await.unwrap();
-    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
-    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
-    let group = Uuid::now_v7();
-    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let Pair { _dir, store, a, b, direct, group } = pair().await;
     let mut tasks = Vec::new();
     for i in 0..100 {
         let client_id = Uuid::now_v7();
@@ -248,14 +257,7 @@ async fn receipts_commit_together_move_only_forward_and_number_their_versions_wi
 
 #[tokio::test]
 async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one_outcome_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("store.db")).await.unwrap();
-    let a = store.create_user("alice", "x").await.unwrap();
-    let b = store.create_user("bob", "x").await.unwrap();
-    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
-    let (direct, _) = store.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.unwrap();
-    let group = Uuid::now_v7();
-    store.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.unwrap();
+    let Pair { _dir, store, a, b: _, direct, group } = pair().await;
     let msg = |client_id, text: &str| EventBody::Message { seq: 0, client_id, text: text.into() };
     let (before, elsewhere, x, y) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     store.append(direct, a, msg(before, "earlier")).await.unwrap();
