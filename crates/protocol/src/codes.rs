@@ -68,6 +68,19 @@ pub enum ErrorCode {
     /// HTTP: the body is not `application/json`.
     #[error("unsupported_media_type")]
     UnsupportedMediaType,
+    /// An upload's `PATCH` starts somewhere other than the committed
+    /// offset: ask (`HEAD`) and resume from there.
+    #[error("offset_mismatch")]
+    OffsetMismatch,
+    /// A finished upload's SHA-256 is not the one declared at creation.
+    #[error("checksum_mismatch")]
+    ChecksumMismatch,
+    /// The file is larger than the server accepts.
+    #[error("file_too_large")]
+    FileTooLarge,
+    /// The account's storage quota is used up.
+    #[error("quota_exceeded")]
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -108,6 +121,10 @@ impl ErrorCode {
             ErrorCode::NoSuchEndpoint => "no_such_endpoint",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::OffsetMismatch => "offset_mismatch",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::FileTooLarge => "file_too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -141,6 +158,10 @@ impl ErrorCode {
             ErrorCode::NoSuchEndpoint => "no such endpoint",
             ErrorCode::MethodNotAllowed => "this endpoint does not take that method",
             ErrorCode::UnsupportedMediaType => "send the body as application/json",
+            ErrorCode::OffsetMismatch => "the upload is not at that offset; ask where it stands and resume from there",
+            ErrorCode::ChecksumMismatch => "the uploaded bytes do not match the declared SHA-256",
+            ErrorCode::FileTooLarge => "the file is larger than this server accepts",
+            ErrorCode::QuotaExceeded => "your storage quota is used up",
         }
     }
 }
@@ -176,6 +197,10 @@ mod tests {
             ErrorCode::NoSuchEndpoint,
             ErrorCode::MethodNotAllowed,
             ErrorCode::UnsupportedMediaType,
+            ErrorCode::OffsetMismatch,
+            ErrorCode::ChecksumMismatch,
+            ErrorCode::FileTooLarge,
+            ErrorCode::QuotaExceeded,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -15,11 +15,13 @@
 mod codes;
 mod decode;
 mod http;
+pub mod media;
 pub mod rules;
 
 pub use codes::ErrorCode;
 pub use decode::{decode_request, decode_server_frame, FrameError};
 pub use http::{AuthRequest, AuthResponse, HttpError};
+pub use media::{Attachment, AttachmentRef, SearchHit};
 
 use serde::{Deserialize, Serialize};
 use specta::Type;
@@ -141,11 +143,15 @@ pub enum RequestBody {
         username: String,
         admin: bool,
     },
-    /// Reply: [`Reply::Sent`], after the message is committed.
+    /// Reply: [`Reply::Sent`], after the message is committed. The text
+    /// may be empty when the message carries attachments, each a finished
+    /// upload of the sender's.
     Send {
         conversation: ConversationId,
         client_id: ClientId,
         text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<AttachmentRef>,
     },
     /// Up to [`MAX_BATCH`] messages to one conversation, in this order: an
     /// outbox's way to send many in one round trip (and the server's in one
@@ -247,6 +253,17 @@ pub enum RequestBody {
     },
     /// Signs out every device of this account but the caller's.
     RevokeOtherSessions {},
+    /// Full-text search over the caller's conversations (or one of them),
+    /// newest first: hits with `ts < before` (all if `None`), at most
+    /// `limit` ([`media::MAX_SEARCH_HITS`]). Reply: [`Reply::Search`].
+    Search {
+        query: String,
+        #[serde(default)]
+        conversation: Option<ConversationId>,
+        #[serde(default)]
+        before: Option<Millis>,
+        limit: u32,
+    },
     /// The user is typing; renew at most every few seconds.
     Typing {
         conversation: ConversationId,
@@ -290,6 +307,7 @@ impl RequestBody {
         "sessions",
         "revoke_session",
         "revoke_other_sessions",
+        "search",
         "ping",
     ];
 }
@@ -450,6 +468,8 @@ pub enum CallSignal {
 pub struct OutgoingText {
     pub client_id: ClientId,
     pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentRef>,
 }
 
 /// What became of one message of a [`RequestBody::SendMany`].
@@ -591,6 +611,12 @@ pub enum Reply {
     Sessions {
         sessions: Vec<DeviceSession>,
     },
+    /// Newest first; `has_more`: ask again with `before` = the last hit's
+    /// `ts`.
+    Search {
+        hits: Vec<SearchHit>,
+        has_more: bool,
+    },
     /// A call this device takes part in: the other side, and the ICE
     /// servers to use.
     Call {
@@ -668,6 +694,8 @@ pub enum EventBody {
         seq: i64,
         client_id: ClientId,
         text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     Edited {
         seq: i64,
@@ -734,6 +762,9 @@ pub struct Message {
     pub sender: UserId,
     /// Empty when deleted.
     pub text: String,
+    /// Empty when deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     pub ts: Millis,
     pub edited_at: Option<Millis>,
     pub deleted: bool,
@@ -848,7 +879,12 @@ mod tests {
     fn request_round_trips_with_flat_type_tag() {
         let req = Request {
             id: 7,
-            body: RequestBody::Send { conversation: Uuid::nil(), client_id: Uuid::nil(), text: "hi".into() },
+            body: RequestBody::Send {
+                conversation: Uuid::nil(),
+                client_id: Uuid::nil(),
+                text: "hi".into(),
+                attachments: vec![],
+            },
         };
         let json = serde_json::to_value(&req).expect("serialize");
         assert_eq!(json["type"], "send");

@@ -47,6 +47,9 @@ pub fn apply_to_message(msg: &mut Message, actor: UserId, ts: Millis, body: &Eve
             }
             msg.deleted = true;
             msg.text.clear();
+            // Their blobs go once no message refers to them (the server's
+            // media sweep).
+            msg.attachments.clear();
             msg.pinned = false;
             msg.reactions.clear();
             Ok(true)
@@ -108,6 +111,7 @@ mod tests {
             client_id: Uuid::nil(),
             sender,
             text: "hi".into(),
+            attachments: vec![],
             ts: 10,
             edited_at: None,
             deleted: false,

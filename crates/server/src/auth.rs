@@ -103,6 +103,17 @@ pub async fn login(
     Ok(Json(AuthResponse { user, username: req.username, token }))
 }
 
+/// The session of an HTTP request (`Authorization: Bearer <token>`).
+pub async fn session(state: &AppState, headers: &HeaderMap) -> Result<crate::store::Session> {
+    let token = bearer(headers)?;
+    let session = state.service.store.session(&token_hash(token)).await?;
+    let ttl = state.limits.session_ttl.as_millis() as i64;
+    match session {
+        Some(s) if s.last_seen >= crate::store::now_ms() - ttl => Ok(s),
+        _ => Err(ErrorCode::InvalidToken.into()),
+    }
+}
+
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode> {
     let token = bearer(&headers)?;
     match state.service.store.delete_session(&token_hash(token)).await? {

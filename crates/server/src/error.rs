@@ -61,7 +61,14 @@ impl IntoResponse for ApiError {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Forbidden | ErrorCode::NotMember => StatusCode::FORBIDDEN,
-            ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::FrameTooLarge | ErrorCode::FileTooLarge | ErrorCode::QuotaExceeded => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ErrorCode::OffsetMismatch => StatusCode::CONFLICT,
+            // tus: a missing or unknown Tus-Resumable.
+            ErrorCode::UnsupportedProtocol => StatusCode::PRECONDITION_FAILED,
+            // tus's checksum extension answers 460 for this.
+            ErrorCode::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };

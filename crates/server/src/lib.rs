@@ -15,6 +15,7 @@ pub mod auth;
 mod calls;
 pub mod epoch;
 pub mod error;
+pub mod files;
 pub mod guard;
 pub mod hasher;
 pub mod hub;
@@ -24,6 +25,7 @@ pub mod media;
 pub mod receipts;
 pub mod service;
 pub mod store;
+pub mod thumbs;
 pub mod tls;
 mod ws;
 
@@ -81,6 +83,15 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// A socket silent this long (no frame, no pong) is dropped as dead.
     pub idle_timeout: Duration,
+    /// The largest file one may upload.
+    pub max_upload_bytes: u64,
+    /// Bytes of files (uploaded, plus unfinished uploads) per account.
+    pub quota_bytes: u64,
+    /// An unfinished upload untouched this long is discarded.
+    pub upload_ttl: Duration,
+    /// A blob no message carries is removed once its uploader has not
+    /// uploaded or attached it for this long.
+    pub media_grace: Duration,
 }
 
 impl Default for Limits {
@@ -104,6 +115,10 @@ impl Default for Limits {
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            max_upload_bytes: 100 * 1024 * 1024,
+            quota_bytes: 2 * 1024 * 1024 * 1024,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            media_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -119,6 +134,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// STUN and TURN servers for calls.
     pub ice: ice::IceConfig,
+    /// Where attachments are kept; `media/` beside the database if `None`.
+    pub media_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +146,23 @@ pub struct TlsFiles {
 
 impl Config {
     pub fn new(listen: SocketAddr, db: PathBuf) -> Self {
-        Config { listen, db, limits: Limits::default(), new_epoch: false, tls: None, ice: ice::IceConfig::default() }
+        Config {
+            listen,
+            db,
+            limits: Limits::default(),
+            new_epoch: false,
+            tls: None,
+            ice: ice::IceConfig::default(),
+            media_dir: None,
+        }
+    }
+
+    /// The media directory in use.
+    pub fn media_dir(&self) -> PathBuf {
+        match &self.media_dir {
+            Some(dir) => dir.clone(),
+            None => self.db.parent().unwrap_or(std::path::Path::new(".")).join("media"),
+        }
     }
 }
 
@@ -147,6 +180,7 @@ pub struct AppState {
     pub auth_guard: Arc<guard::AuthGuard>,
     pub hasher: Arc<hasher::Hasher>,
     pub dummy_hash: Arc<str>,
+    pub media: Arc<files::Media>,
 }
 
 impl AppState {
@@ -156,6 +190,7 @@ impl AppState {
         epoch: String,
         log_total: i64,
         ice: ice::IceConfig,
+        blobs: Arc<dyn media::BlobStore>,
     ) -> error::Result<Self> {
         let nz = guard::nz;
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
@@ -166,6 +201,7 @@ impl AppState {
             .map_err(|e| error::ApiError::internal("cannot start the hashing threads", e))?;
         let dummy_hash = auth::make_dummy_hash(&hasher).await?.into();
         Ok(AppState {
+            media: Arc::new(files::Media::new(blobs, &limits)),
             hasher: Arc::new(hasher),
             dummy_hash,
             service: Arc::new(
@@ -197,8 +233,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/login", post(auth::login))
         .route("/v1/logout", post(auth::logout))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY));
+    // Upload bodies stream to disk as they come (never whole in memory);
+    // their size is bounded by Upload-Length.
+    let files = Router::new()
+        .route("/v1/uploads", post(files::create).options(files::options))
+        .route("/v1/uploads/{id}", axum::routing::head(files::head).patch(files::patch).delete(files::terminate))
+        .route("/v1/media/{hash}", get(files::download))
+        .route("/v1/media/{hash}/thumbnail", get(files::thumbnail))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .merge(http)
+        .merge(files)
         .route("/v1/health", get(health))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { error::ApiError::from(confab_protocol::ErrorCode::NoSuchEndpoint) })
@@ -245,7 +290,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
     let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
-    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total, config.ice).await?;
+    let media_dir = config.media_dir();
+    let blobs = media::DiskBlobStore::open(&media_dir)
+        .map_err(|e| anyhow::anyhow!("cannot open the media directory {}: {e}", media_dir.display()))?;
+    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total, config.ice, Arc::new(blobs)).await?;
     let sidecar = Arc::new(epoch::Sidecar::new(&config.db));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
@@ -290,6 +338,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             }
         })
     };
+    // Stale uploads and blobs no message needs any more go.
+    let sweeper = {
+        let (media, store) = (state.media.clone(), state.service.store.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                match media.sweep(&store).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(n, "removed media no message refers to"),
+                    Err(e) => tracing::warn!(%e, "cannot sweep media"),
+                }
+            }
+        })
+    };
     // Calls that rang too long become missed calls.
     let ringer = {
         let service = state.service.clone();
@@ -327,6 +389,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let shutdown = async move {
             let _ = stopped.await;
             pruner.abort();
+            sweeper.abort();
             ringer.abort();
             receipts.abort();
             // Upgraded sockets are not tracked by the HTTP server's graceful

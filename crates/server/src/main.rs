@@ -63,6 +63,15 @@ struct Args {
     /// reconnect and rejoin it, in seconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     call_rejoin_seconds: u64,
+    /// Where attachments are kept (default: `media/` beside the database).
+    #[arg(long, env = "CONFAB_MEDIA_DIR")]
+    media_dir: Option<PathBuf>,
+    /// The largest file one may upload, in MiB.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_upload_mb: u64,
+    /// Storage per account for files, in MiB.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    quota_mb: u64,
     /// Start a new store epoch: use after restoring the database from a
     /// backup, so every client syncs from scratch.
     #[arg(long)]
@@ -110,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_connections_per_user = args.max_connections;
     config.limits.max_group_members = args.max_group_members;
     config.new_epoch = args.new_epoch;
+    config.media_dir = args.media_dir;
+    config.limits.max_upload_bytes = args.max_upload_mb * 1024 * 1024;
+    config.limits.quota_bytes = args.quota_mb * 1024 * 1024;
     config.limits.accounts_per_hour = args.accounts_per_hour;
     config.limits.trust_proxy = args.trust_proxy;
     config.limits.call_ring_timeout = std::time::Duration::from_secs(args.call_ring_seconds);
@@ -128,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         config.tls = Some(confab_server::TlsFiles { cert, key });
     }
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    tracing::info!(db = %config.db.display(), "starting");
+    tracing::info!(db = %config.db.display(), media = %config.media_dir().display(), "starting");
     let mut server = confab_server::start(config).await?;
     // Scripts and tests wait for this exact line to learn the real port.
     println!("listening on {scheme}://{}", server.addr);

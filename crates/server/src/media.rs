@@ -48,7 +48,7 @@ pub trait BlobStore: Send + Sync {
     /// first append).
     async fn upload_len(&self, upload: Uuid) -> Result<u64>;
     /// Appends `data` to an upload at `offset`, which must be its current
-    /// length (else `invalid_request`: the client resumes from the wrong
+    /// length (else `offset_mismatch`: the client resumes from the wrong
     /// place). Returns the new length, durable when this returns.
     async fn append(&self, upload: Uuid, offset: u64, data: Vec<u8>) -> Result<u64>;
     /// Cuts an upload back to `len` bytes: after a crash, to what its
@@ -56,7 +56,9 @@ pub trait BlobStore: Send + Sync {
     async fn truncate(&self, upload: Uuid, len: u64) -> Result<()>;
     /// Files a finished upload under the hash of its bytes; returns the
     /// hash and the size. Uploading the same bytes again keeps one copy.
-    async fn finish(&self, upload: Uuid) -> Result<(BlobHash, u64)>;
+    /// With `expect`, bytes of another hash are discarded instead
+    /// (`checksum_mismatch`).
+    async fn finish(&self, upload: Uuid, expect: Option<BlobHash>) -> Result<(BlobHash, u64)>;
     /// Forgets an unfinished upload (cancelled, expired, or a mismatch).
     async fn discard(&self, upload: Uuid) -> Result<()>;
     /// A blob's size, or `None` if there is no such blob.
@@ -153,7 +155,7 @@ impl BlobStore for DiskBlobStore {
         .await?;
         outcome.map_err(|len| {
             ApiError::new(
-                ErrorCode::InvalidRequest,
+                ErrorCode::OffsetMismatch,
                 format!("the upload has {len} bytes, not {offset}: resume from {len}"),
             )
         })
@@ -172,13 +174,14 @@ impl BlobStore for DiskBlobStore {
         .await
     }
 
-    async fn finish(&self, upload: Uuid) -> Result<(BlobHash, u64)> {
+    async fn finish(&self, upload: Uuid, expect: Option<BlobHash>) -> Result<(BlobHash, u64)> {
         let path = self.upload_path(upload);
         let blobs = self.root.join("blobs");
-        blocking(move || {
+        let outcome = blocking(move || {
             // Hashed from the disk, not from what the requests carried: the
-            // upload may have spanned restarts.
-            let mut f = std::fs::File::open(&path)?;
+            // upload may have spanned restarts. (An empty file has had no
+            // append, so it may not exist yet.)
+            let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 256 * 1024];
             let mut size = 0u64;
@@ -191,6 +194,11 @@ impl BlobStore for DiskBlobStore {
                 size += n as u64;
             }
             let hash = BlobHash(hasher.finalize().into());
+            if expect.is_some_and(|e| e != hash) {
+                drop(f);
+                remove_if_present(&path)?;
+                return Ok(Err(hash));
+            }
             let hex = hash.hex();
             let dir = blobs.join(&hex[..2]);
             std::fs::create_dir_all(&dir)?;
@@ -201,9 +209,15 @@ impl BlobStore for DiskBlobStore {
                 std::fs::rename(&path, &target)?;
                 sync_dir(&dir)?;
             }
-            Ok((hash, size))
+            Ok(Ok((hash, size)))
         })
-        .await
+        .await?;
+        outcome.map_err(|got| {
+            ApiError::new(
+                ErrorCode::ChecksumMismatch,
+                format!("the uploaded bytes have SHA-256 {}; upload the file again", got.hex()),
+            )
+        })
     }
 
     async fn discard(&self, upload: Uuid) -> Result<()> {
@@ -248,14 +262,14 @@ mod tests {
         assert_eq!(store.append(up, 0, data[..100_000].to_vec()).await.unwrap(), 100_000);
         // Resuming from the wrong place is refused and says where to resume.
         let e = store.append(up, 50_000, data[50_000..].to_vec()).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.code, ErrorCode::OffsetMismatch);
         assert!(e.message.contains("resume from 100000"), "{}", e.message);
         // A torn append beyond the committed offset is cut back.
         store.append(up, 100_000, vec![0xee; 10]).await.unwrap();
         store.truncate(up, 100_000).await.unwrap();
         assert_eq!(store.upload_len(up).await.unwrap(), 100_000);
         assert_eq!(store.append(up, 100_000, data[100_000..].to_vec()).await.unwrap(), 300_000);
-        let (hash, size) = store.finish(up).await.unwrap();
+        let (hash, size) = store.finish(up, Some(BlobHash::of(&data))).await.unwrap();
         assert_eq!((hash, size), (BlobHash::of(&data), 300_000));
         assert_eq!(store.upload_len(up).await.unwrap(), 0, "the upload became the blob");
         assert_eq!(store.size(hash).await.unwrap(), Some(300_000));
@@ -264,12 +278,22 @@ mod tests {
         // The same bytes again: one copy.
         let again = Uuid::now_v7();
         store.append(again, 0, data.clone()).await.unwrap();
-        assert_eq!(store.finish(again).await.unwrap().0, hash);
+        assert_eq!(store.finish(again, None).await.unwrap().0, hash);
         let files = std::fs::read_dir(dir.path().join("blobs").join(&hash.hex()[..2])).unwrap().count();
         assert_eq!(files, 1);
         store.delete(hash).await.unwrap();
         assert_eq!(store.size(hash).await.unwrap(), None);
         store.delete(hash).await.unwrap();
+        // Bytes that are not what the client declared are not filed.
+        let wrong = Uuid::now_v7();
+        store.append(wrong, 0, b"not the declared bytes".to_vec()).await.unwrap();
+        let e = store.finish(wrong, Some(hash)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+        assert_eq!(store.upload_len(wrong).await.unwrap(), 0);
+        assert_eq!(store.size(BlobHash::of(b"not the declared bytes")).await.unwrap(), None);
+        // An empty file is a blob too.
+        let empty = Uuid::now_v7();
+        assert_eq!(store.finish(empty, None).await.unwrap(), (BlobHash::of(b""), 0));
     }
 
     #[test]

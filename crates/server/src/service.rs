@@ -10,6 +10,7 @@ use crate::error::{ApiError, Result};
 use crate::hub::Hub;
 use crate::store::{AppendOutcome, Mark, Membership, Revoke, Store};
 use confab_protocol::{
+    media, Attachment, AttachmentRef, Millis,
     sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
     ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, SendResult,
     ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES,
@@ -215,12 +216,26 @@ impl Service {
                 });
                 continue;
             }
-            if let Err(code) = validate_text(&m.text) {
-                results[i] = Some(refused(m.client_id, code.into()));
-                continue;
-            }
+            // A file may go without a caption.
+            let text = match m.attachments.is_empty() {
+                true => validate_text(&m.text),
+                false if m.text.chars().count() > confab_protocol::MAX_MESSAGE_CHARS => Err(ErrorCode::MessageTooLong),
+                false => Ok(()),
+            };
+            let checked = match text {
+                Ok(()) => self.attachments(caller.user, &m.attachments).await,
+                Err(code) => Err(code.into()),
+            };
+            let attachments = match checked {
+                Ok(a) => a,
+                Err(e) if e.code == ErrorCode::Internal => return Err(e),
+                Err(e) => {
+                    results[i] = Some(refused(m.client_id, e));
+                    continue;
+                }
+            };
             slots.push((i, m.client_id));
-            bodies.push(EventBody::Message { seq: 0, client_id: m.client_id, text: m.text });
+            bodies.push(EventBody::Message { seq: 0, client_id: m.client_id, text: m.text, attachments });
         }
         let mut transient = None;
         if !bodies.is_empty() {
@@ -257,6 +272,65 @@ impl Service {
             return Err(e);
         }
         results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("send", "no result"))).collect()
+    }
+
+    /// Full-text search, only ever over conversations the caller is in
+    /// now (the store joins on membership).
+    async fn search(
+        &self,
+        caller: &Caller,
+        query: &str,
+        conversation: Option<ConversationId>,
+        before: Option<Millis>,
+        limit: u32,
+    ) -> Result<Reply> {
+        if query.chars().count() > media::MAX_QUERY_CHARS {
+            let why = format!("a search is at most {} characters", media::MAX_QUERY_CHARS);
+            return Err(ApiError::new(ErrorCode::InvalidRequest, why));
+        }
+        if let Some(c) = conversation {
+            self.member(c, caller.user).await?;
+        }
+        let Some(fts) = media::fts_query(query) else {
+            return Ok(Reply::Search { hits: Vec::new(), has_more: false });
+        };
+        let limit = limit.clamp(1, media::MAX_SEARCH_HITS);
+        let q = crate::store::SearchQuery { user: caller.user, fts, conversation, before, limit };
+        let mut hits = self.store.search(&q).await?;
+        let has_more = hits.len() > limit as usize;
+        hits.truncate(limit as usize);
+        Ok(Reply::Search { hits, has_more })
+    }
+
+    /// What a message's attachments are: each a blob the sender uploaded
+    /// (knowing a hash is not enough), with what the server learned of it.
+    async fn attachments(&self, sender: UserId, refs: &[AttachmentRef]) -> Result<Vec<Attachment>> {
+        if refs.len() > media::MAX_ATTACHMENTS {
+            let why = format!("a message carries at most {} attachments", media::MAX_ATTACHMENTS);
+            return Err(ApiError::new(ErrorCode::InvalidRequest, why));
+        }
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            if !media::validate_file_name(&r.name) {
+                return Err(ApiError::new(ErrorCode::InvalidRequest, "invalid attachment file name"));
+            }
+            let hash = crate::media::BlobHash::parse(&r.hash)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "an attachment hash is 64 hex digits"))?
+                .hex();
+            let Some(blob) = self.store.claim_blob(sender, &hash).await? else {
+                return Err(ApiError::new(ErrorCode::NotFound, "no such upload of yours: upload the file first"));
+            };
+            out.push(Attachment {
+                hash,
+                name: r.name.clone(),
+                size: blob.size as i64,
+                mime: blob.mime,
+                width: blob.width,
+                height: blob.height,
+                thumbnail: blob.thumbable,
+            });
+        }
+        Ok(out)
     }
 
     /// Messages sent as that many `send` requests: one reply each, a
@@ -514,8 +588,8 @@ impl Service {
                 let results = self.send_texts(caller, conversation, messages).await?;
                 Ok(Reply::SentMany { conversation, results })
             }
-            RequestBody::Send { conversation, client_id, text } => {
-                let one = confab_protocol::OutgoingText { client_id, text };
+            RequestBody::Send { conversation, client_id, text, attachments } => {
+                let one = confab_protocol::OutgoingText { client_id, text, attachments };
                 let reply = self.send_each(caller, conversation, vec![one]).await?.pop();
                 reply.unwrap_or_else(|| Err(ApiError::internal("send", "no result")))
             }
@@ -550,6 +624,9 @@ impl Service {
             RequestBody::CallHangup { call } => self.call_hangup(caller, call).await,
             RequestBody::CallSignal { call, signal } => self.call_signal(caller, call, signal),
             RequestBody::CallRejoin { call } => self.call_rejoin(caller, call),
+            RequestBody::Search { query, conversation, before, limit } => {
+                self.search(caller, &query, conversation, before, limit).await
+            }
             RequestBody::Sessions {} => {
                 let sessions = self
                     .store

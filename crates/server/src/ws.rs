@@ -320,8 +320,8 @@ async fn read_loop(
             Ok(Some(Ok(Message::Text(text)))) => text,
         };
         let replies = match decode_request(text.as_str()) {
-            Ok(Request { id, body: RequestBody::Send { conversation, client_id, text } }) => {
-                let mut batch = vec![(id, OutgoingText { client_id, text })];
+            Ok(Request { id, body: RequestBody::Send { conversation, client_id, text, attachments } }) => {
+                let mut batch = vec![(id, OutgoingText { client_id, text, attachments })];
                 ahead = read_ahead_sends(stream, conversation, &mut batch);
                 handle_sends(state, caller, conversation, batch).await
             }
@@ -358,8 +358,10 @@ fn read_ahead_sends(
             return Some(next);
         };
         match decode_request(t.as_str()) {
-            Ok(Request { id, body: RequestBody::Send { conversation: c, client_id, text } }) if c == conversation => {
-                batch.push((id, OutgoingText { client_id, text }));
+            Ok(Request { id, body: RequestBody::Send { conversation: c, client_id, text, attachments } })
+                if c == conversation =>
+            {
+                batch.push((id, OutgoingText { client_id, text, attachments }));
             }
             _ => return Some(next),
         }

@@ -105,8 +105,83 @@ pub enum AppendOutcome {
     Unchanged,
 }
 
+/// An upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    pub id: Uuid,
+    pub user: UserId,
+    pub length: u64,
+    /// Bytes durable on the blob store: the offset a client resumes from.
+    pub committed: u64,
+    /// The SHA-256 (hex) the client declared, checked on completion.
+    pub sha256: Option<String>,
+    /// Once complete: the blob it became.
+    pub blob: Option<String>,
+}
+
+/// A finished blob, as the server learned it from the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// SHA-256, lower-case hex.
+    pub hash: String,
+    pub size: u64,
+    pub mime: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// An image a thumbnail can be made of.
+    pub thumbable: bool,
+    /// The blob holding its thumbnail, once made.
+    pub thumbnail: Option<String>,
+}
+
+/// One full-text search, already checked.
+#[derive(Clone, Debug)]
+pub struct SearchQuery {
+    pub user: UserId,
+    /// An FTS5 query ([`confab_protocol::media::fts_query`]).
+    pub fts: String,
+    pub conversation: Option<ConversationId>,
+    pub before: Option<Millis>,
+    pub limit: u32,
+}
+
+/// Uploads, blobs, who may read them, and search: the rows beside the
+/// bytes (which live in a [`crate::media::BlobStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait MediaStore: Send + Sync + 'static {
+    /// Records a new upload, unless the user's blobs and unfinished uploads
+    /// would then take more than `quota` bytes (`quota_exceeded`).
+    async fn create_upload(&self, upload: &Upload, quota: u64) -> Result<()>;
+    async fn upload(&self, id: Uuid) -> Result<Option<Upload>>;
+    /// Records that `committed` bytes of an upload are durable.
+    async fn commit_upload(&self, id: Uuid, committed: u64) -> Result<()>;
+    async fn delete_upload(&self, id: Uuid) -> Result<()>;
+    /// Deletes uploads untouched since `before`; returns the ids of the
+    /// unfinished ones (their bytes are to be discarded).
+    async fn expire_uploads(&self, before: Millis) -> Result<Vec<Uuid>>;
+    /// Files a finished upload as `blob`, owned by the uploader, and marks
+    /// the upload complete, in one transaction (the same bytes uploaded
+    /// before keep their row).
+    async fn file_blob(&self, upload: Uuid, owner: UserId, blob: &BlobInfo) -> Result<()>;
+    async fn blob(&self, hash: &str) -> Result<Option<BlobInfo>>;
+    /// The blob, if `user` uploaded it; renews the claim, so the sweep
+    /// spares it while a message naming it is on its way.
+    async fn claim_blob(&self, user: UserId, hash: &str) -> Result<Option<BlobInfo>>;
+    async fn set_thumbnail(&self, hash: &str, thumbnail: &str) -> Result<()>;
+    /// Whether `user` may download the blob: a current member of a
+    /// conversation with a message that carries it, or its uploader.
+    async fn may_read_blob(&self, user: UserId, hash: &str) -> Result<bool>;
+    /// Forgets blobs no message carries and nobody claimed since
+    /// `claimed_before`; returns the blobs (and thumbnails no other blob
+    /// uses) to remove from the blob store.
+    async fn sweep_blobs(&self, claimed_before: Millis) -> Result<Vec<String>>;
+    /// Messages matching a query in the user's conversations, newest
+    /// first, at most `limit + 1` (the extra one says there are more).
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<confab_protocol::SearchHit>>;
+}
+
+#[async_trait]
+pub trait Store: MediaStore + Send + Sync + 'static {
     /// Fails with `username_taken` if the name exists.
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId>;
     /// (id, password hash) of a user.

@@ -9,13 +9,15 @@
 //! rolls back alone). One fsync then covers many messages, and no append
 //! is answered, so none is published, before its transaction commits.
 
+mod media;
+
 use super::{
     now_ms, AppendOutcome, LogPage, Mark, Marked, MarksPage, Membership, MessageMeta, Revoke, Session, SessionId, Store,
 };
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
-    rules, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody,
+    rules, Attachment, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody,
     Member, MemberState, Message, Millis, Reaction, UserId, Watermark,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -239,9 +241,12 @@ async fn write_group(write: &SqlitePool, jobs: &mut [Job]) -> Result<Vec<Done>> 
     results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("write", "a job without its result"))).collect()
 }
 
-fn message_text(body: EventBody) -> Option<(ClientId, String)> {
+/// A new message's client id, text and attachments.
+type NewMessage = (ClientId, String, Vec<Attachment>);
+
+fn message_text(body: EventBody) -> Option<NewMessage> {
     match body {
-        EventBody::Message { client_id, text, .. } => Some((client_id, text)),
+        EventBody::Message { client_id, text, attachments, .. } => Some((client_id, text, attachments)),
         _ => None,
     }
 }
@@ -250,7 +255,7 @@ fn message_text(body: EventBody) -> Option<(ClientId, String)> {
 struct MessageRun {
     conversation: ConversationId,
     actor: UserId,
-    texts: Vec<(ClientId, String)>,
+    texts: Vec<NewMessage>,
 }
 
 /// One request's appends inside the group's transaction.
@@ -267,8 +272,8 @@ async fn append_bodies(
         // anything (a repeated client id, no such conversation); an error
         // after its first write is the database's, and fails the whole
         // group, so it needs no savepoint.
-        if let EventBody::Message { client_id, text, .. } = body {
-            let mut texts = vec![(client_id, text)];
+        if let EventBody::Message { client_id, text, attachments, .. } = body {
+            let mut texts = vec![(client_id, text, attachments)];
             while let Some(EventBody::Message { .. }) = bodies.peek() {
                 texts.extend(bodies.next().and_then(message_text));
             }
@@ -310,7 +315,7 @@ async fn append_messages(
     type Key = (UserId, ClientId);
     // Client ids their senders already used: (conversation, seq, pos, ts).
     let mut known: HashMap<Key, (ConversationId, i64, i64, Millis)> = HashMap::new();
-    let keys: Vec<Key> = runs.iter().flat_map(|r| r.texts.iter().map(|(id, _)| (r.actor, *id))).collect();
+    let keys: Vec<Key> = runs.iter().flat_map(|r| r.texts.iter().map(|(id, _, _)| (r.actor, *id))).collect();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         // An OR of pairs: SQLite searches the (sender, client_id) index for
         // each (a row-value IN would scan it).
@@ -333,7 +338,7 @@ async fn append_messages(
     // here is exactly what is written below, or positions would collide).
     let mut fresh = Vec::with_capacity(keys.len());
     for r in &runs {
-        for (id, _) in &r.texts {
+        for (id, _, _) in &r.texts {
             let new = !known.contains_key(&(r.actor, *id)) && seen.insert((r.actor, *id));
             if new {
                 *counts.entry(r.conversation).or_default() += 1;
@@ -373,7 +378,7 @@ async fn append_messages(
     let mut fresh = fresh.into_iter();
     for MessageRun { conversation, actor, texts } in runs {
         let mut run = Vec::with_capacity(texts.len());
-        for (client_id, text) in texts {
+        for (client_id, text, attachments) in texts {
             let new = fresh.next().unwrap_or(false);
             // Known from before, or a repeat of one earlier in this group.
             if let Some(&(c, seq, pos, ts)) = known.get(&(actor, client_id)) {
@@ -401,7 +406,7 @@ async fn append_messages(
                 continue;
             };
             known.insert((actor, client_id), (conversation, *seq, *pos, ts));
-            let body = EventBody::Message { seq: *seq, client_id, text };
+            let body = EventBody::Message { seq: *seq, client_id, text, attachments };
             events.push(ConvEvent { conversation, pos: *pos, ts, actor, body });
             run.push(None);
             *pos += 1;
@@ -418,15 +423,19 @@ async fn append_messages(
             q = q.bind(e.conversation.to_string()).bind(e.pos).bind(e.ts).bind(e.actor.to_string()).bind(json);
         }
         q.execute(&mut **tx).await?;
-        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, NULL)"; chunk.len()].join(", ");
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, NULL, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call) VALUES {rows}"
+            "INSERT INTO messages (conversation_id, seq, pos, sender, client_id, text, ts, call, attachments) VALUES {rows}"
         );
         let mut q = sqlx::query(&sql);
+        let mut links = Vec::new();
         for e in chunk {
-            let EventBody::Message { seq, client_id, text } = &e.body else {
+            let EventBody::Message { seq, client_id, text, attachments } = &e.body else {
                 return Err(ApiError::internal("append", "not a message"));
             };
+            for a in attachments {
+                links.push((a.hash.as_str(), e.conversation, *seq));
+            }
             q = q
                 .bind(e.conversation.to_string())
                 .bind(seq)
@@ -434,9 +443,11 @@ async fn append_messages(
                 .bind(e.actor.to_string())
                 .bind(client_id.to_string())
                 .bind(text)
-                .bind(e.ts);
+                .bind(e.ts)
+                .bind(attachments_json(attachments)?);
         }
         q.execute(&mut **tx).await?;
+        link_attachments(tx, &links).await?;
     }
     // Everyone in each conversation that got a message, in one query.
     let mut recipients: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
@@ -563,7 +574,9 @@ async fn push_event(
     let pos: i64 = row.get("last_pos");
     let seq: i64 = row.get("last_seq");
     let body = match body {
-        EventBody::Message { client_id, text, .. } => EventBody::Message { seq, client_id, text },
+        EventBody::Message { client_id, text, attachments, .. } => {
+            EventBody::Message { seq, client_id, text, attachments }
+        }
         EventBody::Call { call, video, outcome, .. } => EventBody::Call { seq, call, video, outcome },
         other => other,
     };
@@ -631,7 +644,7 @@ async fn message_tx(
 ) -> Result<Option<Message>> {
     let conv = conversation.to_string();
     let Some(r) = sqlx::query(
-        "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call FROM messages
+        "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call, attachments FROM messages
          WHERE conversation_id = ? AND seq = ?",
     )
     .bind(&conv)
@@ -667,6 +680,10 @@ fn message_from_row(
         client_id: parse_id(r.get("client_id"))?,
         sender: parse_id(r.get("sender"))?,
         text: r.get("text"),
+        attachments: match r.get::<Option<&str>, _>("attachments") {
+            Some(json) => serde_json::from_str(json).map_err(|e| ApiError::internal("stored attachments", e))?,
+            None => Vec::new(),
+        },
         ts: r.get("ts"),
         edited_at: r.get("edited_at"),
         deleted: r.get::<i64, _>("deleted") != 0,
@@ -679,20 +696,53 @@ fn message_from_row(
     })
 }
 
+/// Attachments as the `messages.attachments` column keeps them.
+fn attachments_json(attachments: &[Attachment]) -> Result<Option<String>> {
+    if attachments.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(attachments).map(Some).map_err(|e| ApiError::internal("serialize attachments", e))
+}
+
+/// Records which messages carry which blobs: (hash, conversation, seq).
+async fn link_attachments(tx: &mut Transaction<'_, Sqlite>, links: &[(&str, ConversationId, i64)]) -> Result<()> {
+    for chunk in links.chunks(ROWS_PER_STATEMENT) {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT OR IGNORE INTO attachments (hash, conversation_id, seq) VALUES {rows}");
+        let mut q = sqlx::query(&sql);
+        for (hash, conversation, seq) in chunk {
+            q = q.bind(*hash).bind(conversation.to_string()).bind(seq);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Writes a message's new state (decided by [`rules::apply_to_message`]).
 async fn save_message_tx(tx: &mut Transaction<'_, Sqlite>, m: &Message) -> Result<()> {
     let conv = m.conversation.to_string();
     sqlx::query(
-        "UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ? WHERE conversation_id = ? AND seq = ?",
+        "UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ?, attachments = ?
+         WHERE conversation_id = ? AND seq = ?",
     )
     .bind(&m.text)
     .bind(m.edited_at)
     .bind(m.deleted)
     .bind(m.pinned)
+    .bind(attachments_json(&m.attachments)?)
     .bind(&conv)
     .bind(m.seq)
     .execute(&mut **tx)
     .await?;
+    if m.attachments.is_empty() {
+        // A deleted message no longer holds its blobs; the media sweep
+        // removes those nothing else refers to.
+        sqlx::query("DELETE FROM attachments WHERE conversation_id = ? AND seq = ?")
+            .bind(&conv)
+            .bind(m.seq)
+            .execute(&mut **tx)
+            .await?;
+    }
     sqlx::query("DELETE FROM reactions WHERE conversation_id = ? AND seq = ?")
         .bind(&conv)
         .bind(m.seq)
@@ -1222,7 +1272,7 @@ impl Store for SqliteStore {
         let mut rows = Vec::new();
         {
             let mut stream = sqlx::query(
-                "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call FROM messages
+                "SELECT seq, pos, sender, client_id, text, ts, edited_at, deleted, pinned, call, attachments FROM messages
                  WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             )
             .bind(&conv)
@@ -1235,6 +1285,7 @@ impl Store for SqliteStore {
                 // Control characters are sent as six-byte escapes.
                 bytes += text.len() + 5 * text.chars().filter(|c| c.is_control()).count() + MESSAGE_OVERHEAD;
                 bytes += r.get::<Option<&str>, _>("call").map_or(0, |c| c.len() + 10);
+                bytes += r.get::<Option<&str>, _>("attachments").map_or(0, |a| a.len() + 20);
                 rows.push(r);
                 if bytes >= budget {
                     break;
