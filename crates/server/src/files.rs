@@ -152,13 +152,17 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap) -> Result
     let user = caller(&state, &headers).await?;
     require_tus(&headers)?;
     let Some(length) = num(&headers, "upload-length")? else {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "Upload-Length is required (deferred length is not supported)"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Upload-Length is required (deferred length is not supported)",
+        ));
     };
     if length > state.media.max_upload_bytes {
         let why = format!("files are at most {} bytes here", state.media.max_upload_bytes);
         return Err(ApiError::new(ErrorCode::FileTooLarge, why));
     }
-    let upload = Upload { id: Uuid::now_v7(), user, length, committed: 0, sha256: declared_sha256(&headers)?, blob: None };
+    let upload =
+        Upload { id: Uuid::now_v7(), user, length, committed: 0, sha256: declared_sha256(&headers)?, blob: None };
     state.service.store.create_upload(&upload, state.media.quota_bytes).await?;
     let mut r = StatusCode::CREATED.into_response();
     let h = r.headers_mut();
@@ -225,7 +229,10 @@ pub async fn patch(State(state): State<AppState>, Path(id): Path<String>, req: R
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/offset+octet-stream"));
     if !is_stream {
-        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the bytes as application/offset+octet-stream"));
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the bytes as application/offset+octet-stream",
+        ));
     }
     let Some(offset) = num(&headers, "upload-offset")? else {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "Upload-Offset is required"));

@@ -10,11 +10,10 @@ use crate::error::{ApiError, Result};
 use crate::hub::Hub;
 use crate::store::{AppendOutcome, Mark, Membership, Revoke, Store};
 use confab_protocol::{
-    media, Attachment, AttachmentRef, Millis,
-    sync_digest, validate_emoji, validate_text, validate_username, ConvKind, ConversationHead, ConversationId,
-    ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Presence, Reply, RequestBody, SendResult,
-    ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH, MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES,
-    TYPING_TTL_MS,
+    media, sync_digest, validate_emoji, validate_text, validate_username, Attachment, AttachmentRef, ConvKind,
+    ConversationHead, ConversationId, ConversationInfo, DeviceSession, ErrorCode, EventBody, EventPage, Member, Millis,
+    Presence, Reply, RequestBody, SendResult, ServerFrame, UserId, WatermarkPage, WatermarksFrom, MAX_BATCH,
+    MAX_GROUP_NAME_CHARS, MAX_PAGE, REPLY_BUDGET_BYTES, TYPING_TTL_MS,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

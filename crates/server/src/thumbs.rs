@@ -25,9 +25,7 @@ const THUMB_WORKERS: usize = 2;
 pub fn sniff(head: &[u8]) -> String {
     match infer::get(head) {
         Some(t) => t.mime_type().to_owned(),
-        None if !head.is_empty() && std::str::from_utf8(trim_partial_char(head)).is_ok() => {
-            "text/plain".to_owned()
-        }
+        None if !head.is_empty() && std::str::from_utf8(trim_partial_char(head)).is_ok() => "text/plain".to_owned(),
         None => "application/octet-stream".to_owned(),
     }
 }

@@ -17,8 +17,8 @@ use super::{
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
-    rules, Attachment, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode, EventBody,
-    Member, MemberState, Message, Millis, Reaction, UserId, Watermark,
+    rules, Attachment, ClientId, ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, ErrorCode,
+    EventBody, Member, MemberState, Message, Millis, Reaction, UserId, Watermark,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};

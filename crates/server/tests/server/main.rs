@@ -5,6 +5,7 @@ mod auth;
 mod calls;
 mod integrity;
 mod limits;
+mod media;
 mod protocol;
 mod store;
 mod support;

@@ -43,17 +43,22 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
         (0..400).map(|i| (convs[i % 2], if i % 3 == 0 { a } else { b }, Uuid::now_v7())).collect();
     let mut jobs = Vec::new();
     for (i, &(conv, actor, client_id)) in sends.iter().enumerate() {
-        let body = EventBody::Message { seq: 0, client_id, text: format!("m{i}") };
+        let body = EventBody::Message { seq: 0, client_id, text: format!("m{i}"), attachments: vec![] };
         jobs.push((conv, actor, body));
         if i % 7 == 0 {
-            jobs.push((conv, actor, EventBody::Message { seq: 0, client_id, text: format!("m{i}") }));
+            jobs.push((
+                conv,
+                actor,
+                EventBody::Message { seq: 0, client_id, text: format!("m{i}"), attachments: vec![] },
+            ));
         }
         if i % 13 == 0 {
             jobs.push((conv, actor, EventBody::Edited { seq: 1_000_000 + i as i64, text: "no".into() }));
         }
         if i % 17 == 0 {
             // To a conversation that does not exist: refused, alone.
-            let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: "nowhere".into() };
+            let body =
+                EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: "nowhere".into(), attachments: vec![] };
             jobs.push((Uuid::now_v7(), actor, body));
         }
     }
@@ -132,7 +137,7 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
         let client_id = Uuid::now_v7();
         for conv in [direct, group] {
             let store = store.clone();
-            let body = EventBody::Message { seq: 0, client_id, text: format!("twin {i}") };
+            let body = EventBody::Message { seq: 0, client_id, text: format!("twin {i}"), attachments: vec![] };
             tasks.push(tokio::spawn(async move { (client_id, store.append(conv, a, body).await) }));
         }
         // The same sender's id to a conversation that does not exist and
@@ -140,12 +145,13 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
         let ghost = Uuid::now_v7();
         for conv in [Uuid::now_v7(), group] {
             let store = store.clone();
-            let body = EventBody::Message { seq: 0, client_id: ghost, text: format!("ghost {i}") };
+            let body = EventBody::Message { seq: 0, client_id: ghost, text: format!("ghost {i}"), attachments: vec![] };
             tasks.push(tokio::spawn(async move { (Uuid::max(), store.append(conv, b, body).await) }));
         }
         // Bob's ordinary sends share the groups.
         let store = store.clone();
-        let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("bob {i}") };
+        let body =
+            EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("bob {i}"), attachments: vec![] };
         tasks.push(tokio::spawn(async move { (Uuid::nil(), store.append(group, b, body).await) }));
     }
     let mut stored: HashMap<Uuid, usize> = HashMap::new();
@@ -204,7 +210,7 @@ async fn receipts_commit_together_move_only_forward_and_number_their_versions_wi
     let owner = members[0].user;
     store.create_group(group, "g", members.clone(), owner).await.unwrap();
     for i in 0..10 {
-        let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("m{i}") };
+        let body = EventBody::Message { seq: 0, client_id: Uuid::now_v7(), text: format!("m{i}"), attachments: vec![] };
         store.append(group, owner, body).await.unwrap();
     }
     let stranger = store.create_user("stranger", "x").await.unwrap();
@@ -258,7 +264,7 @@ async fn receipts_commit_together_move_only_forward_and_number_their_versions_wi
 #[tokio::test]
 async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one_outcome_each() {
     let Pair { _dir, store, a, b: _, direct, group } = pair().await;
-    let msg = |client_id, text: &str| EventBody::Message { seq: 0, client_id, text: text.into() };
+    let msg = |client_id, text: &str| EventBody::Message { seq: 0, client_id, text: text.into(), attachments: vec![] };
     let (before, elsewhere, x, y) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     store.append(direct, a, msg(before, "earlier")).await.unwrap();
     store.append(group, a, msg(elsewhere, "in the group")).await.unwrap();
