@@ -46,7 +46,49 @@ enum Command {
     #[command(subcommand)]
     Group(GroupCommand),
     /// Send one message, or one per line of stdin when no text is given.
-    Send { conversation: String, text: Vec<String> },
+    /// With --file, one message carrying the files (the text is its
+    /// caption); it waits until they are uploaded and the message is sent.
+    Send {
+        conversation: String,
+        text: Vec<String>,
+        /// A file to attach; repeatable.
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+        /// Print upload progress to stderr.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Send what this profile has queued (messages, unfinished uploads)
+    /// and wait until the queue is empty.
+    Flush {
+        /// Print upload progress to stderr.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Search messages: this device's copy first, then the server's
+    /// (history this device never downloaded).
+    Search {
+        query: Vec<String>,
+        /// Only this conversation.
+        #[arg(long)]
+        conversation: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only what this device holds (works offline).
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a message's file (or its thumbnail) by its hash.
+    Download {
+        hash: String,
+        /// Where to write it.
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long)]
+        thumbnail: bool,
+    },
     /// Stay connected and print incoming events until interrupted.
     Listen {
         #[arg(long)]
@@ -261,7 +303,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Send { conversation, text } => return send(&client, conversation_id(&conversation)?, text).await,
+        Command::Send { conversation, text, files, progress } if !files.is_empty() => {
+            return send_files(&client, conversation_id(&conversation)?, text.join(" "), files, progress).await
+        }
+        Command::Send { conversation, text, .. } => return send(&client, conversation_id(&conversation)?, text).await,
+        Command::Flush { progress } => return flush(&client, progress).await,
+        Command::Search { query, conversation, limit, local, json } => {
+            let conversation = conversation.as_deref().map(conversation_id).transpose()?;
+            search(&client, &query.join(" "), conversation, limit, local, json).await?
+        }
+        Command::Download { hash, out, thumbnail } => {
+            let path = client.media(&hash, thumbnail).await?;
+            std::fs::copy(&path, &out).with_context(|| format!("cannot write {}", out.display()))?;
+        }
         Command::Listen { json } => listen(&client, json).await?,
         Command::History { conversation, json, limit } => {
             history(&client, conversation_id(&conversation)?, json, limit).await?
@@ -422,6 +476,86 @@ async fn send(client: &Client, conversation: ConversationId, text: Vec<String>) 
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints upload progress lines (`upload <client id> <file>: <sent>/<total>`)
+/// until the task is dropped.
+fn print_progress(client: &Client) -> tokio::task::JoinHandle<()> {
+    let mut events = client.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ClientEvent::UploadProgress { client_id, file, sent, total }) => {
+                    eprintln!("upload {client_id} {file}: {sent}/{total}");
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+async fn send_files(
+    client: &Client,
+    conversation: ConversationId,
+    text: String,
+    files: Vec<PathBuf>,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let printer = progress.then(|| print_progress(client));
+    client.start_sending_only().await?;
+    let id = client.send_files(conversation, &text, &files).await?;
+    let outcome = client.wait_sent(&[id]).await?;
+    client.stop().await;
+    if let Some(p) = printer {
+        p.abort();
+    }
+    match outcome.first() {
+        Some(SendOutcome::Failed(err)) => {
+            eprintln!("confab: message refused: {}", err.message);
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn flush(client: &Client, progress: bool) -> anyhow::Result<ExitCode> {
+    let printer = progress.then(|| print_progress(client));
+    client.start_sending_only().await?;
+    let mut events = client.subscribe();
+    while client.outbox_len().await? > 0 {
+        let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+    }
+    client.stop().await;
+    if let Some(p) = printer {
+        p.abort();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn search(
+    client: &Client,
+    query: &str,
+    conversation: Option<ConversationId>,
+    limit: u32,
+    local_only: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut hits = client.search(query, conversation, limit).await?;
+    if !local_only && start_and_sync(client).await? {
+        let (server, _) = client.search_server(query, conversation, None, limit).await?;
+        for h in server {
+            if !hits.iter().any(|l| l.conversation == h.conversation && l.seq.is_some() && l.seq == h.seq) {
+                hits.push(h);
+            }
+        }
+        hits.sort_by(|a, b| b.ts.cmp(&a.ts));
+        hits.truncate(limit as usize);
+    }
+    for h in &hits {
+        output::search_hit(client, h, json).await;
+    }
+    Ok(())
 }
 
 async fn listen(client: &Client, json: bool) -> anyhow::Result<()> {

@@ -39,7 +39,33 @@ fn message_json(kind: &str, m: &ChatMessage) -> Value {
         "reactions": m.reactions.iter().map(|r| json!({"emoji": r.emoji, "count": r.users.len()})).collect::<Vec<_>>(),
         "error": m.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
         "call": m.call,
+        "attachments": m.attachments,
     })
+}
+
+/// One search hit: `conversation #seq sender: snippet` with the match in
+/// brackets, or a JSON object.
+pub async fn search_hit(client: &Client, h: &confab_core::SearchResult, json: bool) {
+    let title = match client.conversation(h.conversation).await {
+        Ok(Some(c)) => c.title,
+        _ => short(&h.conversation),
+    };
+    if json {
+        print_json(json!({
+            "type": "search_hit",
+            "conversation": h.conversation,
+            "title": title,
+            "seq": h.seq,
+            "sender": h.sender_name,
+            "ts": h.ts,
+            "snippet": h.snippet,
+            "on_device": h.on_device,
+        }));
+    } else {
+        let snippet = h.snippet.replace(confab_protocol::media::HIGHLIGHT_START, "[").replace(confab_protocol::media::HIGHLIGHT_END, "]");
+        let seq = h.seq.map(|s| format!("#{s}")).unwrap_or_else(|| "#-".into());
+        line(&format!("{title} {seq} {}: {snippet}", h.sender_name));
+    }
 }
 
 fn message_line(m: &ChatMessage) -> String {
@@ -174,6 +200,17 @@ impl<'a> Printer<'a> {
                 }
             }
             ClientEvent::Call { call } => call_view(call, self.json),
+            ClientEvent::MessageRemoved { conversation, id } => {
+                if self.json {
+                    print_json(json!({"type": "message_removed", "conversation": conversation, "id": id}));
+                }
+            }
+            ClientEvent::UploadProgress { client_id, file, sent, total } => {
+                if self.json {
+                    print_json(json!({"type": "upload_progress", "client_id": client_id, "file": file,
+                                      "sent": sent, "total": total}));
+                }
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`connection`]: the link, with heartbeat and reconnect (backoff + full jitter).
 //! - [`sync`]: gap-free, exactly-once application of server events to the cache.
 //! - [`outbox`]: persist-first sending with client ids, surviving restarts.
+//! - [`files`]: resumable uploads before their message is sent; the media cache.
 //! - [`cache`]: the SQLite cache the views are read from.
 //! - [`notify`]: the notification policy, as plain logic.
 //! - [`call`]: calls: the state machine, the media seam and the native engine.
@@ -23,6 +24,7 @@ pub mod cache;
 pub mod call;
 pub mod connection;
 mod error;
+pub mod files;
 pub mod notify;
 mod outbox;
 pub mod secrets;
@@ -56,6 +58,10 @@ pub struct Client {
     device_name: Option<String>,
     media: Option<Arc<dyn call::MediaEngine>>,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// Size cap of the media cache, in bytes.
+    media_cap: u64,
+    /// One download per media key at a time.
+    fetching: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 struct Running {
@@ -70,6 +76,9 @@ pub(crate) struct Inner {
     link: Mutex<Option<Link>>,
     events: broadcast::Sender<ClientEvent>,
     pub(crate) outbox_wakeup: Notify,
+    pub(crate) uploads_wakeup: Notify,
+    pub(crate) http: files::Http,
+    pub(crate) media_dir: PathBuf,
     calls: mpsc::Sender<call::manager::Command>,
 }
 
@@ -116,7 +125,24 @@ impl Client {
             device_name: None,
             media: None,
             running: Default::default(),
+            media_cap: files::DEFAULT_MEDIA_CAP,
+            fetching: Mutex::default(),
         })
+    }
+
+    /// Caps the media cache (downloaded files and thumbnails) at `bytes`.
+    pub fn with_media_cache_cap(mut self, bytes: u64) -> Self {
+        self.media_cap = bytes;
+        self
+    }
+
+    fn media_dir(&self) -> PathBuf {
+        self.profile.join("media")
+    }
+
+    async fn files_http(&self) -> Result<files::Http> {
+        let session = self.session().await?.ok_or(Error::NotSignedIn)?;
+        Ok(files::Http { client: self.http(Duration::from_secs(120))?, server: session.server, token: session.token })
     }
 
     fn link_config(&self) -> LinkConfig {
@@ -291,6 +317,13 @@ impl Client {
             link: Mutex::new(None),
             events: self.events.clone(),
             outbox_wakeup: Notify::new(),
+            uploads_wakeup: Notify::new(),
+            http: files::Http {
+                client: self.http(Duration::from_secs(120))?,
+                server: session.server.clone(),
+                token: session.token.clone(),
+            },
+            media_dir: self.media_dir(),
             calls: calls_tx,
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
@@ -317,7 +350,14 @@ impl Client {
             })
         };
         let calls = tokio::spawn(call::manager::run(inner.clone(), self.media.clone(), calls_rx, frames_rx));
-        let tasks = vec![link_task, state_task, incoming, tokio::spawn(outbox::run(inner.clone())), calls];
+        let tasks = vec![
+            link_task,
+            state_task,
+            incoming,
+            tokio::spawn(outbox::run(inner.clone())),
+            tokio::spawn(files::run(inner.clone())),
+            calls,
+        ];
         *running = Some(Running { inner, tasks });
         Ok(())
     }
@@ -423,11 +463,133 @@ impl Client {
         Ok(ids)
     }
 
+    /// Queues a message with files (and an optional caption): each file is
+    /// copied into the profile and hashed now, uploaded when the link
+    /// allows (resuming where it stopped), and the message is sent once
+    /// every file is up. Returns its client id at once.
+    pub async fn send_files(&self, conversation: ConversationId, text: &str, paths: &[PathBuf]) -> Result<ClientId> {
+        if paths.is_empty() {
+            return self.send(conversation, text).await;
+        }
+        if paths.len() > confab_protocol::media::MAX_ATTACHMENTS {
+            let max = confab_protocol::media::MAX_ATTACHMENTS;
+            return Err(Error::Invalid(format!("a message carries at most {max} files")));
+        }
+        if text.chars().count() > confab_protocol::MAX_MESSAGE_CHARS {
+            return Err(Error::Invalid(confab_protocol::ErrorCode::MessageTooLong.describe().to_owned()));
+        }
+        let session = self.cache.session().await?.ok_or(Error::NotSignedIn)?;
+        let outgoing = self.profile.join("outgoing");
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            match files::prepare(&outgoing, path, None).await {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    for f in &files {
+                        let _ = std::fs::remove_file(&f.path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let client_id = self.cache.enqueue_files(conversation, session.user, text, &files).await?;
+        if let Some(message) = self.cache.own_message(session.user, client_id).await? {
+            let _ = self.events.send(ClientEvent::MessageUpdated { message });
+        }
+        if let Ok(inner) = self.inner().await {
+            inner.uploads_wakeup.notify_one();
+        }
+        Ok(client_id)
+    }
+
+    /// Gives up on an own message not yet sent (queued, uploading or
+    /// failed): it is removed here, and its unfinished uploads on the
+    /// server. `false` if it was already sent.
+    pub async fn cancel_send(&self, client_id: ClientId) -> Result<bool> {
+        let me = self.cache.session().await?.ok_or(Error::NotSignedIn)?.user;
+        let Some(message) = self.cache.own_message(me, client_id).await? else { return Ok(false) };
+        let Some(files) = self.cache.discard_unsent(client_id).await? else { return Ok(false) };
+        let http = self.files_http().await.ok();
+        for f in files {
+            let _ = tokio::fs::remove_file(&f.path).await;
+            if let (Some(http), Some(url)) = (&http, &f.upload_url) {
+                let url = if url.starts_with("http") { url.clone() } else { format!("{}{url}", http.server) };
+                let req = http.client.delete(url).bearer_auth(&http.token).header("tus-resumable", "1.0.0");
+                if let Err(e) = req.send().await {
+                    tracing::debug!(%e, "cannot cancel the upload on the server; it expires there");
+                }
+            }
+        }
+        let _ = self.events.send(ClientEvent::MessageRemoved { conversation: message.conversation, id: message.id });
+        Ok(true)
+    }
+
+    /// A file (or its thumbnail) of a message, from the media cache or
+    /// downloaded into it: the path of the local copy.
+    pub async fn media(&self, hash: &str, thumbnail: bool) -> Result<PathBuf> {
+        let key = format!("{hash}{}", if thumbnail { ".thumb" } else { "" });
+        let lock = {
+            let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(key).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        let http = self.files_http().await?;
+        files::fetch(&self.cache, &http, &self.media_dir(), hash, thumbnail, self.media_cap).await
+    }
+
+    /// Searches this device's cache: instant, offline, over every message
+    /// it holds (read or not). Newest first.
+    pub async fn search(
+        &self,
+        query: &str,
+        conversation: Option<ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<SearchResult>> {
+        if query.chars().count() > confab_protocol::media::MAX_QUERY_CHARS {
+            return Err(Error::Invalid("the search is too long".into()));
+        }
+        self.cache.search(query, conversation, None, limit).await
+    }
+
+    /// Searches the server's copy of the user's conversations: history
+    /// this device never downloaded. Newest first, `ts < before`; the flag
+    /// says whether more hits follow.
+    pub async fn search_server(
+        &self,
+        query: &str,
+        conversation: Option<ConversationId>,
+        before: Option<confab_protocol::Millis>,
+        limit: u32,
+    ) -> Result<(Vec<SearchResult>, bool)> {
+        let reply =
+            self.request(RequestBody::Search { query: query.to_owned(), conversation, before, limit }).await?;
+        let Reply::Search { hits, has_more } = reply else {
+            return Err(Error::Protocol("expected search results".into()));
+        };
+        let mut out = Vec::with_capacity(hits.len());
+        for h in hits {
+            let local = self.cache.message_by_seq_id(h.conversation, h.seq).await?;
+            out.push(SearchResult {
+                conversation: h.conversation,
+                seq: Some(h.seq),
+                local_id: local,
+                sender: h.sender,
+                sender_name: self.cache.username(h.sender).await?.unwrap_or_default(),
+                ts: h.ts,
+                snippet: h.snippet,
+                on_device: local.is_some(),
+            });
+        }
+        Ok((out, has_more))
+    }
+
     /// Puts a failed message back in the outbox.
     pub async fn retry(&self, client_id: ClientId) -> Result<bool> {
         let queued = self.cache.retry(client_id).await?;
         if let Ok(inner) = self.inner().await {
             inner.outbox_wakeup.notify_one();
+            inner.uploads_wakeup.notify_one();
         }
         Ok(queued)
     }
@@ -609,11 +771,14 @@ impl Client {
             if have >= limit || !more_on_server || !online {
                 return Ok(page);
             }
-            let from = match (before, oldest) {
-                (Some(b), Some(o)) => Some(b.min(o)),
-                (b, o) => o.or(b),
+            let (from, want) = match (before, oldest) {
+                (Some(b), Some(o)) if b > o => (Some(o), (limit - have).min(confab_protocol::MAX_PAGE)),
+                // Older than anything cached (opening a search hit): fill
+                // the gap from the oldest cached message back, so the cache
+                // stays one unbroken run.
+                (Some(_), Some(o)) => (Some(o), confab_protocol::MAX_PAGE),
+                (b, o) => (o.or(b), (limit - have).min(confab_protocol::MAX_PAGE)),
             };
-            let want = (limit - have).min(confab_protocol::MAX_PAGE);
             let reply = self.request(RequestBody::History { conversation, before: from, limit: want }).await?;
             let Reply::Messages { messages, has_more, .. } = reply else {
                 return Err(Error::Protocol("expected messages".into()));

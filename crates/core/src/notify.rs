@@ -76,9 +76,20 @@ pub fn decide(me: UserId, message: &ChatMessage, attention: &Attention, settings
 /// What a notification (or a one-line preview) says for a message: its
 /// text, or for a call's entry its summary ("Missed voice call").
 pub fn body(message: &ChatMessage) -> String {
-    match &message.call {
-        Some(call) => call.summary(),
-        None => message.text.chars().take(200).collect(),
+    if let Some(call) = &message.call {
+        return call.summary();
+    }
+    let files = match message.attachments.as_slice() {
+        [] => None,
+        [one] if one.is_image() || one.mime.starts_with("image/") => Some("📷 Photo".to_owned()),
+        [one] => Some(format!("📎 {}", one.name)),
+        many => Some(format!("📎 {} files", many.len())),
+    };
+    let text: String = message.text.chars().take(200).collect();
+    match files {
+        Some(f) if text.trim().is_empty() => f,
+        Some(f) => format!("{f} · {text}"),
+        None => text,
     }
 }
 
@@ -121,7 +132,31 @@ mod tests {
             error: None,
             reactions: vec![],
             call: None,
+            attachments: vec![],
         }
+    }
+
+    #[test]
+    fn a_file_without_a_caption_still_says_something() {
+        let file = |name: &str, mime: &str| confab_protocol::Attachment {
+            hash: "0".repeat(64),
+            name: name.into(),
+            size: 1,
+            mime: mime.into(),
+            width: None,
+            height: None,
+            thumbnail: false,
+        };
+        let mut m = message(Uuid::now_v7(), Uuid::now_v7());
+        m.text.clear();
+        m.attachments = vec![file("a.png", "image/png")];
+        assert_eq!(body(&m), "📷 Photo");
+        m.attachments = vec![file("report.pdf", "application/pdf")];
+        assert_eq!(body(&m), "📎 report.pdf");
+        m.text = "for you".into();
+        assert_eq!(body(&m), "📎 report.pdf · for you");
+        m.attachments.push(file("b.bin", "application/octet-stream"));
+        assert_eq!(body(&m), "📎 2 files · for you");
     }
 
     #[test]

@@ -52,10 +52,22 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         let conversation = batch[0].conversation;
         tracing::debug!(entries = batch.len(), "sending");
         let request = match batch.as_slice() {
-            [one] => RequestBody::Send { conversation, client_id: one.client_id, text: one.text.clone() },
+            [one] => RequestBody::Send {
+                conversation,
+                client_id: one.client_id,
+                text: one.text.clone(),
+                attachments: one.attachments.clone(),
+            },
             many => RequestBody::SendMany {
                 conversation,
-                messages: many.iter().map(|e| OutgoingText { client_id: e.client_id, text: e.text.clone() }).collect(),
+                messages: many
+                    .iter()
+                    .map(|e| OutgoingText {
+                        client_id: e.client_id,
+                        text: e.text.clone(),
+                        attachments: e.attachments.clone(),
+                    })
+                    .collect(),
             },
         };
         let results: Vec<SendResult> = match inner.link().request(request).await {

@@ -64,6 +64,25 @@ pub struct ChatMessage {
     pub reactions: Vec<Reaction>,
     /// Set for a call's entry ("Missed voice call"): `text` is empty.
     pub call: Option<confab_protocol::CallRecord>,
+    /// Files it carries (fetch them with `Client::media`).
+    pub attachments: Vec<confab_protocol::Attachment>,
+}
+
+/// A search hit, from this device's cache or from the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
+pub struct SearchResult {
+    pub conversation: ConversationId,
+    /// `None` for an own message not yet sent.
+    pub seq: Option<i64>,
+    /// The cached message's id, if this device holds it.
+    pub local_id: Option<i64>,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub ts: Millis,
+    /// Words around the match; matched terms between `\u{2}` and `\u{3}`.
+    pub snippet: String,
+    /// Found in this device's cache (else only the server has it).
+    pub on_device: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
@@ -116,6 +135,20 @@ pub enum ClientEvent {
     /// A known message changed: edit, delete, reaction, pin, or its status.
     MessageUpdated {
         message: ChatMessage,
+    },
+    /// An own unsent message was cancelled: it is gone from this device.
+    MessageRemoved {
+        conversation: ConversationId,
+        id: i64,
+    },
+    /// A file of an own queued message is uploading: `sent` of `total`
+    /// bytes are on the server (committed, so never counted twice).
+    UploadProgress {
+        client_id: ClientId,
+        /// Which of the message's files.
+        file: u32,
+        sent: u64,
+        total: u64,
     },
     Receipt {
         conversation: ConversationId,

@@ -373,12 +373,15 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
         let Some((local, mut message)) = load_message(tx, ev.conversation, seq).await? else { return Ok(Vec::new()) };
         return match rules::apply_to_message(&mut message, ev.actor, ev.ts, &ev.body) {
             Ok(true) => {
-                sqlx::query("UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ? WHERE id = ?")
-                    .bind(&message.text)
-                    .bind(message.edited_at)
-                    .bind(message.deleted)
-                    .bind(message.pinned)
-                    .bind(local)
+                sqlx::query(
+                    "UPDATE messages SET text = ?, edited_at = ?, deleted = ?, pinned = ?, attachments = ? WHERE id = ?",
+                )
+                .bind(&message.text)
+                .bind(message.edited_at)
+                .bind(message.deleted)
+                .bind(message.pinned)
+                .bind(super::messages::attachments_json(&message.attachments)?)
+                .bind(local)
                     .execute(&mut **tx)
                     .await?;
                 save_reactions(tx, &conv, seq, &message.reactions).await?;
@@ -404,7 +407,7 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
             }
             vec![Effect::ConversationChanged]
         }
-        EventBody::Message { seq, client_id, text } => {
+        EventBody::Message { seq, client_id, text, attachments } => {
             let m = Message {
                 conversation: ev.conversation,
                 seq: *seq,
@@ -412,6 +415,7 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 client_id: *client_id,
                 sender: ev.actor,
                 text: text.clone(),
+                attachments: attachments.clone(),
                 ts: ev.ts,
                 edited_at: None,
                 deleted: false,
@@ -430,6 +434,7 @@ async fn apply_body(tx: &mut Transaction<'_, Sqlite>, me: UserId, ev: &ConvEvent
                 client_id: *call,
                 sender: ev.actor,
                 text: String::new(),
+                attachments: Vec::new(),
                 ts: ev.ts,
                 edited_at: None,
                 deleted: false,

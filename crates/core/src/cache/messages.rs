@@ -135,6 +135,15 @@ pub(super) async fn store_message(tx: &mut Transaction<'_, Sqlite>, me: UserId, 
         let json = serde_json::to_string(call).map_err(|e| crate::Error::Protocol(e.to_string()))?;
         sqlx::query("UPDATE messages SET call = ? WHERE id = ?").bind(json).bind(local).execute(&mut **tx).await?;
     }
+    // The server's word on the files (sniffed type, image size), or none
+    // once deleted.
+    if !m.attachments.is_empty() || m.deleted {
+        sqlx::query("UPDATE messages SET attachments = ? WHERE id = ?")
+            .bind(attachments_json(&m.attachments)?)
+            .bind(local)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(Stored { id: local, new, requeued })
 }
 
@@ -171,7 +180,7 @@ pub(super) async fn load_message(
 ) -> Result<Option<(LocalId, Message)>> {
     let conv = conversation.to_string();
     let Some(r) = sqlx::query(
-        "SELECT id, own_client_id, sender, text, ts, edited_at, deleted, pinned, call FROM messages
+        "SELECT id, own_client_id, sender, text, ts, edited_at, deleted, pinned, call, attachments FROM messages
          WHERE conversation_id = ? AND seq = ?",
     )
     .bind(&conv)
@@ -205,8 +214,21 @@ pub(super) async fn load_message(
         pinned: r.get::<i64, _>("pinned") != 0,
         reactions,
         call: call_record(r.get("call")),
+        attachments: attachments(r.get("attachments")),
     };
     Ok(Some((r.get("id"), message)))
+}
+
+/// Stored attachments; ones that no longer parse are left out.
+pub(super) fn attachments(json: Option<&str>) -> Vec<confab_protocol::Attachment> {
+    json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
+}
+
+pub(super) fn attachments_json(list: &[confab_protocol::Attachment]) -> Result<Option<String>> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(list).map(Some).map_err(|e| crate::Error::Protocol(e.to_string()))
 }
 
 /// A stored call record; one that no longer parses is shown as a plain row.

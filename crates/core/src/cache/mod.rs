@@ -6,6 +6,8 @@
 //! - [`outbox`]: own messages from composing to accepted (or refused);
 //! - [`apply`]: server events and snapshots, applied exactly once, in order;
 //! - [`messages`]: a server message's row, under the identity rule;
+//! - [`files`]: files on their way out, and the media cache's bookkeeping;
+//! - [`search`]: offline full-text search over everything cached;
 //! - [`views`]: what the UI and CLI read.
 //!
 //! Identity: a message from the server *is* (conversation, seq). A client
@@ -15,13 +17,16 @@
 //! composing to deletion, that views use as a key.
 
 mod apply;
+mod files;
 mod messages;
 mod outbox;
+mod search;
 mod session;
 mod views;
 
 pub use apply::{Applied, Effect, MarksVersion};
-pub use outbox::OutboxEntry;
+pub use files::PendingFile;
+pub use outbox::{NewFile, OutboxEntry};
 pub use session::StoredSession;
 
 use crate::{Error, Result};

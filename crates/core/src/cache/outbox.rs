@@ -5,7 +5,7 @@
 use super::{id, now_ms, Cache, LocalId};
 use crate::types::SendError;
 use crate::Result;
-use confab_protocol::{ClientId, ConversationId, ErrorCode, Millis, UserId};
+use confab_protocol::{Attachment, AttachmentRef, ClientId, ConversationId, ErrorCode, Millis, UserId};
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
@@ -15,7 +15,21 @@ pub struct OutboxEntry {
     pub client_id: ClientId,
     pub conversation: ConversationId,
     pub text: String,
+    /// What the message carries (each file uploaded before the entry is
+    /// handed out).
+    pub attachments: Vec<AttachmentRef>,
     pub attempts: i64,
+}
+
+/// A file to attach, copied into the profile and hashed.
+#[derive(Clone, Debug)]
+pub struct NewFile {
+    pub path: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// What this device makes of it (the server sniffs it again).
+    pub mime: String,
 }
 
 impl Cache {
@@ -36,14 +50,68 @@ impl Cache {
         Ok(ids)
     }
 
+    /// Saves a new own message with files, its outbox entry and the files
+    /// to upload, in one transaction.
+    pub async fn enqueue_files(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        text: &str,
+        files: &[NewFile],
+    ) -> Result<ClientId> {
+        let attachments: Vec<Attachment> = files
+            .iter()
+            .map(|f| Attachment {
+                hash: f.sha256.clone(),
+                name: f.name.clone(),
+                size: f.size as i64,
+                mime: f.mime.clone(),
+                width: None,
+                height: None,
+                thumbnail: false,
+            })
+            .collect();
+        let json = serde_json::to_string(&attachments).map_err(|e| crate::Error::Protocol(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let client_id = enqueue_in(&mut tx, conversation, sender, text).await?;
+        sqlx::query("UPDATE messages SET attachments = ? WHERE own_client_id = ?")
+            .bind(json)
+            .bind(client_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for (idx, f) in files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO outgoing_files (client_id, idx, path, name, size, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(client_id.to_string())
+            .bind(idx as i64)
+            .bind(&f.path)
+            .bind(&f.name)
+            .bind(f.size as i64)
+            .bind(&f.sha256)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(client_id)
+    }
+
     /// The oldest entries that go to the same conversation, up to `max`
     /// of them and about `budget` bytes of text (the first in any case):
-    /// what one `send_many` carries.
+    /// what one `send_many` carries. A conversation waits at its first
+    /// entry with a file still uploading (its order holds); the others go
+    /// on.
     pub async fn next_outbox_batch(&self, max: usize, budget: usize) -> Result<Vec<OutboxEntry>> {
-        let rows = sqlx::query("SELECT id, client_id, conversation_id, text, attempts FROM outbox ORDER BY id LIMIT ?")
-            .bind(max as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT o.id, o.client_id, o.conversation_id, o.text, o.attempts, m.attachments FROM outbox o
+             LEFT JOIN messages m ON m.own_client_id = o.client_id
+             WHERE NOT EXISTS (SELECT 1 FROM outbox p JOIN outgoing_files f ON f.client_id = p.client_id
+                               WHERE p.conversation_id = o.conversation_id AND p.id <= o.id)
+             ORDER BY o.id LIMIT ?",
+        )
+        .bind(max as i64)
+        .fetch_all(&self.pool)
+        .await?;
         let mut batch: Vec<OutboxEntry> = Vec::new();
         let mut bytes = 0;
         for r in rows {
@@ -52,10 +120,19 @@ impl Cache {
                 client_id: id(r.get("client_id"))?,
                 conversation: id(r.get("conversation_id"))?,
                 text: r.get("text"),
+                attachments: r
+                    .get::<Option<&str>, _>("attachments")
+                    .and_then(|j| serde_json::from_str::<Vec<Attachment>>(j).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| AttachmentRef { hash: a.hash, name: a.name })
+                    .collect(),
                 attempts: r.get("attempts"),
             };
             // As JSON: escapes can make a character up to six bytes.
-            let size = serde_json::to_string(&entry.text).map_or(entry.text.len() * 6, |j| j.len()) + 80;
+            let size = serde_json::to_string(&entry.text).map_or(entry.text.len() * 6, |j| j.len())
+                + entry.attachments.iter().map(|a| a.name.len() * 6 + 100).sum::<usize>()
+                + 80;
             let fits =
                 batch.first().is_none_or(|first| first.conversation == entry.conversation && bytes + size <= budget);
             if !fits {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 const MESSAGE_COLUMNS: &str =
     "m.id, m.own_client_id, m.conversation_id, m.seq, m.sender, COALESCE(u.username, '') AS sender_name,
-     m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message, m.call";
+     m.text, m.ts, m.edited_at, m.deleted, m.pinned, m.status, m.error_code, m.error_message, m.call, m.attachments";
 
 /// Which messages count as unread besides ordinary ones: calls the user
 /// did not take (missed, or cancelled while ringing), not the ones they
@@ -176,6 +176,7 @@ impl Cache {
             error,
             reactions: seq.and_then(|s| reactions.remove(&s)).unwrap_or_default(),
             call: super::messages::call_record(r.get("call")),
+            attachments: super::messages::attachments(r.get("attachments")),
         })
     }
 
@@ -247,6 +248,16 @@ impl Cache {
             None => HashMap::new(),
         };
         Ok(Some(self.view(me, &row, &members, &mut reactions)?))
+    }
+
+    /// The local id of the cached message at (`conversation`, `seq`).
+    pub async fn message_by_seq_id(&self, conversation: ConversationId, seq: i64) -> Result<Option<LocalId>> {
+        let row = sqlx::query("SELECT id FROM messages WHERE conversation_id = ? AND seq = ?")
+            .bind(conversation.to_string())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("id")))
     }
 
     pub async fn message_by_seq(
