@@ -2,6 +2,7 @@
 //! real SQLite files for both.
 
 mod basics;
+mod files;
 mod integrity;
 mod support;
 mod tls;
