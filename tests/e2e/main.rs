@@ -4,5 +4,6 @@
 mod calls;
 mod chat;
 mod delivery;
+mod files;
 mod hardening;
 mod webview_calls;
