@@ -389,3 +389,128 @@ pub async fn set_call_muted(
 pub async fn current_call(_app: AppHandle, shell: State<'_, Shell>) -> Result<Option<confab_core::CallView>> {
     Ok(shell.client().await?.current_call().await?)
 }
+
+/// Queues a message with files from disk (dropped on the window): copied,
+/// uploaded with resume, sent once up. Returns it queued.
+#[tauri::command]
+#[specta::specta]
+pub async fn send_files(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    text: String,
+    paths: Vec<String>,
+) -> Result<ChatMessage> {
+    let client = shell.client().await?;
+    let paths: Vec<std::path::PathBuf> = paths.into_iter().map(Into::into).collect();
+    let id = client.send_files(conversation, &text, &paths).await?;
+    client.own_message(id).await?.ok_or_else(|| AppError::new("internal", "the queued message vanished"))
+}
+
+/// The most bytes a file may have when the UI hands it over itself (a
+/// pasted image, a file from the picker): larger ones come as paths.
+pub const MAX_ATTACH_BYTES: usize = 100 * 1024 * 1024;
+
+/// Queues a message with one file the UI holds in memory (pasted, or
+/// picked), as base64.
+#[tauri::command]
+#[specta::specta]
+pub async fn send_file_data(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    text: String,
+    name: String,
+    data: String,
+) -> Result<ChatMessage> {
+    use base64::Engine;
+    if data.len() / 4 * 3 > MAX_ATTACH_BYTES {
+        return Err(AppError::new("invalid_input", "the file is too large to attach this way; drop it instead"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map_err(|_| AppError::new("invalid_input", "the file data is not base64"))?;
+    let client = shell.client().await?;
+    // Staged in the profile; the core copies it into its outgoing files.
+    let staging = client.profile().join("staging");
+    std::fs::create_dir_all(&staging).map_err(|e| AppError::new("internal", e.to_string()))?;
+    let dir = staging.join(uuid::Uuid::now_v7().simple().to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| AppError::new("internal", e.to_string()))?;
+    let safe = if confab_protocol::media::validate_file_name(&name) { name } else { "file".to_owned() };
+    let path = dir.join(&safe);
+    std::fs::write(&path, bytes).map_err(|e| AppError::new("internal", e.to_string()))?;
+    let sent = client.send_files(conversation, &text, std::slice::from_ref(&path)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let id = sent?;
+    client.own_message(id).await?.ok_or_else(|| AppError::new("internal", "the queued message vanished"))
+}
+
+/// Gives up on an unsent message (uploading, queued or failed).
+#[tauri::command]
+#[specta::specta]
+pub async fn cancel_message(_app: AppHandle, shell: State<'_, Shell>, client_id: ClientId) -> Result<bool> {
+    Ok(shell.client().await?.cancel_send(client_id).await?)
+}
+
+/// Saves an attachment into the Downloads folder under its name and opens
+/// it with the system's app for it.
+#[tauri::command]
+#[specta::specta]
+pub async fn open_attachment(app: AppHandle, shell: State<'_, Shell>, hash: String, name: String) -> Result<()> {
+    use tauri_plugin_opener::OpenerExt;
+    let client = shell.client().await?;
+    let cached = client.media(&hash, false).await?;
+    let dir = app.path().download_dir().map_err(|e| AppError::new("internal", e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| AppError::new("internal", e.to_string()))?;
+    let name = if confab_protocol::media::validate_file_name(&name) { name } else { hash.clone() };
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s.to_owned(), format!(".{e}")),
+        _ => (name.clone(), String::new()),
+    };
+    let mut target = dir.join(&name);
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("{stem} ({n}){ext}"));
+        n += 1;
+    }
+    std::fs::copy(&cached, &target).map_err(|e| AppError::new("internal", e.to_string()))?;
+    app.opener()
+        .open_path(target.to_string_lossy(), None::<&str>)
+        .map_err(|e| AppError::new("internal", e.to_string()))
+}
+
+/// Searches this device's messages (instant, offline).
+#[tauri::command]
+#[specta::specta]
+pub async fn search_messages(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    query: String,
+    conversation: Option<ConversationId>,
+) -> Result<Vec<confab_core::SearchResult>> {
+    Ok(shell.client().await?.search(&query, conversation, 50).await?)
+}
+
+/// Searches the server's history (what this device never downloaded).
+#[tauri::command]
+#[specta::specta]
+pub async fn search_server(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    query: String,
+    conversation: Option<ConversationId>,
+) -> Result<Vec<confab_core::SearchResult>> {
+    Ok(shell.client().await?.search_server(&query, conversation, None, 50).await?.0)
+}
+
+/// Messages around `seq`, oldest first: for opening a search hit.
+#[tauri::command]
+#[specta::specta]
+pub async fn history_around(
+    _app: AppHandle,
+    shell: State<'_, Shell>,
+    conversation: ConversationId,
+    seq: i64,
+) -> Result<Vec<ChatMessage>> {
+    Ok(shell.client().await?.history(conversation, Some(seq + 25), 60).await?)
+}

@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod error;
 pub mod keychain;
+pub mod media;
 pub mod permissions;
 pub mod settings;
 pub mod shell;
@@ -53,6 +54,13 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::call_capabilities,
             commands::report_call_media,
             commands::audio_devices,
+            commands::send_files,
+            commands::send_file_data,
+            commands::cancel_message,
+            commands::open_attachment,
+            commands::search_messages,
+            commands::search_server,
+            commands::history_around,
         ])
         .events(tauri_specta::collect_events![
             shell::CoreEvent,
@@ -85,6 +93,12 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_opener::init())
         .invoke_handler(specta.invoke_handler())
+        .register_asynchronous_uri_scheme_protocol(media::SCHEME, |ctx, request, responder| {
+            let app = ctx.app_handle().clone();
+            tauri::async_runtime::spawn(async move {
+                responder.respond(media::serve(&app, request).await);
+            });
+        })
         .on_permission_request(|webview, kind| {
             let dev_url = webview.app_handle().config().build.dev_url.clone();
             permissions::decide(kind, webview.url().ok().as_ref(), dev_url.as_ref())

@@ -68,6 +68,29 @@ export const commands = {
 	 *  webview carries calls, the UI lists its own).
 	 */
 	audioDevices: () => typedError<AudioDevices, AppError>(__TAURI_INVOKE("audio_devices")),
+	/**
+	 *  Queues a message with files from disk (dropped on the window): copied,
+	 *  uploaded with resume, sent once up. Returns it queued.
+	 */
+	sendFiles: (conversation: string, text: string, paths: string[]) => typedError<ChatMessage_Serialize, AppError>(__TAURI_INVOKE("send_files", { conversation, text, paths })),
+	/**
+	 *  Queues a message with one file the UI holds in memory (pasted, or
+	 *  picked), as base64.
+	 */
+	sendFileData: (conversation: string, text: string, name: string, data: string) => typedError<ChatMessage_Serialize, AppError>(__TAURI_INVOKE("send_file_data", { conversation, text, name, data })),
+	/**  Gives up on an unsent message (uploading, queued or failed). */
+	cancelMessage: (clientId: string) => typedError<boolean, AppError>(__TAURI_INVOKE("cancel_message", { clientId })),
+	/**
+	 *  Saves an attachment into the Downloads folder under its name and opens
+	 *  it with the system's app for it.
+	 */
+	openAttachment: (hash: string, name: string) => typedError<null, AppError>(__TAURI_INVOKE("open_attachment", { hash, name })),
+	/**  Searches this device's messages (instant, offline). */
+	searchMessages: (query: string, conversation: string | null) => typedError<SearchResult_Serialize[], AppError>(__TAURI_INVOKE("search_messages", { query, conversation })),
+	/**  Searches the server's history (what this device never downloaded). */
+	searchServer: (query: string, conversation: string | null) => typedError<SearchResult_Serialize[], AppError>(__TAURI_INVOKE("search_server", { query, conversation })),
+	/**  Messages around `seq`, oldest first: for opening a search hit. */
+	historyAround: (conversation: string, seq: number) => typedError<ChatMessage_Serialize[], AppError>(__TAURI_INVOKE("history_around", { conversation, seq })),
 };
 
 /** Events */
@@ -86,6 +109,47 @@ export type AppError = {
 	 */
 	kind: string,
 	message: string,
+};
+
+/**  An attachment as it is stored and shown. */
+export type Attachment = Attachment_Serialize | Attachment_Deserialize;
+
+/**  An attachment as it is stored and shown. */
+export type Attachment_Deserialize = {
+	hash: string,
+	name: string,
+	size: number,
+	/**
+	 *  Sniffed from the bytes (`application/octet-stream` when unknown),
+	 *  never taken from the name or the uploader.
+	 */
+	mime: string,
+	width?: number | null,
+	height?: number | null,
+	/**
+	 *  A thumbnail can be fetched (it is made in the background, so the
+	 *  first fetch may wait for it).
+	 */
+	thumbnail?: boolean,
+};
+
+/**  An attachment as it is stored and shown. */
+export type Attachment_Serialize = {
+	hash: string,
+	name: string,
+	size: number,
+	/**
+	 *  Sniffed from the bytes (`application/octet-stream` when unknown),
+	 *  never taken from the name or the uploader.
+	 */
+	mime: string,
+	width?: number,
+	height?: number,
+	/**
+	 *  A thumbnail can be fetched (it is made in the background, so the
+	 *  first fetch may wait for it).
+	 */
+	thumbnail: boolean,
 };
 
 /**
@@ -229,6 +293,8 @@ export type ChatMessage_Deserialize = {
 	reactions: Reaction[],
 	/**  Set for a call's entry ("Missed voice call"): `text` is empty. */
 	call?: CallRecord | null,
+	/**  Files it carries (fetch them with `Client::media`). */
+	attachments: Attachment_Deserialize[],
 };
 
 export type ChatMessage_Serialize = {
@@ -259,6 +325,8 @@ export type ChatMessage_Serialize = {
 	reactions: Reaction[],
 	/**  Set for a call's entry ("Missed voice call"): `text` is empty. */
 	call: CallRecord | null,
+	/**  Files it carries (fetch them with `Client::media`). */
+	attachments: Attachment_Serialize[],
 };
 
 /**  Everything the core tells its user, in one stream. */
@@ -282,7 +350,16 @@ live: boolean } |
 /**  Their senders' names, most recent first, each once. */
 senders: string[]; latest: ChatMessage_Deserialize } | 
 /**  A known message changed: edit, delete, reaction, pin, or its status. */
-{ type: "message_updated"; message: ChatMessage_Deserialize } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
+{ type: "message_updated"; message: ChatMessage_Deserialize } | 
+/**  An own unsent message was cancelled: it is gone from this device. */
+{ type: "message_removed"; conversation: string; id: number } | 
+/**
+ *  A file of an own queued message is uploading: `sent` of `total`
+ *  bytes are on the server (committed, so never counted twice).
+ */
+{ type: "upload_progress"; client_id: string; 
+/**  Which of the message's files. */
+file: number; sent: number; total: number } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
 /**  Created, renamed, members changed, or reloaded from a snapshot. */
 { type: "conversation_updated"; conversation: string } | { type: "typing"; conversation: string; user: string; username: string; ttl_ms: number } | { type: "presence"; user: string; online: boolean; last_seen?: number | null } | 
 /**  Caught up with the server after (re)connecting. */
@@ -308,7 +385,16 @@ live: boolean } |
 /**  Their senders' names, most recent first, each once. */
 senders: string[]; latest: ChatMessage_Serialize } | 
 /**  A known message changed: edit, delete, reaction, pin, or its status. */
-{ type: "message_updated"; message: ChatMessage_Serialize } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
+{ type: "message_updated"; message: ChatMessage_Serialize } | 
+/**  An own unsent message was cancelled: it is gone from this device. */
+{ type: "message_removed"; conversation: string; id: number } | 
+/**
+ *  A file of an own queued message is uploading: `sent` of `total`
+ *  bytes are on the server (committed, so never counted twice).
+ */
+{ type: "upload_progress"; client_id: string; 
+/**  Which of the message's files. */
+file: number; sent: number; total: number } | { type: "receipt"; conversation: string; user: string; delivered_seq: number; read_seq: number } | 
 /**  Created, renamed, members changed, or reloaded from a snapshot. */
 { type: "conversation_updated"; conversation: string } | { type: "typing"; conversation: string; user: string; username: string; ttl_ms: number } | { type: "presence"; user: string; online: boolean; last_seen: number | null } | 
 /**  Caught up with the server after (re)connecting. */
@@ -418,7 +504,18 @@ export type ErrorCode =
 /**  HTTP: the endpoint exists but not with this method. */
 "method_not_allowed" | 
 /**  HTTP: the body is not `application/json`. */
-"unsupported_media_type";
+"unsupported_media_type" | 
+/**
+ *  An upload's `PATCH` starts somewhere other than the committed
+ *  offset: ask (`HEAD`) and resume from there.
+ */
+"offset_mismatch" | 
+/**  A finished upload's SHA-256 is not the one declared at creation. */
+"checksum_mismatch" | 
+/**  The file is larger than the server accepts. */
+"file_too_large" | 
+/**  The account's storage quota is used up. */
+"quota_exceeded";
 
 /**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
 export type ExternalMedia = ExternalMedia_Serialize | ExternalMedia_Deserialize;
@@ -557,6 +654,41 @@ export type PlaySound = null;
 export type Reaction = {
 	emoji: string,
 	users: string[],
+};
+
+/**  A search hit, from this device's cache or from the server. */
+export type SearchResult = SearchResult_Serialize | SearchResult_Deserialize;
+
+/**  A search hit, from this device's cache or from the server. */
+export type SearchResult_Deserialize = {
+	conversation: string,
+	/**  `None` for an own message not yet sent. */
+	seq?: number | null,
+	/**  The cached message's id, if this device holds it. */
+	local_id?: number | null,
+	sender: string,
+	sender_name: string,
+	ts: number,
+	/**  Words around the match; matched terms between `\u{2}` and `\u{3}`. */
+	snippet: string,
+	/**  Found in this device's cache (else only the server has it). */
+	on_device: boolean,
+};
+
+/**  A search hit, from this device's cache or from the server. */
+export type SearchResult_Serialize = {
+	conversation: string,
+	/**  `None` for an own message not yet sent. */
+	seq: number | null,
+	/**  The cached message's id, if this device holds it. */
+	local_id: number | null,
+	sender: string,
+	sender_name: string,
+	ts: number,
+	/**  Words around the match; matched terms between `\u{2}` and `\u{3}`. */
+	snippet: string,
+	/**  Found in this device's cache (else only the server has it). */
+	on_device: boolean,
 };
 
 export type SendError = {
