@@ -37,6 +37,13 @@ const COMMANDS: &[&str] = &[
     "call_capabilities",
     "report_call_media",
     "audio_devices",
+    "send_files",
+    "send_file_data",
+    "cancel_message",
+    "open_attachment",
+    "search_messages",
+    "search_server",
+    "history_around",
 ];
 
 fn main() {

@@ -1,7 +1,7 @@
 // App state: what the UI shows, kept in step with the core's events. The
 // core and its cache are the source of truth; this is a view of them.
 import { events } from "../bindings";
-import type { CallCapabilities, CallView, ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SessionInfo, Settings } from "../bindings";
+import type { CallCapabilities, CallView, ChatMessage, ClientEvent, ConnectionState, ConversationSummary, SearchResult, SessionInfo, Settings } from "../bindings";
 import { api } from "./api";
 import { CallMedia, connectCallMedia, type MediaView } from "./webrtc";
 
@@ -28,6 +28,10 @@ export const app = $state({
   callMinimized: false,
   /** The call's media, where the webview carries it (see webrtc.ts). */
   media: null as MediaView | null,
+  /** Upload progress of own queued messages, by client id. */
+  uploads: {} as Record<string, { sent: number; total: number }>,
+  /** A message to show and mark (a search hit that was opened). */
+  highlight: null as { conversation: string; seq: number } | null,
 });
 
 /** The webview's WebRTC side of calls; null where the native engine carries them. */
@@ -89,6 +93,7 @@ export const refreshConversations = coalesced(async () => {
 
 export async function openConversation(id: string | null) {
   app.openId = id;
+  app.highlight = null;
   app.messages = [];
   app.hasOlder = true;
   await api.setAttention(id, null);
@@ -98,6 +103,32 @@ export async function openConversation(id: string | null) {
   app.messages = page;
   app.hasOlder = page.filter((m) => m.seq !== null).length >= PAGE;
   markRead();
+}
+
+/** Opens a conversation at one message, with the history around it. */
+export async function openAt(conversation: string, seq: number) {
+  app.openId = conversation;
+  app.highlight = { conversation, seq };
+  await api.setAttention(conversation, null);
+  const page = await api.historyAround(conversation, seq);
+  if (app.openId !== conversation) return;
+  app.messages = page;
+  app.hasOlder = true;
+}
+
+/** Search results: this device's first (instant), then the server's. */
+export async function searchMessages(
+  query: string,
+  conversation: string | null,
+  onResults: (hits: SearchResult[], done: boolean) => void,
+) {
+  const local = await api.searchMessages(query, conversation).catch(() => [] as SearchResult[]);
+  onResults(local, false);
+  const remote = await api.searchServer(query, conversation).catch(() => [] as SearchResult[]);
+  const key = (h: SearchResult) => `${h.conversation}:${h.seq}`;
+  const seen = new Set(local.filter((h) => h.seq !== null).map(key));
+  const merged = [...local, ...remote.filter((h) => !seen.has(key(h)))].sort((a, b) => b.ts - a.ts);
+  onResults(merged, true);
 }
 
 export async function loadOlder() {
@@ -190,6 +221,13 @@ function onEvent(e: ClientEvent) {
       break;
     case "call":
       onCall(e.call);
+      break;
+    case "upload_progress":
+      app.uploads[e.client_id] = { sent: e.sent, total: e.total };
+      break;
+    case "message_removed":
+      if (e.conversation === app.openId) app.messages = app.messages.filter((m) => m.id !== e.id);
+      refreshConversations();
       break;
   }
 }
