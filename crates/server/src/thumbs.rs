@@ -71,7 +71,7 @@ pub fn thumbnail(mime: &str, bytes: &[u8]) -> Option<Vec<u8>> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(20_000);
     limits.max_image_height = Some(20_000);
-    limits.max_alloc = Some(512 * 1024 * 1024);
+    limits.max_alloc = Some(256 * 1024 * 1024);
     reader.limits(limits);
     let img = reader.decode().ok()?;
     // `thumbnail` fits the box both ways; a small image stays as it is.
