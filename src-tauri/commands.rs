@@ -474,9 +474,7 @@ pub async fn open_attachment(app: AppHandle, shell: State<'_, Shell>, hash: Stri
         n += 1;
     }
     std::fs::copy(&cached, &target).map_err(|e| AppError::new("internal", e.to_string()))?;
-    app.opener()
-        .open_path(target.to_string_lossy(), None::<&str>)
-        .map_err(|e| AppError::new("internal", e.to_string()))
+    app.opener().open_path(target.to_string_lossy(), None::<&str>).map_err(|e| AppError::new("internal", e.to_string()))
 }
 
 /// Searches this device's messages (instant, offline).

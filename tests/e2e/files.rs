@@ -95,7 +95,8 @@ fn a_20_mb_upload_resumes_from_the_committed_offset_after_the_server_or_the_clie
     let first = file_bytes(1);
     let path = dir.path().join("first.bin");
     std::fs::write(&path, &first).expect("write");
-    let (mut send, progress) = with_progress(&alice, &["send", &conv, "--file", path.to_str().expect("path"), "--progress"]);
+    let (mut send, progress) =
+        with_progress(&alice, &["send", &conv, "--file", path.to_str().expect("path"), "--progress"]);
     let acknowledged = progress_past(&progress, half);
     server.kill();
     assert!(acknowledged < SIZE as u64, "killed before the upload finished");
@@ -119,7 +120,8 @@ fn a_20_mb_upload_resumes_from_the_committed_offset_after_the_server_or_the_clie
     let second = file_bytes(2);
     let path = dir.path().join("second.bin");
     std::fs::write(&path, &second).expect("write");
-    let (mut send, progress) = with_progress(&alice, &["send", &conv, "--file", path.to_str().expect("path"), "--progress"]);
+    let (mut send, progress) =
+        with_progress(&alice, &["send", &conv, "--file", path.to_str().expect("path"), "--progress"]);
     let acknowledged = progress_past(&progress, half);
     let _ = send.kill();
     let _ = send.wait();

@@ -549,7 +549,7 @@ async fn search(
                 hits.push(h);
             }
         }
-        hits.sort_by(|a, b| b.ts.cmp(&a.ts));
+        hits.sort_by_key(|h| std::cmp::Reverse(h.ts));
         hits.truncate(limit as usize);
     }
     for h in &hits {

@@ -62,7 +62,10 @@ pub async fn search_hit(client: &Client, h: &confab_core::SearchResult, json: bo
             "on_device": h.on_device,
         }));
     } else {
-        let snippet = h.snippet.replace(confab_protocol::media::HIGHLIGHT_START, "[").replace(confab_protocol::media::HIGHLIGHT_END, "]");
+        let snippet = h
+            .snippet
+            .replace(confab_protocol::media::HIGHLIGHT_START, "[")
+            .replace(confab_protocol::media::HIGHLIGHT_END, "]");
         let seq = h.seq.map(|s| format!("#{s}")).unwrap_or_else(|| "#-".into());
         line(&format!("{title} {seq} {}: {snippet}", h.sender_name));
     }

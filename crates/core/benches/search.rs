@@ -15,11 +15,11 @@ const RUNS: usize = 40;
 
 /// Words of everyday chat, and a few rare ones to find.
 const COMMON: &[&str] = &[
-    "the", "a", "to", "and", "you", "i", "is", "it", "that", "of", "in", "for", "on", "we", "are", "have", "be",
-    "at", "with", "this", "so", "but", "can", "just", "what", "not", "do", "will", "get", "see", "now", "all",
-    "going", "tomorrow", "tonight", "meeting", "lunch", "dinner", "later", "call", "home", "work", "today", "time",
-    "good", "great", "thanks", "okay", "yes", "no", "maybe", "soon", "train", "coffee", "weekend", "photo", "movie",
-    "party", "birthday", "office", "project", "deadline", "review", "budget", "plan", "trip", "ticket", "hotel",
+    "the", "a", "to", "and", "you", "i", "is", "it", "that", "of", "in", "for", "on", "we", "are", "have", "be", "at",
+    "with", "this", "so", "but", "can", "just", "what", "not", "do", "will", "get", "see", "now", "all", "going",
+    "tomorrow", "tonight", "meeting", "lunch", "dinner", "later", "call", "home", "work", "today", "time", "good",
+    "great", "thanks", "okay", "yes", "no", "maybe", "soon", "train", "coffee", "weekend", "photo", "movie", "party",
+    "birthday", "office", "project", "deadline", "review", "budget", "plan", "trip", "ticket", "hotel",
 ];
 
 fn sentence(rng: &mut u64, i: usize) -> String {
@@ -119,5 +119,8 @@ async fn main() {
         );
     }
     println!();
-    println!("worst p95 {worst:.2?} (target < 50 ms): {}", if worst < Duration::from_millis(50) { "met" } else { "NOT met" });
+    println!(
+        "worst p95 {worst:.2?} (target < 50 ms): {}",
+        if worst < Duration::from_millis(50) { "met" } else { "NOT met" }
+    );
 }

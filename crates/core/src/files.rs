@@ -363,7 +363,8 @@ pub(crate) async fn fetch(
     if !resp.status().is_success() {
         return Err(refusal(resp).await);
     }
-    let mut out = tokio::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(&part).await?;
+    let mut out =
+        tokio::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(&part).await?;
     while let Some(bytes) = resp.chunk().await.map_err(unreachable)? {
         out.write_all(&bytes).await?;
     }

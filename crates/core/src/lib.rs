@@ -562,8 +562,7 @@ impl Client {
         before: Option<confab_protocol::Millis>,
         limit: u32,
     ) -> Result<(Vec<SearchResult>, bool)> {
-        let reply =
-            self.request(RequestBody::Search { query: query.to_owned(), conversation, before, limit }).await?;
+        let reply = self.request(RequestBody::Search { query: query.to_owned(), conversation, before, limit }).await?;
         let Reply::Search { hits, has_more } = reply else {
             return Err(Error::Protocol("expected search results".into()));
         };

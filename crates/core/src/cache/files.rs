@@ -143,14 +143,13 @@ impl Cache {
     /// remove).
     pub async fn media_evict(&self, cap: u64) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let total: i64 = sqlx::query("SELECT COALESCE(SUM(bytes), 0) AS n FROM media_files")
-            .fetch_one(&mut *tx)
-            .await?
-            .get("n");
+        let total: i64 =
+            sqlx::query("SELECT COALESCE(SUM(bytes), 0) AS n FROM media_files").fetch_one(&mut *tx).await?.get("n");
         let mut over = total - cap as i64;
         let mut gone = Vec::new();
         if over > 0 {
-            let rows = sqlx::query("SELECT key, bytes FROM media_files ORDER BY last_used, key").fetch_all(&mut *tx).await?;
+            let rows =
+                sqlx::query("SELECT key, bytes FROM media_files ORDER BY last_used, key").fetch_all(&mut *tx).await?;
             for r in rows {
                 if over <= 0 {
                     break;
