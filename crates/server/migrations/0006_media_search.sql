@@ -29,6 +29,8 @@ CREATE TABLE blobs (
     thumbnail  TEXT,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- The sweep asks whether a blob is some other blob's thumbnail.
+CREATE INDEX blobs_by_thumbnail ON blobs(thumbnail) WHERE thumbnail IS NOT NULL;
 
 -- Who uploaded a blob (and may attach it): proof of having the bytes, so
 -- knowing a hash is not enough to post, or read, someone else's file.

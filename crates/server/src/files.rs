@@ -299,7 +299,23 @@ async fn finish(state: &AppState, upload: &Upload) -> Result<String> {
     let media = &state.media;
     let store = &state.service.store;
     let expect = upload.sha256.as_deref().and_then(BlobHash::parse);
-    let (hash, size) = match media.blobs.finish(upload.id, expect).await {
+    let have = media.blobs.upload_len(upload.id).await?;
+    let filed = if have == upload.length {
+        media.blobs.finish(upload.id, expect).await
+    } else {
+        match expect {
+            // Filed just before a crash, and not yet recorded: the bytes
+            // already sit under their hash.
+            Some(h) if media.blobs.size(h).await? == Some(upload.length) => Ok((h, upload.length)),
+            // Bytes the record counted are gone: resume from what is there.
+            _ => {
+                store.commit_upload(upload.id, have.min(upload.committed)).await?;
+                let why = format!("the upload is at {}; resume from there", have.min(upload.committed));
+                return Err(ApiError::new(ErrorCode::OffsetMismatch, why));
+            }
+        }
+    };
+    let (hash, size) = match filed {
         Ok(done) => done,
         Err(e) => {
             if e.code == ErrorCode::ChecksumMismatch {

@@ -145,6 +145,7 @@ impl Thumbnailer {
             .map_err(|e| ApiError::internal("thumbnail task", e))?;
         let Some(thumb) = thumb else {
             tracing::info!(blob = %info.hash, "no thumbnail: the image does not decode");
+            store.no_thumbnail(&info.hash).await?;
             return Ok(None);
         };
         let upload = uuid::Uuid::now_v7();

@@ -168,6 +168,9 @@ pub trait MediaStore: Send + Sync + 'static {
     /// spares it while a message naming it is on its way.
     async fn claim_blob(&self, user: UserId, hash: &str) -> Result<Option<BlobInfo>>;
     async fn set_thumbnail(&self, hash: &str, thumbnail: &str) -> Result<()>;
+    /// No thumbnail can be made of this blob (it does not decode): do not
+    /// try again.
+    async fn no_thumbnail(&self, hash: &str) -> Result<()>;
     /// Whether `user` may download the blob: a current member of a
     /// conversation with a message that carries it, or its uploader.
     async fn may_read_blob(&self, user: UserId, hash: &str) -> Result<bool>;

@@ -453,3 +453,56 @@ async fn search_finds_words_only_in_the_callers_conversations() {
     assert_eq!(r["hits"].as_array().expect("hits").len(), 3);
     assert_eq!(r["has_more"], true);
 }
+
+#[tokio::test]
+async fn an_upload_recovers_from_a_crash_between_filing_its_bytes_and_recording_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let media_dir = dir.path().join("m");
+    let s = TestServer::with_config(|c| c.media_dir = Some(media_dir.clone())).await;
+    let token = s.register("alice").await;
+    let store = s.server.state.service.store.clone();
+    let bytes = data(5000);
+    // Filed under its hash, but the crash came before the record said so.
+    let url = new_upload(&s, &token, &bytes).await;
+    let id = uuid::Uuid::try_parse(url.rsplit('/').next().expect("id")).expect("uuid");
+    let h = hex(&bytes);
+    std::fs::create_dir_all(media_dir.join("blobs").join(&h[..2])).expect("dir");
+    std::fs::write(media_dir.join("blobs").join(&h[..2]).join(&h), &bytes).expect("write");
+    store.commit_upload(id, bytes.len() as u64).await.expect("commit");
+    let r = patch(&url, &token, bytes.len(), Vec::new()).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["confab-blob"], h.as_str());
+    assert_eq!(
+        get(&s, &token, &format!("/v1/media/{h}")).await.bytes().await.expect("body").as_ref(),
+        bytes.as_slice()
+    );
+    // Bytes the record counted are gone: the client is sent back to what is
+    // really there, not given an empty or wrong file.
+    let other = data(3000).into_iter().rev().collect::<Vec<u8>>();
+    let url = new_upload(&s, &token, &other).await;
+    let id = uuid::Uuid::try_parse(url.rsplit('/').next().expect("id")).expect("uuid");
+    store.commit_upload(id, other.len() as u64).await.expect("commit");
+    let (status, code) = error_code(patch(&url, &token, other.len(), Vec::new()).await).await;
+    assert_eq!((status, code.as_str()), (409, "offset_mismatch"));
+    assert_eq!(offset(&url, &token).await.1, Some(0));
+    assert_eq!(patch(&url, &token, 0, other.clone()).await.headers()["confab-blob"], hex(&other).as_str());
+}
+
+#[tokio::test]
+async fn an_image_that_does_not_decode_has_no_thumbnail_and_is_not_decoded_again() {
+    let s = TestServer::start().await;
+    let token = s.register("alice").await;
+    // A real PNG header (so it sniffs as an image with a size), then junk.
+    let mut broken = png(64, 64)[..33].to_vec();
+    broken.extend(std::iter::repeat_n(0x5a, 4000));
+    let hash = upload(&s, &token, &broken).await;
+    for _ in 0..2 {
+        let r = get(&s, &token, &format!("/v1/media/{hash}/thumbnail")).await;
+        assert_eq!(error_code(r).await, (404, "not_found".into()));
+    }
+    let info = s.server.state.service.store.blob(&hash).await.expect("store").expect("blob");
+    assert_eq!(info.mime, "image/png");
+    assert!(!info.thumbable, "marked, so the next fetch does not decode it again");
+    // The file itself still downloads.
+    assert_eq!(get(&s, &token, &format!("/v1/media/{hash}")).await.status(), 200);
+}

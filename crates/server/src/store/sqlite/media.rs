@@ -173,6 +173,11 @@ impl MediaStore for SqliteStore {
         Ok(())
     }
 
+    async fn no_thumbnail(&self, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE blobs SET thumbable = 0 WHERE hash = ?").bind(hash).execute(&self.write).await?;
+        Ok(())
+    }
+
     async fn may_read_blob(&self, user: UserId, hash: &str) -> Result<bool> {
         let row = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM attachments a
