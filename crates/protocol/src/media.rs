@@ -95,18 +95,25 @@ pub fn validate_file_name(name: &str) -> bool {
 /// error: each word quoted (quotes inside doubled), the last one a prefix,
 /// all of them required. `None` when nothing searchable is left.
 pub fn fts_query(input: &str) -> Option<String> {
-    let words: Vec<String> = input
-        .split(|c: char| c.is_whitespace() || (c.is_ascii_punctuation() && c != '\'' && c != '-' && c != '_'))
-        .filter(|w| w.chars().any(|c| c.is_alphanumeric()))
-        .take(16)
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect();
+    let words = search_words(input);
     if words.is_empty() {
         return None;
     }
-    let mut q = words.join(" ");
+    let mut q = words.iter().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect::<Vec<_>>().join(" ");
     q.push('*');
     Some(q)
+}
+
+/// The words of a search, at most 16 (the last one is matched as a
+/// prefix): split at white space and punctuation other than `'`, `-` and
+/// `_`, each with at least one letter or digit.
+pub fn search_words(input: &str) -> Vec<String> {
+    input
+        .split(|c: char| c.is_whitespace() || (c.is_ascii_punctuation() && c != '\'' && c != '-' && c != '_'))
+        .filter(|w| w.chars().any(|c| c.is_alphanumeric()))
+        .take(16)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

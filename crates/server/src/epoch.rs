@@ -70,14 +70,17 @@ async fn write(path: PathBuf, epoch: String, total: i64) -> std::io::Result<()> 
 /// The epoch to serve with, and the log's size now. Rotates the epoch for a
 /// new database, a detected rewind, or when `force_new` (an operator who
 /// restored a backup) asks for it.
-pub async fn establish(store: &dyn Store, db: &Path, force_new: bool) -> Result<(String, i64)> {
+///
+/// `db` is the SQLite file whose sidecar is checked and written; `None`
+/// (a shared Postgres database) checks only the stored epoch.
+pub async fn establish(store: &dyn Store, db: Option<&Path>, force_new: bool) -> Result<(String, i64)> {
     let total = store.log_total().await?;
     let stored = store.meta("epoch").await?;
-    let sidecar = sidecar_path(db);
+    let sidecar = db.map(sidecar_path);
     // A sidecar that saw more events than the database holds now, or saw
     // another epoch (a database from before a rotation, or
     // another server's), means clients may hold positions this log lacks.
-    let rewound = match (&stored, read_sidecar(&sidecar)) {
+    let rewound = match (&stored, sidecar.as_deref().and_then(read_sidecar)) {
         (Some(epoch), Some((seen_epoch, seen_total))) => *epoch != seen_epoch || total < seen_total,
         _ => false,
     };
@@ -92,6 +95,10 @@ pub async fn establish(store: &dyn Store, db: &Path, force_new: bool) -> Result<
             epoch
         }
     };
-    write(sidecar, epoch.clone(), total).await.map_err(|e| ApiError::internal("cannot write the epoch sidecar", e))?;
+    if let Some(sidecar) = sidecar {
+        write(sidecar, epoch.clone(), total)
+            .await
+            .map_err(|e| ApiError::internal("cannot write the epoch sidecar", e))?;
+    }
     Ok((epoch, total))
 }

@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{SqliteStore, Store};
+use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -157,10 +157,28 @@ impl Config {
         }
     }
 
+    /// Whether `db` is a Postgres URL rather than a SQLite file.
+    pub fn is_postgres(&self) -> bool {
+        self.db.to_str().is_some_and(store::is_postgres_url)
+    }
+
+    /// The database, for logs: a Postgres URL without its password.
+    pub fn db_display(&self) -> String {
+        let db = self.db.to_string_lossy();
+        match (self.is_postgres(), db.split_once("://"), db.rfind('@')) {
+            (true, Some((scheme, rest)), Some(at)) => match rest[..at - scheme.len() - 3].split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{}", &db[at..]),
+                None => db.into_owned(),
+            },
+            _ => db.into_owned(),
+        }
+    }
+
     /// The media directory in use.
     pub fn media_dir(&self) -> PathBuf {
         match &self.media_dir {
             Some(dir) => dir.clone(),
+            None if self.is_postgres() => PathBuf::from("media"),
             None => self.db.parent().unwrap_or(std::path::Path::new(".")).join("media"),
         }
     }
@@ -286,15 +304,21 @@ impl Server {
 
 /// Opens the database, binds `config.listen` and serves in the background.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let store = SqliteStore::open(&config.db)
+    if config.is_postgres() && config.media_dir.is_none() {
+        anyhow::bail!("with a Postgres database, say where attachments go (--media-dir, shared by every node)");
+    }
+    let store = store::open(&config.db.to_string_lossy())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db.display()))?;
-    let (epoch, log_total) = epoch::establish(&store, &config.db, config.new_epoch).await?;
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", config.db_display()))?;
+    // The sidecar that detects a restored SQLite file sits beside it; a
+    // shared database has none (restore it with `--new-epoch`).
+    let sidecar = (!config.is_postgres()).then(|| Arc::new(epoch::Sidecar::new(&config.db)));
+    let (epoch, log_total) =
+        epoch::establish(&*store, sidecar.as_ref().map(|_| config.db.as_path()), config.new_epoch).await?;
     let media_dir = config.media_dir();
     let blobs = media::DiskBlobStore::open(&media_dir)
         .map_err(|e| anyhow::anyhow!("cannot open the media directory {}: {e}", media_dir.display()))?;
-    let state = AppState::new(Arc::new(store), config.limits, epoch, log_total, config.ice, Arc::new(blobs)).await?;
-    let sidecar = Arc::new(epoch::Sidecar::new(&config.db));
+    let state = AppState::new(store, config.limits, epoch, log_total, config.ice, Arc::new(blobs)).await?;
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
@@ -310,6 +334,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let service = service.clone();
         let sidecar = sidecar.clone();
         tokio::spawn(async move {
+            let Some(sidecar) = sidecar else { return };
             let mut recorded = -1;
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -397,8 +422,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             service.hub.kick_all();
             recorder.abort();
             let total = service.log_total.load(std::sync::atomic::Ordering::Relaxed);
-            if let Err(e) = sidecar.record(&service.epoch, total).await {
-                tracing::warn!(%e, "cannot update the epoch sidecar");
+            if let Some(sidecar) = &sidecar {
+                if let Err(e) = sidecar.record(&service.epoch, total).await {
+                    tracing::warn!(%e, "cannot update the epoch sidecar");
+                }
             }
         };
         let app = router.into_make_service_with_connect_info::<SocketAddr>();

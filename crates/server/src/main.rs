@@ -1,4 +1,4 @@
-//! `confab-server [--listen ADDR] [--db PATH]`
+//! `confab-server [--listen ADDR] [--db PATH | --db postgres://…]`
 
 use clap::Parser;
 use std::io::Write;
@@ -6,12 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "confab-server", version, about = "Confab chat server (WebSocket + HTTP, embedded SQLite)")]
+#[command(
+    name = "confab-server",
+    version,
+    about = "Confab chat server (WebSocket + HTTP, embedded SQLite or Postgres)"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:7313")]
     listen: SocketAddr,
-    /// SQLite database file, created on first start.
+    /// SQLite database file, created on first start; or a Postgres URL
+    /// (`postgres://user@host/db`) that several nodes share.
     #[arg(long, env = "CONFAB_DB")]
     db: Option<PathBuf>,
     /// Sustained requests per second allowed per user.
@@ -63,7 +68,8 @@ struct Args {
     /// reconnect and rejoin it, in seconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     call_rejoin_seconds: u64,
-    /// Where attachments are kept (default: `media/` beside the database).
+    /// Where attachments are kept (default: `media/` beside a SQLite
+    /// database; required with Postgres, and shared by every node).
     #[arg(long, env = "CONFAB_MEDIA_DIR")]
     media_dir: Option<PathBuf>,
     /// The largest file one may upload, in MiB.
@@ -140,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         config.tls = Some(confab_server::TlsFiles { cert, key });
     }
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    tracing::info!(db = %config.db.display(), media = %config.media_dir().display(), "starting");
+    tracing::info!(db = %config.db_display(), media = %config.media_dir().display(), "starting");
     let mut server = confab_server::start(config).await?;
     // Scripts and tests wait for this exact line to learn the real port.
     println!("listening on {scheme}://{}", server.addr);

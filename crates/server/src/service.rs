@@ -290,11 +290,12 @@ impl Service {
         if let Some(c) = conversation {
             self.member(c, caller.user).await?;
         }
-        let Some(fts) = media::fts_query(query) else {
+        let words = media::search_words(query);
+        if words.is_empty() {
             return Ok(Reply::Search { hits: Vec::new(), has_more: false });
-        };
+        }
         let limit = limit.clamp(1, media::MAX_SEARCH_HITS);
-        let q = crate::store::SearchQuery { user: caller.user, fts, conversation, before, limit };
+        let q = crate::store::SearchQuery { user: caller.user, words, conversation, before, limit };
         let mut hits = self.store.search(&q).await?;
         let has_more = hits.len() > limit as usize;
         hits.truncate(limit as usize);

@@ -1,14 +1,41 @@
-//! Storage behind a trait, so a Postgres implementation can be added without
-//! touching the handlers. [`SqliteStore`] is the embedded default.
+//! Storage behind a trait: [`SqliteStore`] is the embedded default,
+//! [`PostgresStore`] the shared database of several nodes ([`open`] picks
+//! one from the `--db` argument).
 //!
 //! Every change to a conversation goes through [`Store::append`], which in
 //! one transaction assigns the next gap-free `pos` (and `seq` for messages),
 //! updates the current-state tables and appends the event to the log. The
-//! caller publishes the returned event only after this commit.
+//! caller publishes the returned event only after this commit. The rules an
+//! append follows are written once, in [`write`]; a store only persists.
 
+mod postgres;
 mod sqlite;
+pub mod write;
 
-pub use sqlite::{SqliteStore, WATERMARK_BYTES};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Bytes an event or message adds to a reply beyond its text: ids, numbers,
+/// field names (an over-estimate, so replies stay under their budget).
+pub const EVENT_OVERHEAD: usize = 200;
+/// Bytes one [`Watermark`] takes in a reply (an over-estimate).
+pub const WATERMARK_BYTES: usize = 100;
+/// Bytes a message in a history reply adds beyond its text.
+pub const MESSAGE_OVERHEAD: usize = 300;
+
+/// Whether `--db` names a Postgres database rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// Opens the store `db` names: a `postgres://` URL, or a SQLite file path.
+pub async fn open(db: &str) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(if is_postgres_url(db) {
+        std::sync::Arc::new(PostgresStore::connect(db).await?)
+    } else {
+        std::sync::Arc::new(SqliteStore::open(std::path::Path::new(db)).await?)
+    })
+}
 
 use crate::error::Result;
 use async_trait::async_trait;
@@ -138,8 +165,9 @@ pub struct BlobInfo {
 #[derive(Clone, Debug)]
 pub struct SearchQuery {
     pub user: UserId,
-    /// An FTS5 query ([`confab_protocol::media::fts_query`]).
-    pub fts: String,
+    /// What to look for ([`confab_protocol::media::search_words`]): every
+    /// word, the last one as a prefix.
+    pub words: Vec<String>,
     pub conversation: Option<ConversationId>,
     pub before: Option<Millis>,
     pub limit: u32,
@@ -270,6 +298,9 @@ pub trait Store: MediaStore + Send + Sync + 'static {
     /// committed together; one result each: `None` when nothing moved (or
     /// the user is not a member).
     async fn mark(&self, marks: Vec<Mark>) -> Result<Vec<Option<Marked>>>;
+    /// How many transactions appends and receipts have taken so far (fewer
+    /// than appends when they were grouped).
+    fn append_commits(&self) -> u64;
     /// Members' watermarks of one conversation, by user id after `after`,
     /// about `budget` bytes (at least one).
     async fn watermarks(&self, conversation: ConversationId, after: Option<UserId>, budget: usize)

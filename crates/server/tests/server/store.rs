@@ -1,9 +1,9 @@
-//! The SQLite store itself, under concurrent appends: group commit keeps
+//! The store itself (SQLite, or Postgres with CONFAB_TEST_STORE=postgres), under concurrent appends: group commit keeps
 //! positions and message numbers gap-free and in order, deduplication holds
 //! inside one group, and a refused change rolls back alone.
 
 use confab_protocol::{ErrorCode, EventBody, Member};
-use confab_server::store::{AppendOutcome, SqliteStore, Store};
+use confab_server::store::{AppendOutcome, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// conversation and a group of the two.
 struct Pair {
     _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     a: Uuid,
     b: Uuid,
     direct: Uuid,
@@ -21,7 +21,7 @@ struct Pair {
 
 async fn pair() -> Pair {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.expect("open the store"));
+    let store = crate::support::store(dir.path()).await;
     let a = store.create_user("alice", "x").await.expect("alice");
     let b = store.create_user("bob", "x").await.expect("bob");
     let member = |user, name: &str| Member { user, username: name.into(), admin: false };
@@ -200,7 +200,7 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
 async fn receipts_commit_together_move_only_forward_and_number_their_versions_without_gaps() {
     use confab_server::store::Mark;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).await.unwrap());
+    let store = crate::support::store(dir.path()).await;
     let mut members = Vec::new();
     for i in 0..30 {
         let user = store.create_user(&format!("u{i:02}"), "x").await.unwrap();
@@ -297,4 +297,93 @@ async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one
     // To a conversation that does not exist: each refused, nothing written.
     let out = store.append_all(Uuid::now_v7(), a, vec![msg(Uuid::now_v7(), "void")]).await.unwrap();
     assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_appending_to_one_conversation_at_once_leave_no_gap_and_store_each_send_once() {
+    // Two stores on one database, as two server nodes have: each with its
+    // own connections and its own group commit. (SQLite allows one writing
+    // process; there both "nodes" are the one store.)
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = crate::support::database(dir.path()).await;
+    let db = db.to_string_lossy();
+    let one = confab_server::store::open(&db).await.expect("node 1");
+    let two = if crate::support::on_postgres() {
+        confab_server::store::open(&db).await.expect("node 2")
+    } else {
+        one.clone()
+    };
+    let a = one.create_user("alice", "x").await.expect("alice");
+    let b = one.create_user("bob", "x").await.expect("bob");
+    let member = |user, name: &str| Member { user, username: name.into(), admin: false };
+    let (direct, _) = one.open_direct(Uuid::now_v7(), member(a, "alice"), member(b, "bob")).await.expect("direct");
+    let group = Uuid::now_v7();
+    two.create_group(group, "g", vec![member(a, "alice"), member(b, "bob")], a).await.expect("group");
+    let nodes = [one.clone(), two.clone()];
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        Send,
+        Twin,
+    }
+    let msg = |client_id, text: String| EventBody::Message { seq: 0, client_id, text, attachments: vec![] };
+    let mut tasks = Vec::new();
+    for i in 0..600usize {
+        let actor = if i % 3 == 0 { b } else { a };
+        let client_id = Uuid::now_v7();
+        // Every send goes to one node; every fifth is also retried on the
+        // other at once (a client that reconnected elsewhere).
+        let copies: &[usize] = if i % 5 == 0 { &[0, 1] } else { &[i % 2] };
+        for &n in copies {
+            let (store, body) = (nodes[n].clone(), msg(client_id, format!("m{i}")));
+            tasks.push(tokio::spawn(async move { (Kind::Send, client_id, store.append(group, actor, body).await) }));
+        }
+        // Every 25th: one client id sent to two conversations on the two
+        // nodes at once; one is stored, the other refused, nobody else fails.
+        if i % 25 == 0 {
+            let twin = Uuid::now_v7();
+            for (n, conv) in [(0, direct), (1, group)] {
+                let (store, body) = (nodes[n].clone(), msg(twin, format!("twin {i}")));
+                tasks.push(tokio::spawn(async move { (Kind::Twin, twin, store.append(conv, a, body).await) }));
+            }
+        }
+    }
+    let mut sends: HashMap<Uuid, (usize, usize)> = HashMap::new();
+    let mut twins: HashMap<Uuid, (usize, usize)> = HashMap::new();
+    for t in tasks {
+        let (kind, id, outcome) = t.await.expect("task");
+        let counts = if kind == Kind::Send { &mut sends } else { &mut twins };
+        let entry = counts.entry(id).or_default();
+        match outcome {
+            Ok(AppendOutcome::Appended { .. }) => entry.0 += 1,
+            Ok(AppendOutcome::Duplicate { .. }) => entry.1 += 1,
+            Err(e) if kind == Kind::Twin && e.code == ErrorCode::InvalidRequest => entry.1 += 1,
+            other => panic!("{kind:?} {id}: {other:?}"),
+        }
+    }
+    assert_eq!(sends.len(), 600);
+    assert!(sends.values().all(|&(stored, _)| stored == 1), "each send stored exactly once");
+    assert_eq!(sends.values().map(|c| c.1).sum::<usize>(), 120, "each retry answered as a duplicate");
+    assert!(twins.values().all(|&c| c == (1, 1)), "each twin stored once, refused once: {twins:?}");
+
+    for (conv, node) in [(group, &one), (direct, &two)] {
+        let page = node.events_after(conv, 0, 10_000, usize::MAX).await.expect("log");
+        let positions: Vec<i64> = page.events.iter().map(|e| e.pos).collect();
+        assert_eq!(positions, (1..=page.last_pos).collect::<Vec<_>>(), "gap-free positions");
+        let mut ids = Vec::new();
+        let mut seqs = Vec::new();
+        for e in &page.events {
+            if let EventBody::Message { seq, client_id, .. } = &e.body {
+                seqs.push(*seq);
+                ids.push(*client_id);
+            }
+        }
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gap-free message numbers");
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "no send logged twice");
+        if conv == group {
+            let twins_here = ids.iter().filter(|id| twins.contains_key(id)).count();
+            assert_eq!(seqs.len(), 600 + twins_here);
+        }
+    }
 }

@@ -8,6 +8,43 @@ use tokio_tungstenite::tungstenite::Message;
 pub const PASSWORD: &str = "correct horse battery";
 pub const T: Duration = Duration::from_secs(10);
 
+/// Whether the tests run against Postgres (`CONFAB_TEST_STORE=postgres`)
+/// rather than SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("CONFAB_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// A database for one test: a SQLite file in `dir`, or, on Postgres, a
+/// fresh database of its own on the server at `CONFAB_TEST_POSTGRES`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`). A Postgres run
+/// without a reachable Postgres fails, loudly: it never falls back.
+pub async fn database(dir: &std::path::Path) -> std::path::PathBuf {
+    if !on_postgres() {
+        return dir.join("server.db");
+    }
+    use sqlx::Connection;
+    let admin = std::env::var("CONFAB_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!(
+            "CONFAB_TEST_STORE=postgres, but Postgres at {admin} is unreachable ({e}). Start it \
+             (CONFAB_SETUP_TESTS=1 scripts/setup does), point CONFAB_TEST_POSTGRES at one, or run \
+             without CONFAB_TEST_STORE=postgres."
+        )
+    });
+    // The prefix lets scripts/test drop what a run leaves behind.
+    let name = format!("confab_t_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create a test database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    std::path::PathBuf::from(format!("{base}/{name}"))
+}
+
+/// A store for one test (see [`database`]).
+pub async fn store(dir: &std::path::Path) -> std::sync::Arc<dyn confab_server::store::Store> {
+    let db = database(dir).await;
+    confab_server::store::open(&db.to_string_lossy()).await.expect("open the store")
+}
+
 pub struct TestServer {
     pub server: Server,
     pub url: String,
@@ -26,7 +63,8 @@ impl TestServer {
     /// A server with its default test limits, then `adjust`ed.
     pub async fn with_config(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("server.db"));
+        let mut config = Config::new("127.0.0.1:0".parse().expect("addr"), database(dir.path()).await);
+        config.media_dir = Some(dir.path().join("media"));
         config.limits = Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() };
         adjust(&mut config);
         let server = confab_server::start(config).await.expect("server starts");

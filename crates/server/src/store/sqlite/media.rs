@@ -231,6 +231,7 @@ impl MediaStore for SqliteStore {
 
     async fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
         let limit = q.limit.clamp(1, media::MAX_SEARCH_HITS) as i64 + 1;
+        let Some(fts) = media::fts_query(&q.words.join(" ")) else { return Ok(Vec::new()) };
         let in_conversation = if q.conversation.is_some() { "AND r.conversation_id = ?4" } else { "" };
         let sql = format!(
             "SELECT r.conversation_id, r.seq, m.sender, m.ts,
@@ -245,7 +246,7 @@ impl MediaStore for SqliteStore {
         );
         let rows = sqlx::query(&sql)
             .bind(q.user.to_string())
-            .bind(&q.fts)
+            .bind(&fts)
             .bind(q.before.unwrap_or(Millis::MAX))
             .bind(q.conversation.map(|c| c.to_string()))
             .bind(limit)
