@@ -3,6 +3,7 @@
 
 mod calls;
 mod chat;
+mod cluster;
 mod delivery;
 mod files;
 mod hardening;

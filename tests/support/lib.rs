@@ -40,6 +40,7 @@ pub struct Server {
     pub url: String,
     pub port: u16,
     dir: PathBuf,
+    db: String,
     extra: Vec<String>,
 }
 
@@ -52,13 +53,20 @@ impl Server {
     }
 
     pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let db = dir.join("server.db").to_string_lossy().into_owned();
+        Server::start_on(dir, port, &db, extra)
+    }
+
+    /// A server on the database `db` (a file, or a `postgres://` URL
+    /// several servers share); its log and media in `dir`.
+    pub fn start_on(dir: &Path, port: u16, db: &str, extra: &[&str]) -> Server {
         std::fs::create_dir_all(dir).expect("server dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log");
         let mut child = Command::new(bin("confab-server"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--db")
-            .arg(dir.join("server.db"))
+            .arg(db)
             .args(extra)
             .env("RUST_LOG", "info,tower_http=warn,sqlx=warn")
             .stdin(Stdio::null())
@@ -83,6 +91,7 @@ impl Server {
             url,
             port,
             dir: dir.to_owned(),
+            db: db.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -134,7 +143,7 @@ impl Server {
         // The port was just released; retry briefly if it is not free yet.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let attempt = std::panic::catch_unwind(|| Server::start_with(&self.dir, self.port, &extra));
+            let attempt = std::panic::catch_unwind(|| Server::start_on(&self.dir, self.port, &self.db, &extra));
             match attempt {
                 Ok(mut s) => {
                     self.child = s.child.take();
@@ -243,6 +252,30 @@ impl Profile {
         let text = lines.join("\n") + "\n";
         std::thread::spawn(move || {
             let _ = stdin.write_all(text.as_bytes());
+        });
+        child
+    }
+
+    /// [`Profile::send_lines`], the lines written at about `per_second`,
+    /// so the stream lasts a while.
+    pub fn send_lines_paced(&self, conversation: &str, lines: &[String], per_second: usize) -> Child {
+        let mut child = self
+            .cmd(&["send", conversation])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn send");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let lines = lines.to_vec();
+        let per_tick = (per_second / 50).max(1);
+        std::thread::spawn(move || {
+            for chunk in lines.chunks(per_tick) {
+                if stdin.write_all((chunk.join("\n") + "\n").as_bytes()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         });
         child
     }
@@ -576,5 +609,128 @@ impl Proxy {
     /// Lets links through again.
     pub fn restore(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).cut = false;
+    }
+}
+
+/// Whether the tests that need Postgres, NATS and HAProxy were switched off
+/// (`CONFAB_SKIP_POSTGRES=1`); otherwise a missing one fails them.
+pub fn skip_postgres(test: &str) -> bool {
+    let skip = std::env::var("CONFAB_SKIP_POSTGRES").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("{test}: NOT RUN (CONFAB_SKIP_POSTGRES=1)");
+    }
+    skip
+}
+
+/// A fresh Postgres database on the server at `CONFAB_TEST_POSTGRES`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`); its URL.
+pub fn postgres_database() -> String {
+    let admin = std::env::var("CONFAB_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("confab_t_{}", uuid::Uuid::now_v7().simple());
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql (Postgres's client) is needed: CONFAB_SETUP_TESTS=1 scripts/setup installs it");
+    assert!(
+        out.status.success(),
+        "cannot create a database on Postgres at {admin} (start it: scripts/services): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Waits until something accepts connections on a loopback port.
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
+/// A `nats-server` of the test's own, on a loopback port.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let mut nats = Nats { child: None, port: free_port() };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts it on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is needed: CONFAB_SETUP_TESTS=1 scripts/setup installs it");
+        self.child = Some(child);
+        assert!(wait_port(self.port, Duration::from_secs(10)), "nats-server did not start");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// HAProxy in front of the nodes, with the configuration given.
+pub struct Haproxy {
+    child: Child,
+}
+
+impl Haproxy {
+    /// Runs `haproxy` on `config` (written to `dir`); waits for `ports`.
+    pub fn start(dir: &Path, config: &str, ports: &[u16]) -> Haproxy {
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .expect("haproxy is needed: CONFAB_SETUP_TESTS=1 scripts/setup installs it");
+        assert!(check.status.success(), "haproxy.cfg: {}", String::from_utf8_lossy(&check.stdout));
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log")).expect("log"))
+            .spawn()
+            .expect("start haproxy");
+        for p in ports {
+            assert!(wait_port(*p, Duration::from_secs(10)), "haproxy is not listening on {p}");
+        }
+        Haproxy { child }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -81,13 +81,20 @@ pub enum ErrorCode {
     /// The account's storage quota is used up.
     #[error("quota_exceeded")]
     QuotaExceeded,
+    /// This server is shutting down (draining): connect again, the load
+    /// balancer sends the new connection to another node.
+    #[error("unavailable")]
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Whether retrying the same request later may succeed. The client's
     /// outbox retries these and marks the message failed on the others.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::TooManyConnections)
+        matches!(
+            self,
+            ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::TooManyConnections | ErrorCode::Unavailable
+        )
     }
 
     /// The code for its wire name, if it is one.
@@ -125,6 +132,7 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::FileTooLarge => "file_too_large",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -162,6 +170,7 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "the uploaded bytes do not match the declared SHA-256",
             ErrorCode::FileTooLarge => "the file is larger than this server accepts",
             ErrorCode::QuotaExceeded => "your storage quota is used up",
+            ErrorCode::Unavailable => "this server is shutting down; connect again",
         }
     }
 }
@@ -201,6 +210,7 @@ mod tests {
             ErrorCode::ChecksumMismatch,
             ErrorCode::FileTooLarge,
             ErrorCode::QuotaExceeded,
+            ErrorCode::Unavailable,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

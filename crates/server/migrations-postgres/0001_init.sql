@@ -57,6 +57,8 @@ CREATE TABLE events (
     body            TEXT NOT NULL,
     PRIMARY KEY (conversation_id, pos)
 );
+-- A node whose bus lost messages reads back what was committed since.
+CREATE INDEX events_by_ts ON events(ts, conversation_id, pos);
 
 -- Current state of each message.
 CREATE TABLE messages (

@@ -97,9 +97,7 @@ pub async fn login(
     };
     let token = new_token();
     let (_, evicted) = store.create_session(user, &token_hash(&token), device(&req)).await?;
-    for old in evicted {
-        state.service.hub.kick_session(old);
-    }
+    state.service.kick_sessions(&evicted);
     Ok(Json(AuthResponse { user, username: req.username, token }))
 }
 
@@ -118,7 +116,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result
     let token = bearer(&headers)?;
     match state.service.store.delete_session(&token_hash(token)).await? {
         Some(session) => {
-            state.service.hub.kick_session(session);
+            state.service.kick_sessions(&[session]);
             Ok(StatusCode::NO_CONTENT)
         }
         None => Err(ErrorCode::InvalidToken.into()),

@@ -165,9 +165,21 @@ impl Hub {
     /// so no event can overtake it), or returns `None` when the user already
     /// has the maximum number of connections.
     pub fn register(&self, user: UserId, session: Uuid, first: Arc<str>) -> Option<Registration> {
+        self.register_beside(user, session, first, 0)
+    }
+
+    /// [`Hub::register`] for a user who has `elsewhere` connections on
+    /// other nodes (they count towards the limit).
+    pub fn register_beside(
+        &self,
+        user: UserId,
+        session: Uuid,
+        first: Arc<str>,
+        elsewhere: usize,
+    ) -> Option<Registration> {
         let mut conns = lock(&self.conns);
         let list = conns.entry(user).or_default();
-        if list.len() >= self.max_per_user {
+        if list.len() + elsewhere >= self.max_per_user {
             if list.is_empty() {
                 conns.remove(&user);
             }
@@ -195,6 +207,16 @@ impl Hub {
             conns.remove(&user);
         }
         removed && !conns.contains_key(&user)
+    }
+
+    /// How many connections `user` has here.
+    pub fn connections(&self, user: UserId) -> usize {
+        lock(&self.conns).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Every user connected here, with their number of connections.
+    pub fn connection_counts(&self) -> Vec<(UserId, usize)> {
+        lock(&self.conns).iter().map(|(u, c)| (*u, c.len())).collect()
     }
 
     pub fn is_online(&self, user: UserId) -> bool {

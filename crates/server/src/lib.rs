@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod calls;
+pub mod cluster;
 pub mod epoch;
 pub mod error;
 pub mod files;
@@ -92,6 +93,10 @@ pub struct Limits {
     /// A blob no message carries is removed once its uploader has not
     /// uploaded or attached it for this long.
     pub media_grace: Duration,
+    /// On shutdown, how long the node reports itself not ready (so the
+    /// load balancer stops sending it connections) before it closes its
+    /// sockets, whose clients then reconnect to another node.
+    pub drain_wait: Duration,
 }
 
 impl Default for Limits {
@@ -119,6 +124,8 @@ impl Default for Limits {
             quota_bytes: 2 * 1024 * 1024 * 1024,
             upload_ttl: Duration::from_secs(24 * 3600),
             media_grace: Duration::from_secs(24 * 3600),
+            // A lone server has nobody to hand over to.
+            drain_wait: Duration::ZERO,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct Config {
     pub ice: ice::IceConfig,
     /// Where attachments are kept; `media/` beside the database if `None`.
     pub media_dir: Option<PathBuf>,
+    /// NATS, to fan out through the other nodes on the same database.
+    pub nats: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +163,7 @@ impl Config {
             tls: None,
             ice: ice::IceConfig::default(),
             media_dir: None,
+            nats: None,
         }
     }
 
@@ -199,6 +209,8 @@ pub struct AppState {
     pub hasher: Arc<hasher::Hasher>,
     pub dummy_hash: Arc<str>,
     pub media: Arc<files::Media>,
+    /// Shutting down: not ready, no new connections.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -209,6 +221,7 @@ impl AppState {
         log_total: i64,
         ice: ice::IceConfig,
         blobs: Arc<dyn media::BlobStore>,
+        cluster: Option<Arc<cluster::Cluster>>,
     ) -> error::Result<Self> {
         let nz = guard::nz;
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
@@ -219,14 +232,19 @@ impl AppState {
             .map_err(|e| error::ApiError::internal("cannot start the hashing threads", e))?;
         let dummy_hash = auth::make_dummy_hash(&hasher).await?.into();
         Ok(AppState {
+            draining: Arc::default(),
             media: Arc::new(files::Media::new(blobs, &limits)),
             hasher: Arc::new(hasher),
             dummy_hash,
-            service: Arc::new(
-                Service::new(store, hub, max_members, epoch, log_total)
+            service: Arc::new({
+                let service = Service::new(store, hub, max_members, epoch, log_total)
                     .with_call_timeouts(limits.call_ring_timeout, limits.call_rejoin_grace)
-                    .with_ice(ice),
-            ),
+                    .with_ice(ice);
+                match cluster {
+                    Some(cluster) => service.with_cluster(cluster),
+                    None => service,
+                }
+            }),
             limits: Arc::new(limits.clone()),
             request_limiter: Arc::new(RateLimiter::keyed(quota)),
             auth_guard: Arc::new(guard::AuthGuard::new(limits.accounts_per_hour, limits.trust_proxy)),
@@ -234,8 +252,70 @@ impl AppState {
     }
 }
 
+/// Liveness: the process answers.
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: whether a load balancer should send this node connections:
+/// not while it drains, nor while its database does not answer. A NATS
+/// link that is down does not make a node unready (its clients are served
+/// from the log, late), or every node would leave at once.
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let store = state.service.store.meta("epoch").await.is_ok();
+    let nats = state.service.cluster.as_ref().map(|c| c.is_connected());
+    let ok = !draining && store;
+    let status = if ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({ "ready": ok, "draining": draining, "store": store, "nats": nats });
+    (status, Json(body)).into_response()
+}
+
+/// The process's metrics recorder. The `metrics` facade is global, so
+/// every server in one process (tests) shares it.
+pub fn metrics_handle() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+            let installed = builder
+                .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("confab_commit_jobs".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| b.install_recorder());
+            match installed {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(%e, "no metrics: another recorder is installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`, in Prometheus's text format. Meant for the monitoring
+/// network: the load balancer's example config does not forward it.
+async fn metrics_endpoint(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(handle) = metrics_handle() else {
+        return error::ApiError::from(confab_protocol::ErrorCode::NoSuchEndpoint).into_response();
+    };
+    if let Some(cluster) = &state.service.cluster {
+        metrics::gauge!("confab_fanout_queue_bytes").set(cluster.queued_bytes() as f64);
+        metrics::gauge!("confab_nats_connected").set(if cluster.is_connected() { 1.0 } else { 0.0 });
+    }
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!("confab_draining").set(if draining { 1.0 } else { 0.0 });
+    handle.run_upkeep();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 /// The largest HTTP request body (register, login): a username, a password
@@ -263,6 +343,9 @@ pub fn app(state: AppState) -> Router {
         .merge(http)
         .merge(files)
         .route("/v1/health", get(health))
+        .route("/v1/live", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/metrics", get(metrics_endpoint))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { error::ApiError::from(confab_protocol::ErrorCode::NoSuchEndpoint) })
         .method_not_allowed_fallback(|| async { error::ApiError::from(confab_protocol::ErrorCode::MethodNotAllowed) })
@@ -318,7 +401,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let media_dir = config.media_dir();
     let blobs = media::DiskBlobStore::open(&media_dir)
         .map_err(|e| anyhow::anyhow!("cannot open the media directory {}: {e}", media_dir.display()))?;
-    let state = AppState::new(store, config.limits, epoch, log_total, config.ice, Arc::new(blobs)).await?;
+    let cluster = match &config.nats {
+        Some(url) => {
+            if !config.is_postgres() {
+                anyhow::bail!("--nats joins nodes that share one database: it needs --db postgres://…");
+            }
+            Some(cluster::Cluster::connect(url).await.map_err(|e| anyhow::anyhow!("cannot reach NATS at {url}: {e}"))?)
+        }
+        None => None,
+    };
+    let state = AppState::new(store, config.limits, epoch, log_total, config.ice, Arc::new(blobs), cluster).await?;
+    let bus = tokio::spawn(cluster::run(state.service.clone()));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
@@ -328,6 +421,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let (stop, stopped) = oneshot::channel::<()>();
     let router = app(state.clone());
     let service = state.service.clone();
+    let (draining, drain_wait) = (state.draining.clone(), state.limits.drain_wait);
+    metrics_handle();
     // Keep the sidecar's count of the log fresh, so a database restored
     // from an older copy is noticed at the next start.
     let recorder = {
@@ -401,9 +496,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                         if !expired.is_empty() {
                             tracing::info!(n = expired.len(), "expired idle sessions");
                         }
-                        for session in expired {
-                            service.hub.kick_session(session);
-                        }
+                        service.kick_sessions(&expired);
                     }
                     Err(e) => tracing::warn!(%e, "cannot expire sessions"),
                 }
@@ -413,7 +506,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
+            // Not ready: the load balancer moves new connections elsewhere,
+            // then the sockets here close and their clients follow.
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            if !drain_wait.is_zero() {
+                tracing::info!(seconds = drain_wait.as_secs_f64(), "draining");
+                tokio::time::sleep(drain_wait).await;
+            }
             pruner.abort();
+            bus.abort();
             sweeper.abort();
             ringer.abort();
             receipts.abort();

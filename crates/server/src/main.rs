@@ -72,6 +72,14 @@ struct Args {
     /// database; required with Postgres, and shared by every node).
     #[arg(long, env = "CONFAB_MEDIA_DIR")]
     media_dir: Option<PathBuf>,
+    /// On SIGTERM, seconds to report not-ready before closing sockets, so
+    /// a load balancer moves clients to other nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=600))]
+    drain_seconds: u64,
+    /// NATS server (`nats://host:4222`) through which nodes sharing one
+    /// Postgres database fan events out to each other's clients.
+    #[arg(long, env = "CONFAB_NATS")]
+    nats: Option<String>,
     /// The largest file one may upload, in MiB.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_upload_mb: u64,
@@ -126,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_group_members = args.max_group_members;
     config.new_epoch = args.new_epoch;
     config.media_dir = args.media_dir;
+    config.nats = args.nats;
+    config.limits.drain_wait = std::time::Duration::from_secs(args.drain_seconds);
     config.limits.max_upload_bytes = args.max_upload_mb * 1024 * 1024;
     config.limits.quota_bytes = args.quota_mb * 1024 * 1024;
     config.limits.accounts_per_hour = args.accounts_per_hour;

@@ -25,7 +25,10 @@ const HEAD_BYTES: usize = 160;
 
 pub struct Service {
     pub store: Arc<dyn Store>,
+    /// This node's connections.
     pub hub: Hub,
+    /// The other nodes, when there are any (`--nats`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub(crate) calls: crate::calls::Calls,
     /// STUN/TURN servers handed to the two sides of a call.
     pub(crate) ice: crate::ice::IceConfig,
@@ -70,6 +73,7 @@ impl Service {
         Service {
             store,
             hub,
+            cluster: None,
             calls: crate::calls::Calls::new(std::time::Duration::from_secs(45), std::time::Duration::from_secs(20)),
             ice: crate::ice::IceConfig::default(),
             locks: Default::default(),
@@ -81,13 +85,30 @@ impl Service {
         }
     }
 
+    /// Fans events out through the other nodes too.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// Publishes a committed outcome (call with the conversation lock held).
     fn publish(&self, outcome: &AppendOutcome) -> Result<Option<i64>> {
         match outcome {
             AppendOutcome::Appended { event, recipients } => {
                 self.log_total.fetch_add(1, Ordering::Relaxed);
-                let f = frame(&ServerFrame::Event { event: event.clone() })?;
-                self.hub.publish(recipients, f);
+                metrics::counter!("confab_events_total").increment(1);
+                if matches!(event.body, EventBody::Message { .. }) {
+                    metrics::counter!("confab_messages_total").increment(1);
+                }
+                match &self.cluster {
+                    // Other nodes' events interleave with ours: delivery
+                    // here goes through the same ordering as theirs.
+                    Some(cluster) => {
+                        cluster.announce(event, recipients);
+                        cluster.deliver(self, event.clone(), recipients.clone());
+                    }
+                    None => self.hub.publish(recipients, frame(&ServerFrame::Event { event: event.clone() })?),
+                }
                 self.introduce(&event.body, recipients)?;
                 Ok(Some(event.pos))
             }
@@ -102,11 +123,7 @@ impl Service {
     fn introduce(&self, body: &EventBody, recipients: &[UserId]) -> Result<()> {
         let online = |users: &mut dyn Iterator<Item = UserId>| -> Vec<Presence> {
             let users: Vec<UserId> = users.collect();
-            self.hub
-                .online_among(&users)
-                .into_iter()
-                .map(|user| Presence { user, online: true, last_seen: None })
-                .collect()
+            self.online_among(&users).into_iter().map(|user| Presence { user, online: true, last_seen: None }).collect()
         };
         match body {
             EventBody::Created { .. } => {
@@ -115,7 +132,7 @@ impl Service {
                 let list = if list.len() > 1 { list } else { Vec::new() };
                 for chunk in list.chunks(PRESENCE_CHUNK) {
                     let f = frame(&ServerFrame::PresenceList { presence: chunk.to_vec(), snapshot: false })?;
-                    self.hub.publish(recipients, f);
+                    self.publish_users(recipients, f);
                 }
             }
             EventBody::MemberAdded { member } => {
@@ -123,11 +140,11 @@ impl Service {
                 let list = online(&mut others.iter().copied());
                 for chunk in list.chunks(PRESENCE_CHUNK) {
                     let f = frame(&ServerFrame::PresenceList { presence: chunk.to_vec(), snapshot: false })?;
-                    self.hub.publish(&[member.user], f);
+                    self.publish_users(&[member.user], f);
                 }
-                if self.hub.is_online(member.user) {
+                if self.is_online(member.user) {
                     let f = frame(&ServerFrame::Presence { user: member.user, online: true, last_seen: None })?;
-                    self.hub.publish(&others, f);
+                    self.publish_users(&others, f);
                 }
             }
             _ => {}
@@ -140,7 +157,6 @@ impl Service {
     pub async fn presence_snapshot(&self, user: UserId) -> Result<Vec<Arc<str>>> {
         let contacts = self.store.contacts(user).await?;
         let online: Vec<Presence> = self
-            .hub
             .online_among(&contacts)
             .into_iter()
             .map(|user| Presence { user, online: true, last_seen: None })
@@ -662,7 +678,7 @@ impl Service {
                     let others: Vec<UserId> =
                         self.store.member_ids(conversation).await?.into_iter().filter(|u| *u != caller.user).collect();
                     let f = frame(&ServerFrame::Typing { conversation, user: caller.user, ttl_ms: TYPING_TTL_MS })?;
-                    self.hub.publish(&others, f);
+                    self.publish_users(&others, f);
                 }
                 Ok(Reply::Done { pos: None })
             }
@@ -698,7 +714,7 @@ impl Service {
                 marks: f.marks,
             };
             match frame(&body) {
-                Ok(frame) => self.hub.publish(&members, frame),
+                Ok(frame) => self.publish_users(&members, frame),
                 Err(e) => tracing::warn!(%e, "cannot publish receipts"),
             }
         }
@@ -742,10 +758,38 @@ impl Service {
 
     /// Closes the sockets of revoked sessions (4001); they cannot come
     /// back, their tokens are gone.
-    fn kick_sessions(&self, sessions: &[uuid::Uuid]) {
+    pub fn kick_sessions(&self, sessions: &[uuid::Uuid]) {
         for s in sessions {
             self.hub.kick_session(*s);
+            if let Some(cluster) = &self.cluster {
+                cluster.kick_session(*s);
+            }
         }
+    }
+
+    /// Queues `frame` for every connection of these users, on every node
+    /// (best-effort beyond this one: nothing here is in the log).
+    pub fn publish_users(&self, users: &[UserId], frame: Arc<str>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.forward(users, &frame);
+        }
+        self.hub.publish(users, frame);
+    }
+
+    /// Those of `users` connected to any node.
+    pub fn online_among(&self, users: &[UserId]) -> Vec<UserId> {
+        let mut online = self.hub.online_among(users);
+        if let Some(cluster) = &self.cluster {
+            let here: std::collections::HashSet<UserId> = online.iter().copied().collect();
+            let rest: Vec<UserId> = users.iter().copied().filter(|u| !here.contains(u)).collect();
+            online.extend(cluster.remote_online_among(&rest));
+        }
+        online
+    }
+
+    /// Whether `user` is connected to any node.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.hub.is_online(user) || self.cluster.as_ref().is_some_and(|c| c.remote_connections(user) > 0)
     }
 
     fn group_name(&self, name: &str) -> Result<String> {
@@ -806,7 +850,7 @@ impl Service {
 
     fn fill_presence(&self, c: &mut ConversationInfo) {
         let users: Vec<UserId> = c.members.iter().map(|m| m.user).collect();
-        let online: std::collections::HashSet<UserId> = self.hub.online_among(&users).into_iter().collect();
+        let online: std::collections::HashSet<UserId> = self.online_among(&users).into_iter().collect();
         for m in &mut c.members {
             m.online = online.contains(&m.user);
         }
@@ -823,7 +867,7 @@ impl Service {
     pub async fn announce_presence(&self, user: UserId, online: bool, last_seen: Option<i64>) -> Result<()> {
         let contacts = self.store.contacts(user).await?;
         let f = frame(&ServerFrame::Presence { user, online, last_seen })?;
-        self.hub.publish(&contacts, f);
+        self.publish_users(&contacts, f);
         Ok(())
     }
 }

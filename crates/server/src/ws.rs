@@ -59,6 +59,10 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Shutting down: the client's next attempt goes to another node.
+        return axum::response::IntoResponse::into_response(ApiError::from(ErrorCode::Unavailable));
+    }
     ws.read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         // Above the largest frame the server sends, so a legal frame is
@@ -113,7 +117,8 @@ async fn connection(socket: WebSocket, state: AppState) {
             epoch: service.epoch.clone(),
         },
     };
-    let Some(reg) = service.hub.register(caller.user, session, encode(&welcome)) else {
+    let elsewhere = service.cluster.as_ref().map_or(0, |c| c.remote_connections(caller.user));
+    let Some(reg) = service.hub.register_beside(caller.user, session, encode(&welcome), elsewhere) else {
         let msg = format!("at most {} connections per account", limits.max_connections_per_user);
         let f = error_frame(Some(hello_id), ErrorCode::TooManyConnections, msg, None);
         let _ = sink.send(Message::Text(f.as_ref().into())).await;
@@ -141,7 +146,11 @@ async fn connection(socket: WebSocket, state: AppState) {
     if !matches!(service.store.session(&auth::token_hash(&token)).await, Ok(Some(_))) {
         reg.kick.send_replace(Some(Kick { code: CLOSE_SESSION_REVOKED, reason: "session_revoked" }));
     }
-    if reg.first {
+    if let Some(cluster) = &service.cluster {
+        cluster.connections_changed(caller.user, service.hub.connections(caller.user));
+    }
+    metrics::gauge!("confab_connections").increment(1.0);
+    if reg.first && elsewhere == 0 {
         if let Err(e) = service.announce_presence(caller.user, true, None).await {
             tracing::warn!(%e, "presence announce failed");
         }
@@ -170,6 +179,10 @@ async fn connection(socket: WebSocket, state: AppState) {
     // socket goes with the stream half dropped here: the peer sees the
     // connection close and resumes.
     let last = service.hub.unregister(caller.user, reg.id);
+    metrics::gauge!("confab_connections").decrement(1.0);
+    if let Some(cluster) = &service.cluster {
+        cluster.connections_changed(caller.user, service.hub.connections(caller.user));
+    }
     drop(reg.queue);
     let _ = writer.await;
     service.connection_gone(caller.user, reg.id).await;
@@ -178,7 +191,7 @@ async fn connection(socket: WebSocket, state: AppState) {
         tracing::warn!(%e, "cannot record the session's use");
     }
     // Re-check: another device may have connected while this one wound down.
-    if last && !service.hub.is_online(caller.user) {
+    if last && !service.is_online(caller.user) {
         let now = crate::store::now_ms();
         if let Err(e) = service.store.set_last_seen(caller.user, now).await {
             tracing::warn!(%e, "last_seen update failed");

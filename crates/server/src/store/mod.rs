@@ -315,6 +315,16 @@ pub trait Store: MediaStore + Send + Sync + 'static {
         limit: u32,
         budget: usize,
     ) -> Result<LogPage>;
+    /// Events of every conversation committed at or after `since` (by
+    /// their `ts`), ordered by (ts, conversation, pos) after the key
+    /// `after`, at most `limit`: what a node whose bus lost messages reads
+    /// back.
+    async fn events_since(
+        &self,
+        since: Millis,
+        after: Option<(Millis, ConversationId, i64)>,
+        limit: u32,
+    ) -> Result<Vec<ConvEvent>>;
     /// Messages with `seq < before` (all if `None`), newest first, at most
     /// `limit` and about `budget` bytes (at least one).
     async fn history(

@@ -891,6 +891,41 @@ impl Store for SqliteStore {
         Ok(LogPage { events, last_pos, bytes })
     }
 
+    async fn events_since(
+        &self,
+        since: Millis,
+        after: Option<(Millis, ConversationId, i64)>,
+        limit: u32,
+    ) -> Result<Vec<ConvEvent>> {
+        // One node never needs this; it scans (there is no index on ts).
+        let (ts, conv, pos) = after.unwrap_or((Millis::MIN, Uuid::nil(), 0));
+        let rows = sqlx::query(
+            "SELECT conversation_id, pos, ts, actor, body FROM events
+             WHERE ts >= ?1 AND (ts, conversation_id, pos) > (?2, ?3, ?4)
+             ORDER BY ts, conversation_id, pos LIMIT ?5",
+        )
+        .bind(since)
+        .bind(ts)
+        .bind(conv.to_string())
+        .bind(pos)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let body: EventBody = serde_json::from_str(r.get("body"))
+                    .map_err(|e| ApiError::internal("corrupt event in database", e))?;
+                Ok(ConvEvent {
+                    conversation: parse_id(r.get("conversation_id"))?,
+                    pos: r.get("pos"),
+                    ts: r.get("ts"),
+                    actor: parse_id(r.get("actor"))?,
+                    body,
+                })
+            })
+            .collect()
+    }
+
     async fn history(
         &self,
         conversation: ConversationId,

@@ -218,7 +218,10 @@ async fn commit_loop(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, com
     while rx.recv_many(&mut batch, max).await > 0 {
         let work: Vec<Work> = batch.iter().map(Job::work).collect();
         let mut conversations: Vec<ConversationId> = batch.iter().flat_map(Job::conversations).collect();
+        let started = std::time::Instant::now();
         let result = write_group(&*backend, &mut conversations, work).await;
+        metrics::histogram!("confab_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("confab_commit_jobs").record(batch.len() as f64);
         commits.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(results) => {
@@ -368,6 +371,15 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
     let keys: Vec<SendKey> = runs.iter().flat_map(|r| r.texts.iter().map(|(id, _, _)| (r.actor, *id))).collect();
     // Client ids their senders already used.
     let mut known = w.sent(&keys).await?;
+    // Members, read under the conversations' locks: a sender removed by
+    // another node after the service's check is refused here. They are
+    // the recipients too.
+    let mut conversations: Vec<ConversationId> = runs.iter().map(|r| r.conversation).collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    let members = w.members(&conversations).await?;
+    // A conversation without members does not exist: `advance` says so.
+    let may_send = |r: &MessageRun| members.get(&r.conversation).is_none_or(|m| m.contains(&r.actor));
     // How many new messages each conversation takes (a repeat, even of one
     // earlier in this group, takes none).
     let mut counts: HashMap<ConversationId, i64> = HashMap::new();
@@ -376,8 +388,9 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
     // here is exactly what is written below, or positions would collide).
     let mut fresh = Vec::with_capacity(keys.len());
     for r in &runs {
+        let allowed = may_send(r);
         for (id, _, _) in &r.texts {
-            let new = !known.contains_key(&(r.actor, *id)) && seen.insert((r.actor, *id));
+            let new = !known.contains_key(&(r.actor, *id)) && allowed && seen.insert((r.actor, *id));
             if new {
                 *counts.entry(r.conversation).or_default() += 1;
             }
@@ -400,7 +413,9 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
     let mut events = Vec::with_capacity(keys.len());
     let mut outcomes: Vec<Vec<Option<Result<AppendOutcome>>>> = Vec::with_capacity(runs.len());
     let mut fresh = fresh.into_iter();
-    for MessageRun { conversation, actor, texts } in runs {
+    for r in runs {
+        let allowed = may_send(&r);
+        let MessageRun { conversation, actor, texts } = r;
         let mut run = Vec::with_capacity(texts.len());
         for (client_id, text, attachments) in texts {
             let new = fresh.next().unwrap_or(false);
@@ -411,6 +426,10 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
                 } else {
                     Err(reused_client_id())
                 }));
+                continue;
+            }
+            if !allowed {
+                run.push(Some(Err(ApiError::from(ErrorCode::NotMember))));
                 continue;
             }
             if !new {
@@ -443,11 +462,7 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
         })
         .collect();
     w.insert_messages(&rows).await?;
-    // Everyone in each conversation that got a message.
-    let mut written: Vec<ConversationId> = events.iter().map(|e| e.conversation).collect();
-    written.sort_unstable();
-    written.dedup();
-    let recipients = w.members(&written).await?;
+    let recipients = members;
     let mut events = events.into_iter();
     outcomes
         .into_iter()

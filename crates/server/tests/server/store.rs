@@ -297,6 +297,12 @@ async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one
     // To a conversation that does not exist: each refused, nothing written.
     let out = store.append_all(Uuid::now_v7(), a, vec![msg(Uuid::now_v7(), "void")]).await.unwrap();
     assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotFound));
+    // From someone who is not (or no longer) a member: refused at commit,
+    // whatever a node checked before.
+    let mallory = store.create_user("mallory", "x").await.unwrap();
+    let out = store.append_all(direct, mallory, vec![msg(Uuid::now_v7(), "let me in")]).await.unwrap();
+    assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotMember), "{out:?}");
+    assert_eq!(store.events_after(direct, 0, 100, 1 << 20).await.unwrap().last_pos, 4, "nothing written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
