@@ -137,3 +137,172 @@ fn three_nodes_deliver_10000_messages_once_and_in_order_through_a_node_kill_and_
     }
     assert_eq!(get(&via(0), "/metrics").0, 403);
 }
+
+/// A raw WebSocket client of one node, speaking the protocol's frames.
+struct Ws {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    next: u64,
+    seen: Vec<serde_json::Value>,
+}
+
+enum Hello {
+    Welcome(Ws),
+    Refused(String),
+}
+
+impl Ws {
+    async fn connect(url: &str, token: &str) -> Hello {
+        use futures_util::SinkExt;
+        let ws_url = format!("{}/v1/ws", url.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("connect");
+        let mut ws = Ws { socket, next: 0, seen: Vec::new() };
+        let hello = serde_json::json!({"id": 0, "type": "hello", "token": token, "protocol": 1});
+        ws.socket.send(hello.to_string().into()).await.expect("hello");
+        let reply = ws.frame(|f| f["id"] == 0).await.expect("a reply to hello");
+        if reply["type"] == "result" {
+            Hello::Welcome(ws)
+        } else {
+            Hello::Refused(reply["code"].as_str().unwrap_or_default().to_owned())
+        }
+    }
+
+    async fn welcome(url: &str, token: &str) -> Ws {
+        match Ws::connect(url, token).await {
+            Hello::Welcome(ws) => ws,
+            Hello::Refused(code) => panic!("refused: {code}"),
+        }
+    }
+
+    /// The next frame (seen before, or arriving within 15 s) that `pick`
+    /// wants; `None` if the socket closes first.
+    async fn frame(&mut self, pick: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        if let Some(i) = self.seen.iter().position(&pick) {
+            return Some(self.seen.remove(i));
+        }
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(15), self.socket.next()).await.expect("a frame in time");
+            match msg {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let f: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON frame");
+                    if pick(&f) {
+                        return Some(f);
+                    }
+                    self.seen.push(f);
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
+                    self.seen.push(serde_json::json!({"type": "closed", "code": c.map(|c| u16::from(c.code))}));
+                    return None;
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn ok(&mut self, mut req: serde_json::Value) -> serde_json::Value {
+        use futures_util::SinkExt;
+        self.next += 1;
+        let id = self.next;
+        req["id"] = id.into();
+        self.socket.send(req.to_string().into()).await.expect("send");
+        let reply = self.frame(|f| f["id"] == id).await.expect("a reply");
+        assert_eq!(reply["type"], "result", "{reply}");
+        reply["result"].clone()
+    }
+}
+
+fn account(url: &str, path: &str, name: &str) -> String {
+    let body = serde_json::json!({"username": name, "password": PASSWORD}).to_string();
+    let (status, reply) = http_post(url, path, &body, &["Content-Type: application/json".into()]);
+    assert!(status == 200 || status == 201, "{path}: {status} {reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).expect("JSON");
+    reply["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_nodes_presence_typing_the_connection_cap_revocation_and_a_message_sent_while_nats_was_down() {
+    if skip_postgres("across_nodes") {
+        return;
+    }
+    let tmp = temp_dir("cluster-ephemeral");
+    let db = postgres_database();
+    let mut nats = Nats::start();
+    let nats_url = nats.url();
+    let media = tmp.path().join("media").to_string_lossy().into_owned();
+    let args = ["--nats", &nats_url, "--media-dir", &media, "--max-connections", "2", "--drain-seconds", "0"];
+    let one = Server::start_on(&tmp.path().join("one"), 0, &db, &args);
+    let two = Server::start_on(&tmp.path().join("two"), 0, &db, &args);
+
+    let alice_here = account(&one.url, "/v1/register", "alice");
+    let alice_there = account(&two.url, "/v1/login", "alice");
+    let bob_token = account(&two.url, "/v1/register", "bob");
+    let mut alice = Ws::welcome(&one.url, &alice_here).await;
+    let mut bob = Ws::welcome(&two.url, &bob_token).await;
+    let conv = alice.ok(serde_json::json!({"type": "open_direct", "username": "bob"})).await;
+    let conv = conv["conversation"]["id"].as_str().expect("conversation id").to_owned();
+
+    // Presence: bob, connecting to node 2, sees alice (on node 1) online
+    // (nodes tell each other who is connected as it changes).
+    let mut online = false;
+    for _ in 0..30 {
+        let mut bob2 = Ws::welcome(&two.url, &bob_token).await;
+        let snapshot = bob2.frame(|f| f["type"] == "presence_list" && f["snapshot"] == true).await.expect("snapshot");
+        if snapshot["presence"].as_array().is_some_and(|p| p.len() == 1 && p[0]["online"] == true) {
+            online = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(online, "bob never saw alice online across nodes");
+
+    // Typing crosses nodes.
+    alice.ok(serde_json::json!({"type": "typing", "conversation": conv})).await;
+    let typing = bob.frame(|f| f["type"] == "typing").await.expect("typing");
+    assert_eq!(typing["conversation"], conv.as_str());
+
+    // The cap counts connections on every node: alice has one on node 1,
+    // so node 2 takes one more and then refuses.
+    let mut alice_two = Ws::welcome(&two.url, &alice_there).await;
+    let refused = wait_refusal(&two.url, &alice_there).await;
+    assert_eq!(refused, "too_many_connections");
+
+    // Revoking her other sessions on node 1 closes her socket on node 2.
+    alice.ok(serde_json::json!({"type": "revoke_other_sessions"})).await;
+    assert!(alice_two.frame(|f| f["type"] == "never").await.is_none(), "closed");
+    assert_eq!(alice_two.seen.last().map(|f| f["code"].clone()), Some(serde_json::json!(4001)));
+
+    // A lone message sent while NATS is down, with nothing after it, and
+    // its doorbell gone with the node that wrote it (killed before NATS came
+    // back), still reaches bob on node 2 once NATS is back: node 2 reads
+    // the log.
+    nats.kill();
+    let sent = alice
+        .ok(serde_json::json!({"type": "send", "conversation": conv, "client_id": uuid::Uuid::now_v7(), "text": "while the bus was down"}))
+        .await;
+    let seq = sent["seq"].clone();
+    let mut one = one;
+    one.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart();
+    let event = bob
+        .frame(|f| f["type"] == "event" && f["event"]["body"]["type"] == "message" && f["event"]["body"]["seq"] == seq)
+        .await
+        .expect("the message arrives");
+    assert_eq!(event["event"]["body"]["text"], "while the bus was down");
+}
+
+/// Connects until the node refuses (it learns of connections elsewhere
+/// within moments); the code it refuses with.
+async fn wait_refusal(url: &str, token: &str) -> String {
+    for _ in 0..50 {
+        match Ws::connect(url, token).await {
+            Hello::Refused(code) => return code,
+            Hello::Welcome(ws) => {
+                drop(ws);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("never refused");
+}

@@ -64,6 +64,8 @@ enum Wire {
     Presence { node: Uuid, users: Vec<(UserId, usize)> },
     /// `node` may have lost doorbells since `since`: read the log.
     Resync { node: Uuid, since: Millis },
+    /// `node` just joined: tell it who is connected where.
+    Hello { node: Uuid },
 }
 
 /// The delivery state of one conversation on this node.
@@ -354,7 +356,9 @@ impl Cluster {
             | Wire::Kick { node, .. }
             | Wire::Presence { node, .. }
             | Wire::Resync { node, .. }
+            | Wire::Hello { node }
                 if node == self.node => {}
+            Wire::Hello { .. } => self.heartbeat(service),
             Wire::Event { recipients, event, .. } => {
                 let interested = lock(&self.tracks).contains_key(&event.conversation)
                     || !service.hub.online_among(&recipients).is_empty();
@@ -414,6 +418,7 @@ pub async fn run(service: Arc<Service>) {
             }
         }
     };
+    cluster.send(SUBJECT_EPHEMERAL, &Wire::Hello { node: cluster.node });
     let mut gaps = tokio::time::interval(GAP_WAIT / 2);
     let mut beat = tokio::time::interval(HEARTBEAT);
     // When the link (or the subscription) last lost something.
