@@ -146,7 +146,7 @@ struct Ws {
 }
 
 enum Hello {
-    Welcome(Ws),
+    Welcome(Box<Ws>),
     Refused(String),
 }
 
@@ -160,7 +160,7 @@ impl Ws {
         ws.socket.send(hello.to_string().into()).await.expect("hello");
         let reply = ws.frame(|f| f["id"] == 0).await.expect("a reply to hello");
         if reply["type"] == "result" {
-            Hello::Welcome(ws)
+            Hello::Welcome(Box::new(ws))
         } else {
             Hello::Refused(reply["code"].as_str().unwrap_or_default().to_owned())
         }
@@ -168,7 +168,7 @@ impl Ws {
 
     async fn welcome(url: &str, token: &str) -> Ws {
         match Ws::connect(url, token).await {
-            Hello::Welcome(ws) => ws,
+            Hello::Welcome(ws) => *ws,
             Hello::Refused(code) => panic!("refused: {code}"),
         }
     }

@@ -515,7 +515,12 @@ export type ErrorCode =
 /**  The file is larger than the server accepts. */
 "file_too_large" | 
 /**  The account's storage quota is used up. */
-"quota_exceeded";
+"quota_exceeded" | 
+/**
+ *  This server is shutting down (draining): connect again, the load
+ *  balancer sends the new connection to another node.
+ */
+"unavailable";
 
 /**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
 export type ExternalMedia = ExternalMedia_Serialize | ExternalMedia_Deserialize;

@@ -34,7 +34,9 @@ enum Target {
 struct Args {
     #[arg(long, value_enum)]
     target: Target,
-    /// The server's base URL (http://host:port).
+    /// The server's base URL (http://host:port); for confab, several
+    /// nodes of one deployment, comma-separated: connection i goes to
+    /// node i mod n, so each group spans the nodes.
     #[arg(long)]
     url: String,
     #[arg(long, default_value_t = 1000)]
@@ -293,15 +295,16 @@ async fn accounts(url: &str, n: usize, file: Option<&std::path::Path>) -> anyhow
 /// Registers (or reuses), connects and groups the users; returns the
 /// peers and, per group, the conversation id.
 async fn confab_setup(args: &Args) -> anyhow::Result<(Vec<Peer>, Vec<String>, Option<f64>)> {
-    let accounts = accounts(&args.url, args.connections, args.accounts.as_deref()).await?;
-    let ws_url = confab_ws_url(&args.url);
+    let first = args.url.split(',').next().unwrap_or_default();
+    let accounts = accounts(first, args.connections, args.accounts.as_deref()).await?;
+    let ws_urls: Vec<String> = args.url.split(',').map(confab_ws_url).collect();
     let mut peers = Vec::with_capacity(accounts.len());
     // Memory per connection: measured around connecting alone, once the
     // accounts exist (hashing passwords grows the heap by itself).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = args.server_pid.and_then(rss_kib);
-    for (name, token) in accounts {
-        let (tx, stream, me) = confab_connect(&ws_url, &token).await?;
+    for (i, (name, token)) in accounts.into_iter().enumerate() {
+        let (tx, stream, me) = confab_connect(&ws_urls[i % ws_urls.len()], &token).await?;
         let reader = Some(park(stream, tx.clone()));
         peers.push(Peer { tx, reader, me, name, token });
     }
@@ -548,9 +551,9 @@ async fn main() -> anyhow::Result<()> {
     // Sending starts once joins and group introductions have settled.
     let begin = tokio::time::Instant::now() + Duration::from_secs(1);
     let deadline = begin + Duration::from_secs(args.seconds);
-    let ws_url = match args.target {
-        Target::Confab => confab_ws_url(&args.url),
-        Target::Socketio => socketio_ws_url(&args.url),
+    let ws_urls: Vec<String> = match args.target {
+        Target::Confab => args.url.split(',').map(confab_ws_url).collect(),
+        Target::Socketio => vec![socketio_ws_url(&args.url)],
     };
     let receivers = peers.len() - rooms.len();
     let mut senders: Vec<(mpsc::UnboundedSender<Message>, String)> = Vec::new();
@@ -559,7 +562,7 @@ async fn main() -> anyhow::Result<()> {
         let is_sender = i % args.group == 0;
         let r = Receiver {
             target: args.target,
-            ws_url: ws_url.clone(),
+            ws_url: ws_urls[i % ws_urls.len()].clone(),
             me: p.me.clone(),
             name: p.name.clone(),
             token: p.token.clone(),

@@ -36,8 +36,13 @@ pub const GAP_WAIT: Duration = Duration::from_millis(250);
 /// After a loss, events are read back from this long before it: other
 /// nodes' clocks and commits in flight.
 const SWEEP_MARGIN_MS: Millis = 5_000;
-/// Events one sweep page reads.
-const SWEEP_PAGE: u32 = 1000;
+/// Events one sweep page reads (each at most a frame: 64 KiB).
+const SWEEP_PAGE: u32 = 256;
+/// Bytes of events one gap fill reads at a time.
+const FILL_BUDGET: usize = 1 << 20;
+/// Early events one conversation may park; past this the gap is given up
+/// (clients fill it themselves from the log, as after any gap).
+const MAX_PENDING: usize = 4096;
 /// Bytes of messages waiting to go out to NATS; past this, they are dropped
 /// and the others are told to read the log instead.
 const OUTBOX_BYTES: usize = 64 * 1024 * 1024;
@@ -77,6 +82,10 @@ struct Track {
     /// Since when the head of `pending` has waited.
     gap_since: Option<Instant>,
     touched: Instant,
+}
+
+fn event_conversation(pending: &BTreeMap<i64, (ConvEvent, Vec<UserId>)>) -> String {
+    pending.values().next().map(|(e, _)| e.conversation.to_string()).unwrap_or_default()
 }
 
 /// What this node knows about another.
@@ -253,6 +262,10 @@ impl Cluster {
             return;
         }
         track.pending.insert(event.pos, (event, recipients));
+        if track.pending.len() > MAX_PENDING {
+            tracing::warn!(conversation = %event_conversation(&track.pending), "a gap stayed open too long; skipping it");
+            track.next = track.pending.keys().next().copied().unwrap_or(track.next);
+        }
         while let Some((event, recipients)) = track.pending.remove(&track.next) {
             track.next += 1;
             match frame(&ServerFrame::Event { event }) {
@@ -278,7 +291,7 @@ impl Cluster {
         for (conversation, next, first) in due {
             metrics::counter!("confab_gap_fills_total").increment(1);
             let limit = (first - next).clamp(1, 500) as u32;
-            match service.store.events_after(conversation, next - 1, limit, usize::MAX).await {
+            match service.store.events_after(conversation, next - 1, limit, FILL_BUDGET).await {
                 Ok(page) => self.deliver_from_log(service, page.events).await,
                 Err(e) => tracing::warn!(%e, %conversation, "cannot fill a gap from the log"),
             }
