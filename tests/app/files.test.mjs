@@ -91,4 +91,24 @@ test("an image sent from one instance is a thumbnail in the other, opens full si
     B.d.js("const m = document.querySelector('.msg.highlight'); return !!m && m.textContent.includes('sunset over the bay')"),
   );
   await snap(B.d, "bob-opened-hit");
+
+  // Phone width: the conversation alone, with its thumbnail and the
+  // attach button inside the window, nothing wider than it.
+  await B.d.cmd("POST", "/window/rect", { width: 390, height: 800 });
+  await B.d.until("phone width", () => B.d.js("return window.innerWidth <= 420"));
+  const phone = await B.d.js(`
+    const shown = (el) => !!el && getComputedStyle(el).display !== 'none' && el.getBoundingClientRect().width > 0;
+    const right = (css) => { const el = document.querySelector(css); return shown(el) ? el.getBoundingClientRect().right : null; };
+    return {
+      width: window.innerWidth,
+      overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+      sidebar: shown(document.querySelector('.sidebar')),
+      thumb: right('[data-testid=thumbnail]'),
+      attach: right('[data-testid=attach]'),
+    };`);
+  assert.equal(phone.sidebar, false, "the list gives way to the conversation");
+  assert.ok(phone.overflow <= 0, `nothing wider than the window: ${JSON.stringify(phone)}`);
+  assert.ok(phone.thumb !== null && phone.thumb <= phone.width, `thumbnail inside: ${JSON.stringify(phone)}`);
+  assert.ok(phone.attach !== null && phone.attach <= phone.width, `attach button inside: ${JSON.stringify(phone)}`);
+  await snap(B.d, "bob-phone-width");
 });

@@ -306,3 +306,55 @@ async fn wait_refusal(url: &str, token: &str) -> String {
     }
     panic!("never refused");
 }
+
+#[test]
+fn a_node_told_to_stop_drains_and_its_clients_carry_on_on_another_node() {
+    if skip_postgres("a_node_told_to_stop_drains") {
+        return;
+    }
+    let tmp = temp_dir("cluster-drain");
+    let db = postgres_database();
+    let nats = Nats::start();
+    let nats_url = nats.url();
+    let media = tmp.path().join("media").to_string_lossy().into_owned();
+    let args = |drain: &'static str| {
+        vec![
+            "--nats".to_owned(),
+            nats_url.clone(),
+            "--media-dir".into(),
+            media.clone(),
+            "--drain-seconds".into(),
+            drain.into(),
+        ]
+    };
+    let start = |name: &str, drain| {
+        let a = args(drain);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Server::start_on(&tmp.path().join(name), 0, &db, &a)
+    };
+    let mut one = start("one", "2");
+    let two = start("two", "0");
+    let front = free_port();
+    let _lb = Haproxy::start(tmp.path(), &haproxy_config(&[(front, one.port, two.port)]), &[front]);
+    let via = format!("http://127.0.0.1:{front}");
+    assert!(wait_until(Duration::from_secs(10), || get(&via, "/v1/ready").0 == 200));
+
+    let alice = Profile::register(tmp.path(), &two.url, "alice");
+    let bob = Profile::register(tmp.path(), &via, "bob");
+    let conv = alice.ok(&["dm", "bob"]);
+    let listener = bob.listen();
+    alice.ok(&["send", &conv, "before"]);
+    assert!(listener.wait_messages(1, LONG));
+
+    // SIGTERM: node 1 stops being ready at once, stays up for its drain,
+    // then closes bob's socket; bob comes back through node 2.
+    let one_url = one.url.clone();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(one.pid().to_string()).status();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(get(&one_url, "/v1/ready").0, 503, "a second into its drain: still up, not ready");
+    assert!(one.terminate(), "exits 0 after draining");
+    alice.ok(&["send", &conv, "after"]);
+    assert!(listener.wait_messages(2, LONG), "bob moved to node 2: {:?}", listener.messages());
+    let texts: Vec<_> = listener.messages().iter().map(|m| m["text"].clone()).collect();
+    assert_eq!(texts, ["before", "after"]);
+}

@@ -434,8 +434,9 @@ pub async fn run(service: Arc<Service>) {
     cluster.send(SUBJECT_EPHEMERAL, &Wire::Hello { node: cluster.node });
     let mut gaps = tokio::time::interval(GAP_WAIT / 2);
     let mut beat = tokio::time::interval(HEARTBEAT);
-    // When the link (or the subscription) last lost something.
-    let mut lost_since: Option<Millis> = None;
+    // When the link (or the subscription) last lost something; a node that
+    // starts without NATS has missed everything from its start.
+    let mut lost_since: Option<Millis> = (!cluster.is_connected()).then(crate::store::now_ms);
     loop {
         tokio::select! {
             msg = sub.next() => {

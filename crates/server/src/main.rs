@@ -5,6 +5,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Parser)]
 #[command(
     name = "confab-server",
@@ -76,6 +82,10 @@ struct Args {
     /// a load balancer moves clients to other nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=600))]
     drain_seconds: u64,
+    /// How to write logs (to stderr): `text` for people, `json` (one
+    /// object per line) for a log shipper.
+    #[arg(long, env = "CONFAB_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// NATS server (`nats://host:4222`) through which nodes sharing one
     /// Postgres database fan events out to each other's clients.
     #[arg(long, env = "CONFAB_NATS")]
@@ -119,14 +129,15 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line, for a log shipper.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let mut config = confab_server::Config::new(args.listen, args.db.unwrap_or_else(default_db));
     config.limits.requests_per_sec = args.rate_limit;
     config.limits.request_burst = args.rate_burst;

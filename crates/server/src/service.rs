@@ -4,7 +4,10 @@
 //! Ordering: changes to one conversation take that conversation's lock
 //! ([`crate::locks`]) around check → commit → publish, so
 //! events reach every connection queue in `pos` order and a membership check
-//! cannot race a concurrent removal.
+//! cannot race a concurrent removal on this node. With several nodes
+//! ([`crate::cluster`]) the lock is per node: the database's row lock
+//! orders the commits, each node's delivery puts events back in `pos`
+//! order, and the store refuses at commit a sender another node removed.
 
 use crate::error::{ApiError, Result};
 use crate::hub::Hub;

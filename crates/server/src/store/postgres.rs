@@ -127,6 +127,9 @@ impl Writer for PgWriter {
     }
 
     async fn sent(&mut self, keys: &[SendKey]) -> Result<HashMap<SendKey, Sent>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
         let (senders, ids): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
         let rows = sqlx::query(
             "SELECT m.sender, m.client_id, m.conversation_id, m.seq, m.pos, m.ts FROM messages m
@@ -152,6 +155,9 @@ impl Writer for PgWriter {
     }
 
     async fn advance(&mut self, counts: &[(ConversationId, i64, i64)]) -> Result<HashMap<ConversationId, (i64, i64)>> {
+        if counts.is_empty() {
+            return Ok(HashMap::new());
+        }
         let ids: Vec<Uuid> = counts.iter().map(|c| c.0).collect();
         let events: Vec<i64> = counts.iter().map(|c| c.1).collect();
         let messages: Vec<i64> = counts.iter().map(|c| c.2).collect();
