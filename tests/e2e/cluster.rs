@@ -277,6 +277,12 @@ async fn across_nodes_presence_typing_the_connection_cap_revocation_and_a_messag
     // back), still reaches bob on node 2 once NATS is back: node 2 reads
     // the log.
     nats.kill();
+    // Her new device on node 2 is signed out from node 1 meanwhile: the
+    // kick cannot travel, but node 2 finds the session gone in the
+    // database within seconds and closes the socket.
+    let third = account(&two.url, "/v1/login", "alice");
+    let mut alice_three = Ws::welcome(&two.url, &third).await;
+    alice.ok(serde_json::json!({"type": "revoke_other_sessions"})).await;
     let sent = alice
         .ok(serde_json::json!({"type": "send", "conversation": conv, "client_id": uuid::Uuid::now_v7(), "text": "while the bus was down"}))
         .await;
@@ -290,6 +296,9 @@ async fn across_nodes_presence_typing_the_connection_cap_revocation_and_a_messag
         .await
         .expect("the message arrives");
     assert_eq!(event["event"]["body"]["text"], "while the bus was down");
+    let closed = tokio::time::timeout(Duration::from_secs(20), alice_three.frame(|f| f["type"] == "never")).await;
+    assert!(matches!(closed, Ok(None)), "the revoked device's socket closed");
+    assert_eq!(alice_three.seen.last().map(|f| f["code"].clone()), Some(serde_json::json!(4001)));
 }
 
 /// Connects until the node refuses (it learns of connections elsewhere

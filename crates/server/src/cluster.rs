@@ -42,7 +42,7 @@ const SWEEP_PAGE: u32 = 256;
 const FILL_BUDGET: usize = 1 << 20;
 /// Early events one conversation may park; past this the gap is given up
 /// (clients fill it themselves from the log, as after any gap).
-const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 512;
 /// Bytes of messages waiting to go out to NATS; past this, they are dropped
 /// and the others are told to read the log instead.
 const OUTBOX_BYTES: usize = 64 * 1024 * 1024;
@@ -52,8 +52,16 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const PEER_TTL: Duration = Duration::from_secs(15);
 /// Users per presence message (a NATS message is at most 1 MiB).
 const PRESENCE_CHUNK: usize = 5_000;
-/// A track with nothing pending is forgotten after this long unused.
-const TRACK_IDLE: Duration = Duration::from_secs(60);
+/// A track with nothing pending is forgotten after this long unused
+/// (longer than a sweep reaches back, so a sweep finds the tracks of what
+/// was delivered).
+const TRACK_IDLE: Duration = Duration::from_secs(600);
+/// The furthest a sweep reads back. A longer loss closes this node's
+/// sockets instead: each client then resumes from its own position.
+const MAX_SWEEP_MS: Millis = 5 * 60 * 1000;
+/// How often the sessions of this node's sockets are checked against the
+/// database (a revocation on another node whose kick NATS lost).
+const SESSION_CHECK: Duration = Duration::from_secs(10);
 
 /// What nodes tell each other.
 #[derive(Serialize, Deserialize)]
@@ -71,6 +79,8 @@ enum Wire {
     Resync { node: Uuid, since: Millis },
     /// `node` just joined: tell it who is connected where.
     Hello { node: Uuid },
+    /// `node` is shutting down: its connections are gone.
+    Leave { node: Uuid },
 }
 
 /// The delivery state of one conversation on this node.
@@ -102,7 +112,7 @@ pub struct Cluster {
     connected: Arc<AtomicBool>,
     /// Set when a doorbell could not be sent: the others are told to read
     /// the log from then once the link works again.
-    dropped_since: Mutex<Option<Millis>>,
+    dropped_since: Arc<Mutex<Option<Millis>>>,
     client: async_nats::Client,
     link_events: Mutex<Option<mpsc::UnboundedReceiver<async_nats::Event>>>,
 }
@@ -145,14 +155,18 @@ impl Cluster {
         }
         let (out, mut rx) = mpsc::channel::<(&'static str, Bytes)>(1 << 16);
         let out_bytes = Arc::new(AtomicUsize::new(0));
+        let dropped_since: Arc<Mutex<Option<Millis>>> = Arc::default();
         {
-            let (client, out_bytes) = (client.clone(), out_bytes.clone());
+            let (client, out_bytes, dropped) = (client.clone(), out_bytes.clone(), dropped_since.clone());
             tokio::spawn(async move {
                 while let Some((subject, payload)) = rx.recv().await {
                     out_bytes.fetch_sub(payload.len(), Ordering::Relaxed);
                     metrics::gauge!("confab_fanout_queue_depth").set(rx.len() as f64);
                     if let Err(e) = client.publish(subject, payload).await {
                         tracing::warn!(%e, "cannot publish to NATS");
+                        if subject == SUBJECT_EVENTS {
+                            lock(&dropped).get_or_insert_with(crate::store::now_ms);
+                        }
                     }
                 }
             });
@@ -164,7 +178,7 @@ impl Cluster {
             tracks: Mutex::default(),
             peers: Mutex::default(),
             connected,
-            dropped_since: Mutex::new(None),
+            dropped_since,
             client,
             link_events: Mutex::new(Some(events_rx)),
         }))
@@ -215,6 +229,21 @@ impl Cluster {
     /// Closes a revoked session's connections on the other nodes.
     pub fn kick_session(&self, session: Uuid) {
         self.send(SUBJECT_EPHEMERAL, &Wire::Kick { node: self.node, session });
+    }
+
+    /// Tells the others this node's connections are going (shutdown), and
+    /// waits a moment for it to reach NATS.
+    pub async fn leave(&self) {
+        self.send(SUBJECT_EPHEMERAL, &Wire::Leave { node: self.node });
+        for _ in 0..20 {
+            if self.out.capacity() == self.out.max_capacity() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The publisher may hold it between the queue and the client.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.flush()).await;
     }
 
     /// Tells the others how many connections `user` has here now.
@@ -313,15 +342,20 @@ impl Cluster {
                 }
             };
             if let EventBody::MemberRemoved { user } = &event.body {
-                recipients.push(*user);
+                if !recipients.contains(user) {
+                    recipients.push(*user);
+                }
             }
             self.deliver(service, event, recipients);
         }
     }
 
     /// Delivers every event committed since `since` to this node's
-    /// sockets (those already delivered are skipped).
-    pub async fn sweep(&self, service: &Service, since: Millis) {
+    /// sockets. Those already delivered are skipped: by its track, in a
+    /// conversation that has one; one without a track had nothing
+    /// delivered here lately, so it gets what was committed from `fresh`
+    /// (the loss), not the margin before it.
+    pub async fn sweep(&self, service: &Service, since: Millis, fresh: Millis) {
         tracing::info!(since, "reading the log for events the bus may have lost");
         let mut after = None;
         loop {
@@ -354,6 +388,9 @@ impl Cluster {
                     continue;
                 }
                 events.sort_by_key(|e| e.pos);
+                if !lock(&self.tracks).contains_key(&conversation) {
+                    events.retain(|e| e.ts >= fresh);
+                }
                 self.deliver_from_log(service, events).await;
             }
             if !full {
@@ -370,8 +407,10 @@ impl Cluster {
             | Wire::Presence { node, .. }
             | Wire::Resync { node, .. }
             | Wire::Hello { node }
+            | Wire::Leave { node }
                 if node == self.node => {}
             Wire::Hello { .. } => self.heartbeat(service),
+            Wire::Leave { node } => drop(lock(&self.peers).remove(&node)),
             Wire::Event { recipients, event, .. } => {
                 let interested = lock(&self.tracks).contains_key(&event.conversation)
                     || !service.hub.online_among(&recipients).is_empty();
@@ -415,9 +454,25 @@ impl Cluster {
     }
 }
 
+/// A read of the log that is due: from `since`, fresh from `fresh`.
+#[derive(Clone, Copy)]
+struct Sweep {
+    since: Millis,
+    fresh: Millis,
+}
+
+impl Sweep {
+    fn merge(a: Option<Sweep>, b: Sweep) -> Sweep {
+        match a {
+            Some(a) => Sweep { since: a.since.min(b.since), fresh: a.fresh.min(b.fresh) },
+            None => b,
+        }
+    }
+}
+
 /// Runs this node's side of the cluster: the subscription, gap filling,
-/// heartbeats and recovery after a lost link. Returns when the service
-/// shuts down.
+/// heartbeats, session checks and recovery after a lost link. Returns when
+/// the service shuts down.
 pub async fn run(service: Arc<Service>) {
     use futures_util::StreamExt;
     let Some(cluster) = service.cluster.clone() else { return };
@@ -434,15 +489,22 @@ pub async fn run(service: Arc<Service>) {
     cluster.send(SUBJECT_EPHEMERAL, &Wire::Hello { node: cluster.node });
     let mut gaps = tokio::time::interval(GAP_WAIT / 2);
     let mut beat = tokio::time::interval(HEARTBEAT);
-    // When the link (or the subscription) last lost something; a node that
-    // starts without NATS has missed everything from its start.
+    let mut sessions = tokio::time::interval(SESSION_CHECK);
+    // When the link last went down; a node that starts without NATS has
+    // missed everything from its start.
     let mut lost_since: Option<Millis> = (!cluster.is_connected()).then(crate::store::now_ms);
+    // Sweeps run one at a time, off this loop (which must keep reading
+    // NATS); what comes due meanwhile is merged into the next.
+    let mut due: Option<Sweep> = None;
+    let sweeping = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
                 match serde_json::from_slice::<Wire>(&msg.payload) {
-                    Ok(Wire::Resync { node, since }) if node != cluster.node => cluster.sweep(&service, since).await,
+                    Ok(Wire::Resync { node, since }) if node != cluster.node => {
+                        due = Some(Sweep::merge(due, Sweep { since, fresh: since + SWEEP_MARGIN_MS }));
+                    }
                     Ok(wire) => cluster.handle(&service, wire),
                     Err(e) => tracing::warn!(%e, "an unreadable cluster message"),
                 }
@@ -456,18 +518,17 @@ pub async fn run(service: Arc<Service>) {
                         lost_since.get_or_insert_with(crate::store::now_ms);
                     }
                     async_nats::Event::SlowConsumer(_) => {
-                        tracing::warn!("NATS dropped messages for this node; reading the log");
                         let since = crate::store::now_ms() - SWEEP_MARGIN_MS;
-                        cluster.sweep(&service, since).await;
+                        due = Some(Sweep::merge(due, Sweep { since, fresh: since }));
                     }
                     async_nats::Event::Connected => {
                         tracing::info!("NATS link up");
-                        if let Some(since) = lost_since.take() {
-                            let since = since - SWEEP_MARGIN_MS;
+                        if let Some(lost) = lost_since.take() {
+                            let since = lost - SWEEP_MARGIN_MS;
                             // What others wrote meanwhile, and what they
                             // may have missed of ours.
                             cluster.send(SUBJECT_EPHEMERAL, &Wire::Resync { node: cluster.node, since });
-                            cluster.sweep(&service, since).await;
+                            due = Some(Sweep::merge(due, Sweep { since, fresh: lost }));
                         }
                         cluster.heartbeat(&service);
                     }
@@ -480,8 +541,48 @@ pub async fn run(service: Arc<Service>) {
                 if let Some(since) = dropped {
                     cluster.send(SUBJECT_EPHEMERAL, &Wire::Resync { node: cluster.node, since: since - SWEEP_MARGIN_MS });
                 }
+                if due.is_some() && !sweeping.swap(true, Ordering::AcqRel) {
+                    if let Some(sweep) = due.take() {
+                        start_sweep(service.clone(), sweep, sweeping.clone());
+                    }
+                }
             }
             _ = beat.tick() => cluster.heartbeat(&service),
+            _ = sessions.tick() => check_sessions(&service).await,
         }
+    }
+}
+
+/// Sweeps in a task of its own; a loss too long ago to read back closes
+/// this node's sockets, and each client resumes from its own position.
+fn start_sweep(service: Arc<Service>, sweep: Sweep, sweeping: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        if let Some(cluster) = service.cluster.clone() {
+            if crate::store::now_ms() - sweep.since > MAX_SWEEP_MS {
+                tracing::warn!("the bus lost too much to read back; clients here reconnect and resume");
+                service.hub.kick_all_with(crate::hub::Kick { code: crate::hub::CLOSE_GOING_AWAY, reason: "resync" });
+            } else {
+                cluster.sweep(&service, sweep.since, sweep.fresh).await;
+            }
+        }
+        sweeping.store(false, Ordering::Release);
+    });
+}
+
+/// Closes the sockets of sessions that no longer exist: revoked or
+/// signed out on another node, whose kick NATS may have lost.
+async fn check_sessions(service: &Service) {
+    let here = service.hub.sessions();
+    if here.is_empty() {
+        return;
+    }
+    match service.store.existing_sessions(&here).await {
+        Ok(existing) => {
+            let existing: std::collections::HashSet<Uuid> = existing.into_iter().collect();
+            for gone in here.into_iter().filter(|s| !existing.contains(s)) {
+                service.hub.kick_session(gone);
+            }
+        }
+        Err(e) => tracing::warn!(%e, "cannot check sessions"),
     }
 }

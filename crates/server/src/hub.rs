@@ -264,9 +264,22 @@ impl Hub {
 
     /// Closes every connection (graceful shutdown).
     pub fn kick_all(&self) {
+        self.kick_all_with(Kick { code: CLOSE_GOING_AWAY, reason: "server_shutdown" });
+    }
+
+    /// Closes every connection with `kick`.
+    pub fn kick_all_with(&self, kick: Kick) {
         for conn in lock(&self.conns).values().flatten() {
-            conn.kick(Kick { code: CLOSE_GOING_AWAY, reason: "server_shutdown" });
+            conn.kick(kick);
         }
+    }
+
+    /// The device sessions connected here.
+    pub fn sessions(&self) -> Vec<Uuid> {
+        let mut sessions: Vec<Uuid> = lock(&self.conns).values().flatten().map(|c| c.session).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        sessions
     }
 
     /// Whether a typing notice from `user` in `conversation` should be

@@ -518,6 +518,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             sweeper.abort();
             ringer.abort();
             receipts.abort();
+            // The other nodes stop counting this one's connections, whose
+            // clients are about to reconnect to them.
+            if let Some(cluster) = &service.cluster {
+                cluster.leave().await;
+            }
             // Upgraded sockets are not tracked by the HTTP server's graceful
             // shutdown; tell them ourselves.
             service.hub.kick_all();

@@ -237,6 +237,8 @@ pub trait Store: MediaStore + Send + Sync + 'static {
     async fn revoke_sessions(&self, user: UserId, which: Revoke) -> Result<Vec<SessionId>>;
     /// Deletes sessions unused since `before`; returns their ids.
     async fn expire_sessions(&self, before: Millis) -> Result<Vec<SessionId>>;
+    /// Those of `sessions` that still exist.
+    async fn existing_sessions(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>>;
     async fn set_last_seen(&self, user: UserId, ts: Millis) -> Result<()>;
     /// Users who share at least one conversation with `user` (not `user`).

@@ -605,6 +605,12 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(|r| r.get("id")).collect())
     }
 
+    async fn existing_sessions(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE id = ANY($1)").bind(sessions).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {
         let row =
             sqlx::query("SELECT id FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?;

@@ -652,6 +652,22 @@ impl Store for SqliteStore {
         rows.iter().map(|r| parse_id(r.get("id"))).collect()
     }
 
+    async fn existing_sessions(&self, sessions: &[SessionId]) -> Result<Vec<SessionId>> {
+        let mut existing = Vec::new();
+        for chunk in sessions.chunks(ROWS_PER_STATEMENT) {
+            let ids = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT id FROM sessions WHERE id IN ({ids})");
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(s.to_string());
+            }
+            for r in q.fetch_all(&self.read).await? {
+                existing.push(parse_id(r.get("id"))?);
+            }
+        }
+        Ok(existing)
+    }
+
     async fn user_by_name(&self, username: &str) -> Result<Option<UserId>> {
         let row =
             sqlx::query("SELECT id FROM users WHERE username = ?").bind(username).fetch_optional(&self.read).await?;

@@ -229,35 +229,69 @@ async fn commit_loop(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, com
                     job.answer(Ok(result));
                 }
             }
-            Err(e) if batch.len() == 1 => {
-                tracing::error!(%e, "a write transaction failed");
+            Err(Failed { error, .. }) if batch.len() == 1 => {
+                tracing::error!(%error, "a write transaction failed");
                 for job in batch.drain(..) {
-                    job.answer(Err(e.clone()));
+                    job.answer(Err(error.clone()));
                 }
             }
-            // Nothing committed: try each job alone, so a job that fails
-            // the whole transaction fails only itself.
-            Err(e) => {
-                tracing::warn!(%e, jobs = batch.len(), "a group of writes failed; writing them one by one");
-                for job in batch.drain(..) {
+            // A statement failed, so nothing committed: try each job alone,
+            // so a job that fails the whole transaction (a conflict with
+            // another node) fails only itself. A database that cannot be
+            // reached, or a commit whose outcome is unknown, fails them all
+            // at once: retrying one by one would only queue everyone.
+            Err(Failed { error, alone: true }) => {
+                tracing::warn!(%error, jobs = batch.len(), "a group of writes failed; writing them one by one");
+                let mut jobs = batch.drain(..);
+                while let Some(job) = jobs.next() {
                     let mut conversations = job.conversations();
                     let result = write_group(&*backend, &mut conversations, vec![job.work()]).await;
                     commits.fetch_add(1, Ordering::Relaxed);
-                    job.answer(
-                        result.and_then(|mut r| r.pop().ok_or_else(|| ApiError::internal("write", "no result"))),
-                    );
+                    match result {
+                        Ok(mut r) => job.answer(r.pop().ok_or_else(|| ApiError::internal("write", "no result"))),
+                        Err(Failed { error, alone: true }) => job.answer(Err(error)),
+                        Err(Failed { error, alone: false }) => {
+                            job.answer(Err(error.clone()));
+                            for job in jobs.by_ref() {
+                                job.answer(Err(error.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(Failed { error, .. }) => {
+                tracing::error!(%error, jobs = batch.len(), "a write transaction failed");
+                for job in batch.drain(..) {
+                    job.answer(Err(error.clone()));
                 }
             }
         }
     }
 }
 
+/// A group that did not commit; `alone`: a statement failed (the group's
+/// jobs may succeed one by one), not the database or the commit.
+struct Failed {
+    error: ApiError,
+    alone: bool,
+}
+
 async fn write_group(
     backend: &dyn Backend,
     conversations: &mut Vec<ConversationId>,
     work: Vec<Work>,
+) -> std::result::Result<Vec<Done>, Failed> {
+    let mut w = backend.begin().await.map_err(|error| Failed { error, alone: false })?;
+    let results = apply_group(&mut *w, conversations, work).await.map_err(|error| Failed { error, alone: true })?;
+    w.commit().await.map_err(|error| Failed { error, alone: false })?;
+    Ok(results)
+}
+
+async fn apply_group(
+    w: &mut dyn Writer,
+    conversations: &mut Vec<ConversationId>,
+    work: Vec<Work>,
 ) -> Result<Vec<Done>> {
-    let mut w = backend.begin().await?;
     conversations.sort_unstable();
     conversations.dedup();
     w.lock(conversations).await?;
@@ -280,25 +314,24 @@ async fn write_group(
         }
     }
     if !runs.is_empty() {
-        for (i, outcomes) in run_jobs.into_iter().zip(append_messages(&mut *w, runs).await?) {
+        for (i, outcomes) in run_jobs.into_iter().zip(append_messages(w, runs).await?) {
             results[i] = Some(Done::Append(outcomes));
         }
     }
     for (i, work) in rest {
         results[i] = Some(match work {
             Work::Append { conversation, actor, bodies } => {
-                Done::Append(append_bodies(&mut *w, conversation, actor, bodies).await?)
+                Done::Append(append_bodies(w, conversation, actor, bodies).await?)
             }
             Work::Mark(marks) => {
                 let mut out = Vec::with_capacity(marks.len());
                 for m in marks {
-                    out.push(mark(&mut *w, m).await?);
+                    out.push(mark(w, m).await?);
                 }
                 Done::Mark(out)
             }
         });
     }
-    w.commit().await?;
     results.into_iter().map(|r| r.ok_or_else(|| ApiError::internal("write", "a job without its result"))).collect()
 }
 
@@ -378,8 +411,9 @@ async fn append_messages(w: &mut dyn Writer, runs: Vec<MessageRun>) -> Result<Ve
     conversations.sort_unstable();
     conversations.dedup();
     let members = w.members(&conversations).await?;
-    // A conversation without members does not exist: `advance` says so.
-    let may_send = |r: &MessageRun| members.get(&r.conversation).is_none_or(|m| m.contains(&r.actor));
+    // Only members send (one that does not exist has none: the same
+    // answer, so a non-member learns nothing about it).
+    let may_send = |r: &MessageRun| members.get(&r.conversation).is_some_and(|m| m.contains(&r.actor));
     // How many new messages each conversation takes (a repeat, even of one
     // earlier in this group, takes none).
     let mut counts: HashMap<ConversationId, i64> = HashMap::new();
@@ -506,6 +540,9 @@ async fn append_one(
     mut body: EventBody,
 ) -> Result<AppendOutcome> {
     if let EventBody::Call { call, video, outcome, .. } = &body {
+        if !members_of(w, conversation).await?.contains(&actor) {
+            return Err(ErrorCode::NotMember.into());
+        }
         // The call's entry, a message of the caller's keyed by the call
         // id: each call is logged once.
         let record = confab_protocol::CallRecord { call: *call, video: *video, outcome: *outcome };
@@ -519,6 +556,11 @@ async fn append_one(
         w.insert_messages(&[row]).await?;
         let recipients = members_of(w, conversation).await?;
         return Ok(AppendOutcome::Appended { event, recipients });
+    }
+    // Checked again under the conversation's lock: another node may have
+    // removed the actor since the service checked.
+    if !members_of(w, conversation).await?.contains(&actor) {
+        return Err(ErrorCode::NotMember.into());
     }
     let ts = now_ms();
     if !apply_change(w, conversation, actor, ts, &mut body).await? {

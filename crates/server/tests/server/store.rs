@@ -92,7 +92,7 @@ async fn concurrent_appends_group_commit_with_gap_free_positions_deduplication_a
             }
             (None, Err(_)) => refused += 1,
             (Some(_), Err(e)) if !convs.contains(&conv) => {
-                assert_eq!(e.code, confab_protocol::ErrorCode::NotFound);
+                assert_eq!(e.code, confab_protocol::ErrorCode::NotMember);
                 nowhere += 1;
             }
             other => panic!("unexpected: {other:?}"),
@@ -161,7 +161,7 @@ async fn one_client_id_sent_to_two_conversations_at_once_is_stored_once_and_fail
             (id, Ok(AppendOutcome::Appended { .. })) if id.is_nil() => bobs += 1,
             (id, Ok(AppendOutcome::Appended { .. })) if id.is_max() => ghosts += 1,
             (id, Err(e)) if id.is_max() => {
-                assert!(matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidRequest), "{e:?}")
+                assert!(matches!(e.code, ErrorCode::NotMember | ErrorCode::InvalidRequest), "{e:?}")
             }
             (id, Ok(AppendOutcome::Appended { .. })) => *stored.entry(id).or_default() += 1,
             (id, Err(e)) if !id.is_nil() => {
@@ -294,15 +294,22 @@ async fn a_run_of_messages_in_one_call_repeats_and_foreign_ids_included_gets_one
         })
         .collect();
     assert_eq!((page.last_pos, seqs), (4, vec![1, 2, 3]));
-    // To a conversation that does not exist: each refused, nothing written.
+    // To a conversation that does not exist: refused as one that is not
+    // yours (a non-member learns nothing), nothing written.
     let out = store.append_all(Uuid::now_v7(), a, vec![msg(Uuid::now_v7(), "void")]).await.unwrap();
-    assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotFound));
+    assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotMember));
     // From someone who is not (or no longer) a member: refused at commit,
     // whatever a node checked before.
     let mallory = store.create_user("mallory", "x").await.unwrap();
     let out = store.append_all(direct, mallory, vec![msg(Uuid::now_v7(), "let me in")]).await.unwrap();
     assert!(matches!(&out[0], Err(e) if e.code == confab_protocol::ErrorCode::NotMember), "{out:?}");
     assert_eq!(store.events_after(direct, 0, 100, 1 << 20).await.unwrap().last_pos, 4, "nothing written");
+    // Nor may a non-member change anything else.
+    let rename = store.append(group, mallory, EventBody::Renamed { name: "mine now".into() }).await;
+    assert!(matches!(&rename, Err(e) if e.code == confab_protocol::ErrorCode::NotMember), "{rename:?}");
+    let react = EventBody::Reaction { seq: 1, emoji: "👍".into(), added: true };
+    let react = store.append(direct, mallory, react).await;
+    assert!(matches!(&react, Err(e) if e.code == confab_protocol::ErrorCode::NotMember), "{react:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
