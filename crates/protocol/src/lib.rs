@@ -839,7 +839,8 @@ pub fn sync_digest(mut conversations: Vec<(ConversationId, i64, i64)>) -> String
 /// Checks a message text: non-empty after trimming, at most
 /// [`MAX_MESSAGE_CHARS`] characters.
 pub fn validate_text(text: &str) -> Result<(), ErrorCode> {
-    if text.trim().is_empty() {
+    // NUL is never text a person wrote, and Postgres cannot store it.
+    if text.trim().is_empty() || text.contains('\0') {
         return Err(ErrorCode::InvalidRequest);
     }
     if text.chars().count() > MAX_MESSAGE_CHARS {

@@ -109,7 +109,9 @@ pub fn fts_query(input: &str) -> Option<String> {
 /// `_`, each with at least one letter or digit.
 pub fn search_words(input: &str) -> Vec<String> {
     input
-        .split(|c: char| c.is_whitespace() || (c.is_ascii_punctuation() && c != '\'' && c != '-' && c != '_'))
+        .split(|c: char| {
+            c.is_whitespace() || c.is_control() || (c.is_ascii_punctuation() && c != '\'' && c != '-' && c != '_')
+        })
         .filter(|w| w.chars().any(|c| c.is_alphanumeric()))
         .take(16)
         .map(str::to_owned)

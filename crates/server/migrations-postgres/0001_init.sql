@@ -20,6 +20,7 @@ CREATE TABLE sessions (
     last_seen  BIGINT NOT NULL
 );
 CREATE INDEX sessions_by_user ON sessions(user_id);
+CREATE INDEX sessions_by_last_seen ON sessions(last_seen);
 
 CREATE TABLE conversations (
     id         UUID PRIMARY KEY,
@@ -80,12 +81,17 @@ CREATE TABLE messages (
     -- Idempotent sends, across every node.
     UNIQUE (sender, client_id)
 );
--- Full-text search: words as they are, folded to lower case and without
--- accents (as the SQLite store's FTS5 tokenizer does).
+-- Full-text search, tokenized as the SQLite store's FTS5 does: split at
+-- every punctuation mark (so `bob@example.com` is three words, as in a
+-- query), lower case, accents removed. The same expression is in the
+-- search query, so the index serves it.
 CREATE EXTENSION IF NOT EXISTS unaccent;
 CREATE TEXT SEARCH CONFIGURATION confab (COPY = simple);
-ALTER TEXT SEARCH CONFIGURATION confab ALTER MAPPING FOR hword, hword_part, word WITH unaccent, simple;
-CREATE INDEX messages_search ON messages USING GIN (to_tsvector('confab', text));
+ALTER TEXT SEARCH CONFIGURATION confab ALTER MAPPING
+    FOR word, hword, hword_part, numword, numhword, hword_numpart, asciiword, asciihword, hword_asciipart
+    WITH unaccent, simple;
+CREATE INDEX messages_search ON messages
+    USING GIN (to_tsvector('confab', regexp_replace(text, '[[:punct:]]', ' ', 'g')));
 
 CREATE TABLE reactions (
     conversation_id UUID NOT NULL,
@@ -111,6 +117,7 @@ CREATE TABLE uploads (
     updated_at BIGINT NOT NULL
 );
 CREATE INDEX uploads_by_user ON uploads(user_id);
+CREATE INDEX uploads_by_update ON uploads(updated_at);
 
 CREATE TABLE blobs (
     hash       TEXT PRIMARY KEY,

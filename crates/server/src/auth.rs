@@ -37,7 +37,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str> {
 }
 
 fn device(req: &AuthRequest) -> Option<&str> {
-    req.device.as_deref().map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100)
+    req.device.as_deref().map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100 && !d.chars().any(char::is_control))
 }
 
 pub async fn register(

@@ -511,6 +511,9 @@ impl Store for PostgresStore {
         let id = Uuid::now_v7();
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // One account signs in one device at a time, on any node, so the
+        // cap holds.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 2))").bind(user).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO sessions (id, token_hash, user_id, device, created_at, last_seen) VALUES ($1, $2, $3, $4, $5, $5)",
         )
@@ -522,12 +525,13 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         let evicted = sqlx::query(
-            "DELETE FROM sessions WHERE user_id = $1 AND id NOT IN
-               (SELECT id FROM sessions WHERE user_id = $1 ORDER BY last_seen DESC, id DESC LIMIT $2)
+            "DELETE FROM sessions WHERE user_id = $1 AND id <> $3 AND id NOT IN
+               (SELECT id FROM sessions WHERE user_id = $1 AND id <> $3 ORDER BY last_seen DESC, id DESC LIMIT $2)
              RETURNING id",
         )
         .bind(user)
-        .bind(super::MAX_SESSIONS_PER_USER)
+        .bind(super::MAX_SESSIONS_PER_USER - 1)
+        .bind(id)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

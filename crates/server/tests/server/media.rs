@@ -430,6 +430,16 @@ async fn search_finds_words_only_in_the_callers_conversations() {
     // Removed from the group: its messages no longer show.
     alice.ok(json!({"type": "remove_member", "conversation": group, "username": "carol"})).await;
     assert_eq!(convs(&search(&mut carol, "pineapple", None).await), vec![bc.clone()]);
+    // Words are split at punctuation, in the text as in the query, on
+    // both stores: an address or a path is found by its parts.
+    send(&mut alice, &ab, "write to bob@example.com or see example.org/docs/setup").await;
+    assert_eq!(search(&mut bob, "example.com", None).await.len(), 1);
+    assert_eq!(search(&mut bob, "docs/setup", None).await.len(), 1);
+    assert_eq!(search(&mut bob, "bob@exam", None).await.len(), 1, "the last part is a prefix");
+    // NUL is not text: refused, never stored (Postgres could not).
+    let r = alice.req(json!({"type": "send", "conversation": ab, "client_id": client_id(), "text": "a\u{0}b"})).await;
+    assert_eq!(r["code"], "invalid_request", "{r}");
+    assert!(search(&mut bob, "a\u{0}b", None).await.is_empty());
     // Edits and deletes keep the index true.
     let m = send(&mut alice, &ab, "the blue submarine").await;
     let seq = m["seq"].clone();

@@ -39,15 +39,19 @@ fn blob_from_row(r: &PgRow) -> BlobInfo {
     }
 }
 
-/// A `to_tsquery` of the words, all required, the last one a prefix: each
-/// word a quoted lexeme, so nothing in it is an operator.
+/// A `to_tsquery` of the words, all required, the last one a prefix. Each
+/// is split at punctuation as the index splits the text (`c'est` is `c`
+/// and `est`), and each part is a quoted lexeme, so nothing in it is an
+/// operator.
 fn ts_query(words: &[String]) -> Option<String> {
-    let quoted: Vec<String> =
-        words.iter().map(|w| format!("'{}'", w.replace('\\', "\\\\").replace('\'', "''"))).collect();
-    if quoted.is_empty() {
+    let parts: Vec<String> = words
+        .iter()
+        .flat_map(|w| w.split(|c: char| !c.is_alphanumeric()).filter(|p| !p.is_empty()).map(|p| format!("'{p}'")))
+        .collect();
+    if parts.is_empty() {
         return None;
     }
-    Some(format!("{}:*", quoted.join(" & ")))
+    Some(format!("{}:*", parts.join(" & ")))
 }
 
 #[async_trait]
@@ -168,18 +172,28 @@ impl MediaStore for PostgresStore {
     }
 
     async fn claim_blob(&self, user: UserId, hash: &str) -> Result<Option<BlobInfo>> {
+        // The blob's row lock: a sweep on another node that is removing it
+        // finishes first (and then there is nothing to claim).
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT hash, size, mime, width, height, thumbable, thumbnail FROM blobs WHERE hash = $1 FOR SHARE",
+        )
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
         let claimed = sqlx::query("UPDATE blob_owners SET at = $1 WHERE hash = $2 AND user_id = $3")
             .bind(now_ms())
             .bind(hash)
             .bind(user)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected()
             > 0;
-        if !claimed {
-            return Ok(None);
-        }
-        self.blob(hash).await
+        tx.commit().await?;
+        Ok(claimed.then(|| blob_from_row(&row)))
     }
 
     async fn set_thumbnail(&self, hash: &str, thumbnail: &str) -> Result<()> {
@@ -225,9 +239,24 @@ impl MediaStore for PostgresStore {
         .bind(SWEEP_BATCH)
         .fetch_all(&mut *tx)
         .await?;
-        let hashes: Vec<String> = rows.iter().map(|r| r.get("hash")).collect();
+        let candidates: Vec<String> = rows.iter().map(|r| r.get("hash")).collect();
+        // Checked again now that the rows are locked (a claim or a message
+        // on another node may have committed since the select's snapshot;
+        // later ones wait for the lock, see claim_blob).
+        let deleted = sqlx::query(
+            "DELETE FROM blobs b WHERE b.hash = ANY($1)
+               AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.hash = b.hash)
+               AND NOT EXISTS (SELECT 1 FROM blob_owners o WHERE o.hash = b.hash AND o.at >= $2)
+               AND NOT EXISTS (SELECT 1 FROM blobs t WHERE t.thumbnail = b.hash)
+             RETURNING b.hash",
+        )
+        .bind(&candidates)
+        .bind(claimed_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let hashes: Vec<String> = deleted.iter().map(|r| r.get("hash")).collect();
         sqlx::query("DELETE FROM blob_owners WHERE hash = ANY($1)").bind(&hashes).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM blobs WHERE hash = ANY($1)").bind(&hashes).execute(&mut *tx).await?;
+        let rows: Vec<_> = rows.into_iter().filter(|r| hashes.contains(&r.get::<String, _>("hash"))).collect();
         let mut gone = hashes;
         for r in &rows {
             let Some(thumb) = r.get::<Option<String>, _>("thumbnail") else { continue };
@@ -257,7 +286,7 @@ impl MediaStore for PostgresStore {
              FROM messages m
              JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1,
              to_tsquery('confab', $2) q
-             WHERE to_tsvector('confab', m.text) @@ q AND m.ts < $3 AND ($4::uuid IS NULL OR m.conversation_id = $4)
+             WHERE to_tsvector('confab', regexp_replace(m.text, '[[:punct:]]', ' ', 'g')) @@ q AND m.ts < $3 AND ($4::uuid IS NULL OR m.conversation_id = $4)
              ORDER BY m.ts DESC, m.seq DESC
              LIMIT $5",
         )
