@@ -47,6 +47,7 @@ fn three_nodes_deliver_10000_messages_once_and_in_order_through_a_node_kill_and_
     if skip_postgres("three_nodes_deliver") {
         return;
     }
+    let _turn = heavy_turn();
     let tmp = temp_dir("cluster");
     let db = postgres_database();
     let mut nats = Nats::start();
