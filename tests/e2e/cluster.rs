@@ -90,16 +90,21 @@ fn three_nodes_deliver_10000_messages_once_and_in_order_through_a_node_kill_and_
 
     let from_alice = texts("alice", 5000);
     let from_carol = texts("carol", 5000);
-    // About 20 s of sending, so the failures below land mid-stream.
+    // About 20 s of sending each, so the failures below land mid-stream
+    // however loaded the machine is (they are timed from the start of
+    // sending, not from what has arrived).
+    let begin = std::time::Instant::now();
     let mut a = alice.send_lines_paced(&group, &from_alice, 250);
     let mut c = carol.send_lines_paced(&group, &from_carol, 250);
 
-    // Mid-stream, node 2 dies: carol's client moves to node 3.
-    assert!(receivers[0].wait_messages(3000, LONG), "stalled at {}", receivers[0].messages().len());
+    // At 5 s node 2 dies: carol's client moves to node 3.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(begin.elapsed()));
+    let got = receivers[0].messages().len();
+    assert!(got > 0 && got < 10_000, "mid-stream: {got}");
     nodes[1].kill();
-    // Later, NATS restarts: while it is gone, nodes learn of each other's
+    // At 10 s NATS restarts: while it is gone, nodes learn of each other's
     // events from the log.
-    assert!(receivers[0].wait_messages(6000, LONG), "stalled at {}", receivers[0].messages().len());
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(begin.elapsed()));
     nats.kill();
     std::thread::sleep(Duration::from_millis(1500));
     nats.restart();

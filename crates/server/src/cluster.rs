@@ -15,7 +15,8 @@
 //! receipt frames, kicks of revoked sessions, and each node's connected
 //! users (for presence and the per-user connection cap across nodes).
 
-use crate::service::{frame, Service};
+use crate::hub::{frame, Hub};
+use crate::store::Store;
 use bytes::Bytes;
 use confab_protocol::{ConvEvent, ConversationId, EventBody, Millis, ServerFrame, UserId};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,15 @@ const MAX_SWEEP_MS: Millis = 5 * 60 * 1000;
 /// How often the sessions of this node's sockets are checked against the
 /// database (a revocation on another node whose kick NATS lost).
 const SESSION_CHECK: Duration = Duration::from_secs(10);
+
+/// What the cluster needs of the node it runs in: its sockets, its store,
+/// and itself (the service implements it, so this module depends on
+/// neither the service nor its requests).
+pub trait Node: Send + Sync + 'static {
+    fn hub(&self) -> &Hub;
+    fn store(&self) -> &Arc<dyn Store>;
+    fn cluster(&self) -> Option<&Arc<Cluster>>;
+}
 
 /// What nodes tell each other.
 #[derive(Serialize, Deserialize)]
@@ -277,7 +287,7 @@ impl Cluster {
 
     /// Delivers `event` to this node's sockets in its conversation's
     /// order: now if it is next, later if it came early, never twice.
-    pub fn deliver(&self, service: &Service, event: ConvEvent, recipients: Vec<UserId>) {
+    pub fn deliver(&self, node: &dyn Node, event: ConvEvent, recipients: Vec<UserId>) {
         let mut tracks = lock(&self.tracks);
         let now = Instant::now();
         let track = tracks.entry(event.conversation).or_insert_with(|| Track {
@@ -298,7 +308,7 @@ impl Cluster {
         while let Some((event, recipients)) = track.pending.remove(&track.next) {
             track.next += 1;
             match frame(&ServerFrame::Event { event }) {
-                Ok(f) => service.hub.publish(&recipients, f),
+                Ok(f) => node.hub().publish(&recipients, f),
                 Err(e) => tracing::error!(%e, "cannot encode an event"),
             }
         }
@@ -306,7 +316,7 @@ impl Cluster {
     }
 
     /// Reads from the log what NATS did not bring within [`GAP_WAIT`].
-    async fn fill_gaps(&self, service: &Service) {
+    async fn fill_gaps(&self, node: &dyn Node) {
         let due: Vec<(ConversationId, i64, i64)> = {
             let now = Instant::now();
             let mut tracks = lock(&self.tracks);
@@ -320,8 +330,8 @@ impl Cluster {
         for (conversation, next, first) in due {
             metrics::counter!("confab_gap_fills_total").increment(1);
             let limit = (first - next).clamp(1, 500) as u32;
-            match service.store.events_after(conversation, next - 1, limit, FILL_BUDGET).await {
-                Ok(page) => self.deliver_from_log(service, page.events).await,
+            match node.store().events_after(conversation, next - 1, limit, FILL_BUDGET).await {
+                Ok(page) => self.deliver_from_log(node, page.events).await,
                 Err(e) => tracing::warn!(%e, %conversation, "cannot fill a gap from the log"),
             }
         }
@@ -329,13 +339,13 @@ impl Cluster {
 
     /// Delivers events read from the log; their recipients are the
     /// conversation's members now (and a removed member).
-    async fn deliver_from_log(&self, service: &Service, events: Vec<ConvEvent>) {
+    async fn deliver_from_log(&self, node: &dyn Node, events: Vec<ConvEvent>) {
         let mut members: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
         for event in events {
             let mut recipients = match members.entry(event.conversation) {
                 std::collections::hash_map::Entry::Occupied(m) => m.get().clone(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    match service.store.member_ids(event.conversation).await {
+                    match node.store().member_ids(event.conversation).await {
                         Ok(m) => slot.insert(m).clone(),
                         Err(e) => return tracing::warn!(%e, "cannot read members"),
                     }
@@ -346,7 +356,7 @@ impl Cluster {
                     recipients.push(*user);
                 }
             }
-            self.deliver(service, event, recipients);
+            self.deliver(node, event, recipients);
         }
     }
 
@@ -355,11 +365,11 @@ impl Cluster {
     /// conversation that has one; one without a track had nothing
     /// delivered here lately, so it gets what was committed from `fresh`
     /// (the loss), not the margin before it.
-    pub async fn sweep(&self, service: &Service, since: Millis, fresh: Millis) {
+    pub async fn sweep(&self, node: &dyn Node, since: Millis, fresh: Millis) {
         tracing::info!(since, "reading the log for events the bus may have lost");
         let mut after = None;
         loop {
-            let page = match service.store.events_since(since, after, SWEEP_PAGE).await {
+            let page = match node.store().events_since(since, after, SWEEP_PAGE).await {
                 Ok(page) => page,
                 Err(e) => return tracing::warn!(%e, "cannot sweep the log"),
             };
@@ -372,7 +382,7 @@ impl Cluster {
                 by_conv.entry(e.conversation).or_default().push(e);
             }
             for (conversation, mut events) in by_conv {
-                let members = match service.store.member_ids(conversation).await {
+                let members = match node.store().member_ids(conversation).await {
                     Ok(m) => m,
                     Err(e) => return tracing::warn!(%e, "cannot read members"),
                 };
@@ -383,15 +393,15 @@ impl Cluster {
                         _ => None,
                     })
                     .collect();
-                let here = service.hub.online_among(&members);
-                if here.is_empty() && service.hub.online_among(&removed).is_empty() {
+                let here = node.hub().online_among(&members);
+                if here.is_empty() && node.hub().online_among(&removed).is_empty() {
                     continue;
                 }
                 events.sort_by_key(|e| e.pos);
                 if !lock(&self.tracks).contains_key(&conversation) {
                     events.retain(|e| e.ts >= fresh);
                 }
-                self.deliver_from_log(service, events).await;
+                self.deliver_from_log(node, events).await;
             }
             if !full {
                 return;
@@ -399,7 +409,7 @@ impl Cluster {
         }
     }
 
-    fn handle(&self, service: &Service, wire: Wire) {
+    fn handle(&self, node: &dyn Node, wire: Wire) {
         match wire {
             Wire::Event { node, .. }
             | Wire::Frame { node, .. }
@@ -409,19 +419,19 @@ impl Cluster {
             | Wire::Hello { node }
             | Wire::Leave { node }
                 if node == self.node => {}
-            Wire::Hello { .. } => self.heartbeat(service),
+            Wire::Hello { .. } => self.heartbeat(node),
             Wire::Leave { node } => drop(lock(&self.peers).remove(&node)),
             Wire::Event { recipients, event, .. } => {
                 let interested = lock(&self.tracks).contains_key(&event.conversation)
-                    || !service.hub.online_among(&recipients).is_empty();
+                    || !node.hub().online_among(&recipients).is_empty();
                 if interested {
                     let lag = (crate::store::now_ms() - event.ts).max(0) as f64 / 1000.0;
                     metrics::histogram!("confab_nats_lag_seconds").record(lag);
-                    self.deliver(service, event, recipients);
+                    self.deliver(node, event, recipients);
                 }
             }
-            Wire::Frame { users, frame, .. } => service.hub.publish(&users, Arc::from(frame)),
-            Wire::Kick { session, .. } => service.hub.kick_session(session),
+            Wire::Frame { users, frame, .. } => node.hub().publish(&users, Arc::from(frame)),
+            Wire::Kick { session, .. } => node.hub().kick_session(session),
             Wire::Presence { node, users } => {
                 let now = Instant::now();
                 let mut peers = lock(&self.peers);
@@ -440,8 +450,8 @@ impl Cluster {
 
     /// Tells the others which users are connected here (every
     /// [`HEARTBEAT`]), and forgets nodes not heard from in [`PEER_TTL`].
-    fn heartbeat(&self, service: &Service) {
-        let here = service.hub.connection_counts();
+    fn heartbeat(&self, node: &dyn Node) {
+        let here = node.hub().connection_counts();
         for chunk in here.chunks(PRESENCE_CHUNK) {
             self.send(SUBJECT_EPHEMERAL, &Wire::Presence { node: self.node, users: chunk.to_vec() });
         }
@@ -473,9 +483,9 @@ impl Sweep {
 /// Runs this node's side of the cluster: the subscription, gap filling,
 /// heartbeats, session checks and recovery after a lost link. Returns when
 /// the service shuts down.
-pub async fn run(service: Arc<Service>) {
+pub async fn run(node: Arc<dyn Node>) {
     use futures_util::StreamExt;
-    let Some(cluster) = service.cluster.clone() else { return };
+    let Some(cluster) = node.cluster().cloned() else { return };
     let Some(mut link) = lock(&cluster.link_events).take() else { return };
     let mut sub = loop {
         match cluster.client.subscribe(SUBJECT_ALL).await {
@@ -505,7 +515,7 @@ pub async fn run(service: Arc<Service>) {
                     Ok(Wire::Resync { node, since }) if node != cluster.node => {
                         due = Some(Sweep::merge(due, Sweep { since, fresh: since + SWEEP_MARGIN_MS }));
                     }
-                    Ok(wire) => cluster.handle(&service, wire),
+                    Ok(wire) => cluster.handle(&*node, wire),
                     Err(e) => tracing::warn!(%e, "an unreadable cluster message"),
                 }
             }
@@ -530,39 +540,39 @@ pub async fn run(service: Arc<Service>) {
                             cluster.send(SUBJECT_EPHEMERAL, &Wire::Resync { node: cluster.node, since });
                             due = Some(Sweep::merge(due, Sweep { since, fresh: lost }));
                         }
-                        cluster.heartbeat(&service);
+                        cluster.heartbeat(&*node);
                     }
                     _ => {}
                 }
             }
             _ = gaps.tick() => {
-                cluster.fill_gaps(&service).await;
+                cluster.fill_gaps(&*node).await;
                 let dropped = lock(&cluster.dropped_since).take();
                 if let Some(since) = dropped {
                     cluster.send(SUBJECT_EPHEMERAL, &Wire::Resync { node: cluster.node, since: since - SWEEP_MARGIN_MS });
                 }
                 if due.is_some() && !sweeping.swap(true, Ordering::AcqRel) {
                     if let Some(sweep) = due.take() {
-                        start_sweep(service.clone(), sweep, sweeping.clone());
+                        start_sweep(node.clone(), sweep, sweeping.clone());
                     }
                 }
             }
-            _ = beat.tick() => cluster.heartbeat(&service),
-            _ = sessions.tick() => check_sessions(&service).await,
+            _ = beat.tick() => cluster.heartbeat(&*node),
+            _ = sessions.tick() => check_sessions(&*node).await,
         }
     }
 }
 
 /// Sweeps in a task of its own; a loss too long ago to read back closes
 /// this node's sockets, and each client resumes from its own position.
-fn start_sweep(service: Arc<Service>, sweep: Sweep, sweeping: Arc<AtomicBool>) {
+fn start_sweep(node: Arc<dyn Node>, sweep: Sweep, sweeping: Arc<AtomicBool>) {
     tokio::spawn(async move {
-        if let Some(cluster) = service.cluster.clone() {
+        if let Some(cluster) = node.cluster().cloned() {
             if crate::store::now_ms() - sweep.since > MAX_SWEEP_MS {
                 tracing::warn!("the bus lost too much to read back; clients here reconnect and resume");
-                service.hub.kick_all_with(crate::hub::Kick { code: crate::hub::CLOSE_GOING_AWAY, reason: "resync" });
+                node.hub().kick_all_with(crate::hub::Kick { code: crate::hub::CLOSE_GOING_AWAY, reason: "resync" });
             } else {
-                cluster.sweep(&service, sweep.since, sweep.fresh).await;
+                cluster.sweep(&*node, sweep.since, sweep.fresh).await;
             }
         }
         sweeping.store(false, Ordering::Release);
@@ -571,16 +581,16 @@ fn start_sweep(service: Arc<Service>, sweep: Sweep, sweeping: Arc<AtomicBool>) {
 
 /// Closes the sockets of sessions that no longer exist: revoked or
 /// signed out on another node, whose kick NATS may have lost.
-async fn check_sessions(service: &Service) {
-    let here = service.hub.sessions();
+async fn check_sessions(node: &dyn Node) {
+    let here = node.hub().sessions();
     if here.is_empty() {
         return;
     }
-    match service.store.existing_sessions(&here).await {
+    match node.store().existing_sessions(&here).await {
         Ok(existing) => {
             let existing: std::collections::HashSet<Uuid> = existing.into_iter().collect();
             for gone in here.into_iter().filter(|s| !existing.contains(s)) {
-                service.hub.kick_session(gone);
+                node.hub().kick_session(gone);
             }
         }
         Err(e) => tracing::warn!(%e, "cannot check sessions"),

@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+/// A frame as it goes on the wire, encoded once for every queue it enters.
+pub fn frame(f: &confab_protocol::ServerFrame) -> crate::error::Result<Arc<str>> {
+    serde_json::to_string(f).map(Arc::from).map_err(|e| crate::error::ApiError::internal("serialize frame", e))
+}
+
 /// Close codes the server uses (4000–4999 are application codes).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_SESSION_REVOKED: u16 = 4001;

@@ -411,7 +411,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         None => None,
     };
     let state = AppState::new(store, config.limits, epoch, log_total, config.ice, Arc::new(blobs), cluster).await?;
-    let bus = tokio::spawn(cluster::run(state.service.clone()));
+    let bus = tokio::spawn(cluster::run(state.service.clone() as Arc<dyn cluster::Node>));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,

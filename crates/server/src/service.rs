@@ -67,8 +67,20 @@ fn at_most_batch(n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn frame(f: &ServerFrame) -> Result<Arc<str>> {
-    serde_json::to_string(f).map(Arc::from).map_err(|e| ApiError::internal("serialize frame", e))
+pub(crate) use crate::hub::frame;
+
+impl crate::cluster::Node for Service {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
 }
 
 impl Service {
