@@ -241,14 +241,7 @@ impl Profile {
 
     /// Starts `confab send <conv>` with `lines` on stdin.
     pub fn send_lines(&self, conversation: &str, lines: &[String]) -> Child {
-        let mut child = self
-            .cmd(&["send", conversation])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn send");
-        let mut stdin = child.stdin.take().expect("stdin");
+        let (child, mut stdin) = self.spawn_send(conversation);
         let text = lines.join("\n") + "\n";
         std::thread::spawn(move || {
             let _ = stdin.write_all(text.as_bytes());
@@ -259,14 +252,7 @@ impl Profile {
     /// [`Profile::send_lines`], the lines written at about `per_second`,
     /// so the stream lasts a while.
     pub fn send_lines_paced(&self, conversation: &str, lines: &[String], per_second: usize) -> Child {
-        let mut child = self
-            .cmd(&["send", conversation])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn send");
-        let mut stdin = child.stdin.take().expect("stdin");
+        let (child, mut stdin) = self.spawn_send(conversation);
         let lines = lines.to_vec();
         let per_tick = (per_second / 50).max(1);
         std::thread::spawn(move || {
@@ -278,6 +264,19 @@ impl Profile {
             }
         });
         child
+    }
+
+    /// `confab send <conv>` reading its lines from the returned stdin.
+    fn spawn_send(&self, conversation: &str) -> (Child, std::process::ChildStdin) {
+        let mut child = self
+            .cmd(&["send", conversation])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn send");
+        let stdin = child.stdin.take().expect("stdin");
+        (child, stdin)
     }
 
     /// `history --json`, as parsed objects.

@@ -23,6 +23,38 @@ pub const WATERMARK_BYTES: usize = 100;
 /// Bytes a message in a history reply adds beyond its text.
 pub const MESSAGE_OVERHEAD: usize = 300;
 
+/// Bytes one message row adds to a history reply, as the budget counts
+/// them: its text (control characters are sent as six-byte escapes), its
+/// call record and its attachments (both JSON), and the rest.
+pub fn history_bytes(text: &str, call: Option<&str>, attachments: Option<&str>) -> usize {
+    text.len()
+        + 5 * text.chars().filter(|c| c.is_control()).count()
+        + MESSAGE_OVERHEAD
+        + call.map_or(0, |c| c.len() + 10)
+        + attachments.map_or(0, |a| a.len() + 20)
+}
+
+/// Unfinished uploads one account may have at once.
+pub const MAX_OPEN_UPLOADS: i64 = 50;
+/// Blobs one media sweep looks at.
+pub const SWEEP_BATCH: i64 = 500;
+
+/// Whether a new upload of `length` bytes fits: fewer than
+/// [`MAX_OPEN_UPLOADS`] unfinished (`open`), and within `quota` with what
+/// the account already `used`.
+pub fn check_quota(used: i64, open: i64, length: u64, quota: u64) -> Result<()> {
+    if open >= MAX_OPEN_UPLOADS {
+        return Err(ApiError::new(
+            confab_protocol::ErrorCode::QuotaExceeded,
+            "too many unfinished uploads; finish or cancel some",
+        ));
+    }
+    if (used as u64).saturating_add(length) > quota {
+        return Err(confab_protocol::ErrorCode::QuotaExceeded.into());
+    }
+    Ok(())
+}
+
 /// Whether `--db` names a Postgres database rather than a SQLite file.
 pub fn is_postgres_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
@@ -37,7 +69,7 @@ pub async fn open(db: &str) -> Result<std::sync::Arc<dyn Store>> {
     })
 }
 
-use crate::error::Result;
+use crate::error::{ApiError, Result};
 use async_trait::async_trait;
 use confab_protocol::{
     ConvEvent, ConvKind, ConversationHead, ConversationId, ConversationInfo, EventBody, Member, Message, Millis,
@@ -280,7 +312,12 @@ pub trait Store: MediaStore + Send + Sync + 'static {
     /// Changes to a message follow [`confab_protocol::rules`]: a change the
     /// rules refuse fails with their code, one that changes nothing is
     /// [`AppendOutcome::Unchanged`].
-    async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome>;
+    async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome> {
+        self.append_all(conversation, actor, vec![body])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::new(confab_protocol::ErrorCode::Internal, "no append result")))
+    }
     /// Several [`Store::append`]s by one actor to one conversation, applied
     /// in this order (a store may commit them together); one result each.
     async fn append_all(
@@ -288,13 +325,7 @@ pub trait Store: MediaStore + Send + Sync + 'static {
         conversation: ConversationId,
         actor: UserId,
         bodies: Vec<EventBody>,
-    ) -> Result<Vec<Result<AppendOutcome>>> {
-        let mut results = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            results.push(self.append(conversation, actor, body).await);
-        }
-        Ok(results)
-    }
+    ) -> Result<Vec<Result<AppendOutcome>>>;
 
     /// Moves receipt watermarks forward (by [`confab_protocol::rules::advance_receipt`]),
     /// committed together; one result each: `None` when nothing moved (or

@@ -10,7 +10,7 @@ mod media;
 use super::write::{self, Backend, GroupCommit, NewMessage, SendKey, Sent, Writer};
 use super::{
     now_ms, AppendOutcome, LogPage, Mark, Marked, MarksPage, Membership, MessageMeta, Revoke, Session, SessionId,
-    Store, EVENT_OVERHEAD, MESSAGE_OVERHEAD, WATERMARK_BYTES,
+    Store, EVENT_OVERHEAD, WATERMARK_BYTES,
 };
 use crate::error::{ApiError, Result};
 use async_trait::async_trait;
@@ -791,13 +791,6 @@ impl Store for SqliteStore {
         write::create_group(&*self.backend, id, name, members, creator).await
     }
 
-    async fn append(&self, conversation: ConversationId, actor: UserId, body: EventBody) -> Result<AppendOutcome> {
-        self.append_all(conversation, actor, vec![body])
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "no append result")))
-    }
-
     async fn append_all(
         &self,
         conversation: ConversationId,
@@ -964,11 +957,7 @@ impl Store for SqliteStore {
             .fetch(&mut *tx);
             let mut bytes = 0;
             while let Some(r) = stream.try_next().await? {
-                let text: &str = r.get("text");
-                // Control characters are sent as six-byte escapes.
-                bytes += text.len() + 5 * text.chars().filter(|c| c.is_control()).count() + MESSAGE_OVERHEAD;
-                bytes += r.get::<Option<&str>, _>("call").map_or(0, |c| c.len() + 10);
-                bytes += r.get::<Option<&str>, _>("attachments").map_or(0, |a| a.len() + 20);
+                bytes += super::history_bytes(r.get("text"), r.get("call"), r.get("attachments"));
                 rows.push(r);
                 if bytes >= budget {
                     break;

@@ -4,17 +4,12 @@
 
 use super::PostgresStore;
 use crate::error::{ApiError, Result};
-use crate::store::{now_ms, BlobInfo, MediaStore, SearchQuery, Upload};
+use crate::store::{now_ms, BlobInfo, MediaStore, SearchQuery, Upload, SWEEP_BATCH};
 use async_trait::async_trait;
 use confab_protocol::{media, ErrorCode, Millis, SearchHit, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
-
-/// Unfinished uploads one account may have at once.
-const MAX_OPEN_UPLOADS: i64 = 50;
-/// Blobs one sweep looks at.
-const SWEEP_BATCH: i64 = 500;
 
 fn upload_from_row(r: &PgRow) -> Upload {
     Upload {
@@ -73,13 +68,7 @@ impl MediaStore for PostgresStore {
         .bind(upload.user)
         .fetch_one(&mut *tx)
         .await?;
-        let (used, open): (i64, i64) = (row.get("used"), row.get("open"));
-        if open >= MAX_OPEN_UPLOADS {
-            return Err(ApiError::new(ErrorCode::QuotaExceeded, "too many unfinished uploads; finish or cancel some"));
-        }
-        if (used as u64).saturating_add(upload.length) > quota {
-            return Err(ErrorCode::QuotaExceeded.into());
-        }
+        crate::store::check_quota(row.get("used"), row.get("open"), upload.length, quota)?;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO uploads (id, user_id, length, committed, sha256, created_at, updated_at)
