@@ -85,6 +85,10 @@ pub enum ErrorCode {
     /// balancer sends the new connection to another node.
     #[error("unavailable")]
     Unavailable,
+    /// `set_push` names a kind of push target this server is not
+    /// configured to push to (no FCM, APNs or WebPush credentials).
+    #[error("push_unavailable")]
+    PushUnavailable,
 }
 
 impl ErrorCode {
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::FileTooLarge => "file_too_large",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PushUnavailable => "push_unavailable",
         }
     }
 
@@ -171,6 +176,7 @@ impl ErrorCode {
             ErrorCode::FileTooLarge => "the file is larger than this server accepts",
             ErrorCode::QuotaExceeded => "your storage quota is used up",
             ErrorCode::Unavailable => "this server is shutting down; connect again",
+            ErrorCode::PushUnavailable => "this server cannot push to that kind of device",
         }
     }
 }
@@ -211,6 +217,7 @@ mod tests {
             ErrorCode::FileTooLarge,
             ErrorCode::QuotaExceeded,
             ErrorCode::Unavailable,
+            ErrorCode::PushUnavailable,
         ] {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

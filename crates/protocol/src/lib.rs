@@ -16,12 +16,14 @@ mod codes;
 mod decode;
 mod http;
 pub mod media;
+pub mod push;
 pub mod rules;
 
 pub use codes::ErrorCode;
 pub use decode::{decode_request, decode_server_frame, FrameError};
 pub use http::{AuthRequest, AuthResponse, HttpError};
 pub use media::{Attachment, AttachmentRef, SearchHit};
+pub use push::{ApnsEnvironment, PushTarget, Wake, WakeKind};
 
 use serde::{Deserialize, Serialize};
 use specta::Type;
@@ -253,6 +255,17 @@ pub enum RequestBody {
     },
     /// Signs out every device of this account but the caller's.
     RevokeOtherSessions {},
+    /// Registers how to wake this device session while it has no socket
+    /// open, replacing any target it had (see [`push`]). The target belongs
+    /// to the session: logout and revocation delete it, and a token another
+    /// session had registered moves to this one. Reply: `done {pos: null}`;
+    /// `invalid_request` for a malformed target, `push_unavailable` when
+    /// the server is not configured for that kind.
+    SetPush {
+        target: push::PushTarget,
+    },
+    /// Forgets this device session's push target. Reply: `done {pos: null}`.
+    ClearPush {},
     /// Full-text search over the caller's conversations (or one of them),
     /// newest first: hits with `ts < before` (all if `None`), at most
     /// `limit` ([`media::MAX_SEARCH_HITS`]). Reply: [`Reply::Search`].
@@ -307,6 +320,8 @@ impl RequestBody {
         "sessions",
         "revoke_session",
         "revoke_other_sessions",
+        "set_push",
+        "clear_push",
         "search",
         "ping",
     ];

@@ -203,6 +203,9 @@ impl Service {
             );
         }
         self.tell(callee, None, call, conversation, caller.user, CallUpdate::Incoming { video });
+        // Devices that are away ring once a push has woken them (they get
+        // the ringing frame when they connect).
+        self.push.call(callee, call, conversation, video);
         Ok(Reply::Call {
             call,
             peer: callee,

@@ -279,6 +279,11 @@ impl Hub {
         }
     }
 
+    /// Whether `session` of `user` has a connection here.
+    pub fn has_session(&self, user: UserId, session: Uuid) -> bool {
+        lock(&self.conns).get(&user).is_some_and(|c| c.iter().any(|c| c.session == session))
+    }
+
     /// The device sessions connected here.
     pub fn sessions(&self) -> Vec<Uuid> {
         let mut sessions: Vec<Uuid> = lock(&self.conns).values().flatten().map(|c| c.session).collect();

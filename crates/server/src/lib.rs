@@ -23,6 +23,7 @@ pub mod hub;
 pub mod ice;
 mod locks;
 pub mod media;
+pub mod push;
 pub mod receipts;
 pub mod service;
 pub mod store;
@@ -145,6 +146,8 @@ pub struct Config {
     pub media_dir: Option<PathBuf>,
     /// NATS, to fan out through the other nodes on the same database.
     pub nats: Option<String>,
+    /// Push providers for waking away devices (each off unless set).
+    pub push: push::PushConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +167,7 @@ impl Config {
             ice: ice::IceConfig::default(),
             media_dir: None,
             nats: None,
+            push: push::PushConfig::default(),
         }
     }
 
@@ -213,16 +217,23 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What a node is connected to besides its store.
+pub struct Parts {
+    pub ice: ice::IceConfig,
+    pub blobs: Arc<dyn media::BlobStore>,
+    pub cluster: Option<Arc<cluster::Cluster>>,
+    pub push: Arc<push::Push>,
+}
+
 impl AppState {
     pub async fn new(
         store: Arc<dyn Store>,
         limits: Limits,
         epoch: String,
         log_total: i64,
-        ice: ice::IceConfig,
-        blobs: Arc<dyn media::BlobStore>,
-        cluster: Option<Arc<cluster::Cluster>>,
+        parts: Parts,
     ) -> error::Result<Self> {
+        let Parts { ice, blobs, cluster, push } = parts;
         let nz = guard::nz;
         let quota = Quota::per_second(nz(limits.requests_per_sec)).allow_burst(nz(limits.request_burst));
         let queue_bytes = limits.queue_bytes.max(2 * confab_protocol::MAX_SERVER_FRAME_BYTES);
@@ -239,7 +250,8 @@ impl AppState {
             service: Arc::new({
                 let service = Service::new(store, hub, max_members, epoch, log_total)
                     .with_call_timeouts(limits.call_ring_timeout, limits.call_rejoin_grace)
-                    .with_ice(ice);
+                    .with_ice(ice)
+                    .with_push(push);
                 match cluster {
                     Some(cluster) => service.with_cluster(cluster),
                     None => service,
@@ -410,7 +422,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         None => None,
     };
-    let state = AppState::new(store, config.limits, epoch, log_total, config.ice, Arc::new(blobs), cluster).await?;
+    let push = Arc::new(push::Push::new(config.push.clone())?);
+    let parts = Parts { ice: config.ice, blobs: Arc::new(blobs), cluster, push: push.clone() };
+    let state = AppState::new(store, config.limits, epoch, log_total, parts).await?;
+    let pusher =
+        tokio::spawn(push::run(push, state.service.store.clone(), state.service.clone() as Arc<dyn push::Devices>));
     let bus = tokio::spawn(cluster::run(state.service.clone() as Arc<dyn cluster::Node>));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
@@ -514,6 +530,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 tokio::time::sleep(drain_wait).await;
             }
             pruner.abort();
+            pusher.abort();
             bus.abort();
             sweeper.abort();
             ringer.abort();

@@ -100,6 +100,44 @@ struct Args {
     /// backup, so every client syncs from scratch.
     #[arg(long)]
     new_epoch: bool,
+    /// Wake Android devices through FCM: the Firebase service account's
+    /// JSON key file.
+    #[arg(long, env = "CONFAB_FCM_SERVICE_ACCOUNT", help_heading = "Push")]
+    fcm_service_account: Option<PathBuf>,
+    /// FCM's address (only to test against a stand-in).
+    #[arg(long, default_value = confab_server::push::fcm::DEFAULT_URL, hide = true)]
+    fcm_url: String,
+    /// Wake iOS devices through APNs: the signing key (AuthKey_….p8);
+    /// needs --apns-key-id, --apns-team-id and --apns-topic.
+    #[arg(long, env = "CONFAB_APNS_KEY", requires_all = ["apns_key_id", "apns_team_id", "apns_topic"], help_heading = "Push")]
+    apns_key: Option<PathBuf>,
+    /// The APNs key's id (10 characters, from the developer account).
+    #[arg(long, env = "CONFAB_APNS_KEY_ID", help_heading = "Push")]
+    apns_key_id: Option<String>,
+    /// The Apple developer team id.
+    #[arg(long, env = "CONFAB_APNS_TEAM_ID", help_heading = "Push")]
+    apns_team_id: Option<String>,
+    /// The iOS app's bundle id (VoIP pushes go to `<topic>.voip`).
+    #[arg(long, env = "CONFAB_APNS_TOPIC", help_heading = "Push")]
+    apns_topic: Option<String>,
+    /// APNs' address for both environments (only to test against a stand-in).
+    #[arg(long, hide = true)]
+    apns_url: Option<String>,
+    /// Wake UnifiedPush devices: this server's VAPID key (P-256, PKCS #8
+    /// PEM: `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`);
+    /// needs --vapid-subject.
+    #[arg(long, env = "CONFAB_VAPID_KEY", requires = "vapid_subject", help_heading = "Push")]
+    vapid_key: Option<PathBuf>,
+    /// Who runs this server, for push services: `mailto:ops@example.com`.
+    #[arg(long, env = "CONFAB_VAPID_SUBJECT", help_heading = "Push")]
+    vapid_subject: Option<String>,
+    /// Let UnifiedPush endpoints be private addresses and plain http (a
+    /// distributor on the local network).
+    #[arg(long, help_heading = "Push")]
+    unifiedpush_allow_private: bool,
+    /// A CA certificate (PEM) push requests trust besides the public roots.
+    #[arg(long, env = "CONFAB_PUSH_CA", help_heading = "Push")]
+    push_ca: Option<PathBuf>,
 }
 
 fn default_db() -> PathBuf {
@@ -163,6 +201,23 @@ async fn main() -> anyhow::Result<()> {
         turn_secret: args.turn_secret,
         turn_ttl: std::time::Duration::from_secs(24 * 3600),
     };
+    config.push.fcm = args
+        .fcm_service_account
+        .map(|service_account| confab_server::push::fcm::FcmConfig { service_account, url: args.fcm_url });
+    if let (Some(key), Some(key_id), Some(team_id), Some(topic)) =
+        (args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic)
+    {
+        config.push.apns =
+            Some(confab_server::push::apns::ApnsConfig { key, key_id, team_id, topic, url: args.apns_url });
+    }
+    if let (Some(vapid_key), Some(subject)) = (args.vapid_key, args.vapid_subject) {
+        config.push.webpush = Some(confab_server::push::webpush::WebPushConfig {
+            vapid_key,
+            subject,
+            allow_private: args.unifiedpush_allow_private,
+        });
+    }
+    config.push.extra_root = args.push_ca;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(confab_server::TlsFiles { cert, key });
     }

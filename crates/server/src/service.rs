@@ -46,6 +46,8 @@ pub struct Service {
     call_limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Committed receipts waiting for the next coalesced frame.
     receipts: crate::receipts::Receipts,
+    /// Wake-ups for devices that are away.
+    pub push: Arc<crate::push::Push>,
 }
 
 /// The authenticated caller of a request.
@@ -83,6 +85,16 @@ impl crate::cluster::Node for Service {
     }
 }
 
+/// A device is live when it has a socket on this node. On another node it
+/// is invisible here (nodes share per-user counts, not sessions), so a
+/// user connected elsewhere still has their away devices pushed: a
+/// redundant wake-up costs less than a lost one.
+impl crate::push::Devices for Service {
+    fn is_live(&self, user: UserId, session: uuid::Uuid) -> bool {
+        self.hub.has_session(user, session)
+    }
+}
+
 impl Service {
     pub fn new(store: Arc<dyn Store>, hub: Hub, max_group_members: usize, epoch: String, log_total: i64) -> Self {
         Service {
@@ -97,7 +109,14 @@ impl Service {
             log_total: AtomicI64::new(log_total),
             call_limiter: governor::RateLimiter::keyed(crate::guard::period(std::time::Duration::from_secs(6), 10)),
             receipts: crate::receipts::Receipts::default(),
+            push: Arc::new(crate::push::Push::disabled()),
         }
+    }
+
+    /// Wakes away devices through these providers.
+    pub fn with_push(mut self, push: Arc<crate::push::Push>) -> Self {
+        self.push = push;
+        self
     }
 
     /// Fans events out through the other nodes too.
@@ -125,6 +144,11 @@ impl Service {
                     None => self.hub.publish(recipients, frame(&ServerFrame::Event { event: event.clone() })?),
                 }
                 self.introduce(&event.body, recipients)?;
+                let kind = match event.body {
+                    EventBody::Message { .. } | EventBody::Call { .. } => confab_protocol::WakeKind::Message,
+                    _ => confab_protocol::WakeKind::Update,
+                };
+                self.push.wake(event.actor, recipients, event.conversation, kind);
                 Ok(Some(event.pos))
             }
             AppendOutcome::Duplicate { pos, .. } => Ok(Some(*pos)),
@@ -685,6 +709,15 @@ impl Service {
             RequestBody::RevokeOtherSessions {} => {
                 let revoked = self.store.revoke_sessions(caller.user, Revoke::AllBut(caller.session)).await?;
                 self.kick_sessions(&revoked);
+                Ok(Reply::Done { pos: None })
+            }
+            RequestBody::SetPush { target } => {
+                self.push.check(&target)?;
+                self.store.set_push(caller.session, caller.user, &target).await?;
+                Ok(Reply::Done { pos: None })
+            }
+            RequestBody::ClearPush {} => {
+                self.store.clear_push(caller.session).await?;
                 Ok(Reply::Done { pos: None })
             }
             RequestBody::Typing { conversation } => {

@@ -126,6 +126,7 @@ async fn connection(socket: WebSocket, state: AppState) {
         return;
     };
     let caller = Caller { conn: reg.id, ..caller };
+    service.push.connected(session);
     tracing::debug!(user = %caller.user, conn = reg.id, "connected");
     // When the writer ends — kicked, or a write stalled or failed — it
     // tells the reader through the kick signal, which the reader checks

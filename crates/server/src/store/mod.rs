@@ -243,8 +243,36 @@ pub trait MediaStore: Send + Sync + 'static {
     async fn search(&self, query: &SearchQuery) -> Result<Vec<confab_protocol::SearchHit>>;
 }
 
+/// One device session's push target, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushRow {
+    pub session: SessionId,
+    pub user: UserId,
+    pub target: confab_protocol::PushTarget,
+}
+
+/// Push targets, one per device session (see migration 0007).
 #[async_trait]
-pub trait Store: MediaStore + Send + Sync + 'static {
+pub trait PushStore: Send + Sync + 'static {
+    /// Sets `session`'s target, replacing its old one and taking the
+    /// device's address from any other session that had it.
+    async fn set_push(&self, session: SessionId, user: UserId, target: &confab_protocol::PushTarget) -> Result<()>;
+    /// Forgets `session`'s target; whether it had one.
+    async fn clear_push(&self, session: SessionId) -> Result<bool>;
+    /// The targets of these users' sessions.
+    async fn push_targets(&self, users: &[UserId]) -> Result<Vec<PushRow>>;
+    /// Forgets `session`'s target if it is still `target` (the provider
+    /// said it is gone; a newer registration stays).
+    async fn drop_push(&self, session: SessionId, target: &confab_protocol::PushTarget) -> Result<bool>;
+}
+
+/// Reads a stored target (written by [`PushStore::set_push`]).
+pub fn parse_push_target(json: &str) -> Result<confab_protocol::PushTarget> {
+    serde_json::from_str(json).map_err(|e| ApiError::internal("a stored push target does not parse", e))
+}
+
+#[async_trait]
+pub trait Store: MediaStore + PushStore + Send + Sync + 'static {
     /// Fails with `username_taken` if the name exists.
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId>;
     /// (id, password hash) of a user.

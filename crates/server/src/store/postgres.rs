@@ -8,6 +8,7 @@
 //! The rules are in [`super::write`]; this file only persists.
 
 mod media;
+mod push;
 
 use super::write::{self, Backend, GroupCommit, NewMessage, SendKey, Sent, Writer};
 use super::{

@@ -6,6 +6,7 @@
 //! [`super::write`], not here.
 
 mod media;
+mod push;
 
 use super::write::{self, Backend, GroupCommit, NewMessage, SendKey, Sent, Writer};
 use super::{
@@ -46,7 +47,7 @@ impl Backend for SqliteBackend {
 }
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
-const ROWS_PER_STATEMENT: usize = 100;
+pub(crate) const ROWS_PER_STATEMENT: usize = 100;
 
 fn parse_id(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| ApiError::internal("corrupt id in database", e))
