@@ -44,6 +44,9 @@ const COMMANDS: &[&str] = &[
     "search_messages",
     "search_server",
     "history_around",
+    "register_push",
+    "unregister_push",
+    "on_push",
 ];
 
 fn main() {

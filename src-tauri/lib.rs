@@ -10,10 +10,15 @@ pub mod error;
 pub mod keychain;
 pub mod media;
 pub mod permissions;
+pub mod push;
 pub mod settings;
 pub mod shell;
 
 use tauri::Manager;
+
+// Linked in so the phones' push handlers find its C and JNI entry points
+// in the app's library.
+pub use confab_mobile;
 
 /// Commands and events, for the invoke handler and the TypeScript bindings.
 pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
@@ -61,6 +66,9 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             commands::search_messages,
             commands::search_server,
             commands::history_around,
+            push::register_push,
+            push::unregister_push,
+            push::on_push,
         ])
         .events(tauri_specta::collect_events![
             shell::CoreEvent,

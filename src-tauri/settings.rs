@@ -7,8 +7,9 @@ use specta::Type;
 use tauri::{AppHandle, Runtime};
 use tauri_plugin_store::StoreExt;
 
-const FILE: &str = "settings.json";
-const KEY: &str = "settings";
+// Shared with the push handlers, which read them without the app running.
+const FILE: &str = confab_mobile::SETTINGS_FILE;
+const KEY: &str = confab_mobile::SETTINGS_KEY;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
 #[serde(rename_all = "snake_case")]

@@ -3,9 +3,8 @@
 use crate::error::{AppError, Result};
 use crate::settings;
 use confab_core::call::{ExternalEngine, SelectedEngine};
-use confab_core::notify::{decide, Attention};
+use confab_core::notify::Attention;
 use confab_core::{Client, ClientEvent};
-use confab_protocol::UserId;
 use serde::{Deserialize, Serialize};
 use specta::Type;
 use std::path::PathBuf;
@@ -147,12 +146,12 @@ impl Shell {
 
     /// Starts the client and the forwarding of its events.
     pub async fn activate<R: Runtime>(&self, app: &AppHandle<R>, client: Client) -> Result<()> {
-        let me = client.session().await?.ok_or_else(|| AppError::new("not_signed_in", "Sign in first"))?.user;
+        client.session().await?.ok_or_else(|| AppError::new("not_signed_in", "Sign in first"))?;
         let client = Arc::new(client);
         // Subscribe before starting, so no event is missed.
         let events = client.subscribe();
         client.start().await?;
-        let forwarder = tauri::async_runtime::spawn(forward(app.clone(), client.clone(), me, events));
+        let forwarder = tauri::async_runtime::spawn(forward(app.clone(), client.clone(), events));
         if let Some(old) = self.account.lock().await.replace(Account { client, forwarder }) {
             old.forwarder.abort();
             old.client.stop().await;
@@ -214,7 +213,6 @@ pub async fn resume<R: Runtime>(app: &AppHandle<R>) -> Result<()> {
 async fn forward<R: Runtime>(
     app: AppHandle<R>,
     client: Arc<Client>,
-    me: UserId,
     mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -225,15 +223,6 @@ async fn forward<R: Runtime>(
             // The UI reloads from the cache on SyncCompleted; tell it to.
             Err(RecvError::Lagged(_)) => ClientEvent::SyncCompleted,
             Err(RecvError::Closed) => return,
-        };
-        // Live messages notify one by one; what arrived while away is
-        // summarised, one notification per conversation, by the same policy.
-        let notice = match &event {
-            ClientEvent::MessageAdded { message, live: true } => Some((message, confab_core::notify::body(message))),
-            ClientEvent::MissedMessages { latest, count, senders, .. } => {
-                Some((latest, confab_core::notify::missed_summary(*count, senders)))
-            }
-            _ => None,
         };
         if let ClientEvent::Call { call } = &event {
             let shell = app.state::<Shell>();
@@ -263,20 +252,29 @@ async fn forward<R: Runtime>(
                 }
             }
         }
-        if let Some((message, body)) = notice {
-            let shell = app.state::<Shell>();
-            let prefs = settings::load(&app);
-            let decision = decide(me, message, &shell.attention(), &prefs.notify_settings());
-            if decision.notify {
-                let title = notification_title(&client, message).await;
-                let builder = app.notification().builder().title(title).body(body);
-                // Carried back on a click, to open the conversation.
-                let builder = builder.extra(NOTIFIED_CONVERSATION, message.conversation.to_string());
-                if let Err(e) = builder.show() {
-                    tracing::warn!(%e, "notification failed");
-                }
+        // Live messages notify one by one; what arrived while away is
+        // summarised, one notification per conversation (the core decides).
+        let notifies =
+            matches!(event, ClientEvent::MessageAdded { live: true, .. } | ClientEvent::MissedMessages { .. });
+        let notice = match notifies {
+            true => {
+                let (prefs, attention) = (settings::load(&app), app.state::<Shell>().attention());
+                client.notice(&event, &attention, &prefs.notify_settings()).await
             }
-            if decision.sound {
+            false => None,
+        };
+        if let Some(notice) = notice {
+            // Carried back on a click, to open the conversation.
+            let builder = app
+                .notification()
+                .builder()
+                .title(notice.title)
+                .body(notice.body)
+                .extra(NOTIFIED_CONVERSATION, notice.conversation.to_string());
+            if let Err(e) = builder.show() {
+                tracing::warn!(%e, "notification failed");
+            }
+            if notice.sound {
                 let _ = PlaySound.emit(&app);
             }
         }
@@ -292,14 +290,6 @@ async fn forward<R: Runtime>(
         if let Err(e) = CoreEvent(event).emit(&app) {
             tracing::warn!(%e, "cannot forward an event to the UI");
         }
-    }
-}
-
-async fn notification_title(client: &Client, message: &confab_core::ChatMessage) -> String {
-    let conversation = client.conversation(message.conversation).await.ok().flatten();
-    match conversation {
-        Some(c) if c.kind == confab_protocol::ConvKind::Group => format!("{} in {}", message.sender_name, c.title),
-        _ => message.sender_name.clone(),
     }
 }
 

@@ -91,6 +91,16 @@ export const commands = {
 	searchServer: (query: string, conversation: string | null) => typedError<SearchResult_Serialize[], AppError>(__TAURI_INVOKE("search_server", { query, conversation })),
 	/**  Messages around `seq`, oldest first: for opening a search hit. */
 	historyAround: (conversation: string, seq: number) => typedError<ChatMessage_Serialize[], AppError>(__TAURI_INVOKE("history_around", { conversation, seq })),
+	/**  Wakes this device through `target` while the app is not running. */
+	registerPush: (target: PushTarget_Deserialize) => typedError<null, AppError>(__TAURI_INVOKE("register_push", { target })),
+	/**  Stops waking this device. */
+	unregisterPush: () => typedError<null, AppError>(__TAURI_INVOKE("unregister_push")),
+	/**
+	 *  A push arrived (`data`: the wake-up's JSON, as the provider delivered
+	 *  it): resume the saved session if the app has none running, and catch up
+	 *  within `budget_ms` (at most [`MAX_BUDGET`]).
+	 */
+	onPush: (data: string, budgetMs: number) => typedError<CaughtUp_Serialize, AppError>(__TAURI_INVOKE("on_push", { data, budgetMs })),
 };
 
 /** Events */
@@ -102,6 +112,12 @@ export const events = {
 };
 
 /* Types */
+/**
+ *  Which APNs a token belongs to: builds signed for development get
+ *  sandbox tokens, App Store and TestFlight builds production ones.
+ */
+export type ApnsEnvironment = "production" | "sandbox";
+
 export type AppError = {
 	/**
 	 *  A protocol error code (`not_member`, `invalid_credentials`, …) or one
@@ -261,6 +277,53 @@ export type CallView_Serialize = {
 	/**  This side's microphone is muted. */
 	muted: boolean,
 	phase: CallPhase_Serialize,
+};
+
+/**  What a wake-up's catch-up did. */
+export type CaughtUp = CaughtUp_Serialize | CaughtUp_Deserialize;
+
+/**  What a wake-up's catch-up did. */
+export type CaughtUp_Deserialize = {
+	/**
+	 *  Synced with the server (false: the budget ran out first, or the
+	 *  server could not be reached; the next wake-up or start finishes).
+	 */
+	synced: boolean,
+	/**  Own messages still waiting to go out (0: the outbox is flushed). */
+	unsent: number,
+	/**
+	 *  The notifications to show, one per message or per conversation
+	 *  caught up on.
+	 */
+	notices: Notice[],
+	/**
+	 *  A call ringing for this device when the catch-up returned: the
+	 *  shell reports it (CallKit, a full-screen intent) and the client
+	 *  keeps running for it.
+	 */
+	ringing?: CallView_Deserialize | null,
+};
+
+/**  What a wake-up's catch-up did. */
+export type CaughtUp_Serialize = {
+	/**
+	 *  Synced with the server (false: the budget ran out first, or the
+	 *  server could not be reached; the next wake-up or start finishes).
+	 */
+	synced: boolean,
+	/**  Own messages still waiting to go out (0: the outbox is flushed). */
+	unsent: number,
+	/**
+	 *  The notifications to show, one per message or per conversation
+	 *  caught up on.
+	 */
+	notices: Notice[],
+	/**
+	 *  A call ringing for this device when the catch-up returned: the
+	 *  shell reports it (CallKit, a full-screen intent) and the client
+	 *  keeps running for it.
+	 */
+	ringing: CallView_Serialize | null,
 };
 
 export type ChatMessage = ChatMessage_Serialize | ChatMessage_Deserialize;
@@ -520,7 +583,12 @@ export type ErrorCode =
  *  This server is shutting down (draining): connect again, the load
  *  balancer sends the new connection to another node.
  */
-"unavailable";
+"unavailable" | 
+/**
+ *  `set_push` names a kind of push target this server is not
+ *  configured to push to (no FCM, APNs or WebPush credentials).
+ */
+"push_unavailable";
 
 /**  What [`ExternalEngine`] asks of the UI that runs WebRTC. */
 export type ExternalMedia = ExternalMedia_Serialize | ExternalMedia_Deserialize;
@@ -650,11 +718,62 @@ export type MessageStatus =
 /**  Someone else's message. */
 "received";
 
+/**  One system notification to show, as the policy decided it. */
+export type Notice = {
+	conversation: string,
+	/**  The sender, or "sender in group". */
+	title: string,
+	/**
+	 *  The message ([`notify::body`]), or a summary of several
+	 *  ([`notify::missed_summary`]).
+	 */
+	body: string,
+	/**  Play the notification sound. */
+	sound: boolean,
+};
+
 /**  The user clicked a notification: show this conversation. */
 export type OpenConversation = string;
 
 /**  Ask the UI to play the bundled notification sound. */
 export type PlaySound = null;
+
+/**  Where to wake one device session. */
+export type PushTarget = PushTarget_Serialize | PushTarget_Deserialize;
+
+/**  Where to wake one device session. */
+export type PushTarget_Deserialize = 
+/**  Firebase Cloud Messaging (Android with Google Play services). */
+{ kind: "fcm"; token: string } | 
+/**
+ *  Apple Push Notification service. `token` takes message wake-ups
+ *  (handled by the app's Notification Service Extension); `voip_token`,
+ *  from PushKit, takes incoming calls (reported to CallKit).
+ */
+{ kind: "apns"; token: string; voip_token?: string | null; environment: ApnsEnvironment } | 
+/**
+ *  UnifiedPush (Android without Google, through a distributor such as
+ *  ntfy): a WebPush endpoint with the device's RFC 8291 keys, both
+ *  base64url as the distributor hands them over.
+ */
+{ kind: "unified_push"; endpoint: string; p256dh: string; auth: string };
+
+/**  Where to wake one device session. */
+export type PushTarget_Serialize = 
+/**  Firebase Cloud Messaging (Android with Google Play services). */
+{ kind: "fcm"; token: string } | 
+/**
+ *  Apple Push Notification service. `token` takes message wake-ups
+ *  (handled by the app's Notification Service Extension); `voip_token`,
+ *  from PushKit, takes incoming calls (reported to CallKit).
+ */
+{ kind: "apns"; token: string; voip_token: string | null; environment: ApnsEnvironment } | 
+/**
+ *  UnifiedPush (Android without Google, through a distributor such as
+ *  ntfy): a WebPush endpoint with the device's RFC 8291 keys, both
+ *  base64url as the distributor hands them over.
+ */
+{ kind: "unified_push"; endpoint: string; p256dh: string; auth: string };
 
 export type Reaction = {
 	emoji: string,

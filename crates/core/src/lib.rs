@@ -8,6 +8,7 @@
 //! - [`cache`]: the SQLite cache the views are read from.
 //! - [`notify`]: the notification policy, as plain logic.
 //! - [`call`]: calls: the state machine, the media seam and the native engine.
+//! - [`wake`]: push targets, and catching up when a push wakes the app.
 //!
 //! ```no_run
 //! # async fn demo() -> confab_core::Result<()> {
@@ -31,12 +32,14 @@ pub mod secrets;
 mod sync;
 pub mod tls;
 mod types;
+pub mod wake;
 
 pub use backoff::Backoff;
 pub use connection::LinkConfig;
 pub use error::{Error, Result};
 pub use secrets::SecretStore;
 pub use types::*;
+pub use wake::{CaughtUp, Notice};
 
 use cache::{Cache, StoredSession};
 use confab_protocol::{AuthRequest, AuthResponse, ClientId, ConversationId, HttpError, Reply, RequestBody, UserId};
@@ -80,11 +83,21 @@ pub(crate) struct Inner {
     pub(crate) http: files::Http,
     pub(crate) media_dir: PathBuf,
     calls: mpsc::Sender<call::manager::Command>,
+    /// The link generation whose full sync finished (0: none yet).
+    synced_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
     pub(crate) fn link(&self) -> Link {
         self.link.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("link is set before tasks start")
+    }
+
+    /// Whether the current connection has finished its sync: what the
+    /// server held when it connected is in the cache, and what came since
+    /// arrived live.
+    pub(crate) fn is_synced(&self) -> bool {
+        let link = self.link();
+        link.is_connected() && self.synced_generation.load(std::sync::atomic::Ordering::SeqCst) == link.generation()
     }
 
     pub(crate) fn emit(&self, event: ClientEvent) {
@@ -325,6 +338,7 @@ impl Client {
             },
             media_dir: self.media_dir(),
             calls: calls_tx,
+            synced_generation: Default::default(),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
         let (frames_tx, frames_rx) = mpsc::channel(256);

@@ -51,7 +51,8 @@ const SNAPSHOT_MESSAGES: u32 = 100;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Inbound>) {
-    let mut sync = Sync { inner, acks: HashMap::new(), missed: HashMap::new(), epoch: None, generation: 0 };
+    let mut sync =
+        Sync { inner, acks: HashMap::new(), missed: HashMap::new(), epoch: None, generation: 0, completed: false };
     while let Some(first) = inbound.recv().await {
         sync.handle(first).await;
         // Drain what is already here before acknowledging delivery, so a
@@ -79,6 +80,10 @@ struct Sync {
     /// The current connection's store epoch, and which connection it is.
     epoch: Option<String>,
     generation: u64,
+    /// A full sync finished: report [`ClientEvent::SyncCompleted`] once the
+    /// missed-message summaries are out, so whoever waits for it (a
+    /// wake-up's [`crate::Client::catch_up`]) has them.
+    completed: bool,
 }
 
 impl Sync {
@@ -118,6 +123,10 @@ impl Sync {
             tracing::warn!(%e, "sync step failed");
         }
         self.report_missed().await;
+        if std::mem::take(&mut self.completed) {
+            self.inner.synced_generation.store(self.generation, std::sync::atomic::Ordering::SeqCst);
+            self.inner.emit(ClientEvent::SyncCompleted);
+        }
     }
 
     async fn full_sync_patiently(&mut self) -> Result<()> {
@@ -188,7 +197,7 @@ impl Sync {
         let new_epoch = cache.epoch().await?.as_deref() != Some(epoch.as_str());
         let digest = if new_epoch { None } else { Some(cache.sync_digest().await?) };
         let Some(heads) = self.heads(digest).await? else {
-            self.inner.emit(ClientEvent::SyncCompleted);
+            self.completed = true;
             return Ok(());
         };
         if new_epoch {
@@ -250,7 +259,7 @@ impl Sync {
         if let Some(e) = failure {
             return Err(e);
         }
-        self.inner.emit(ClientEvent::SyncCompleted);
+        self.completed = true;
         Ok(())
     }
 

@@ -4,5 +4,10 @@
 mod basics;
 mod files;
 mod integrity;
+// Shared with the server's tests, which use all of it.
+#[allow(dead_code)]
+#[path = "../../../server/tests/server/providers.rs"]
+mod providers;
 mod support;
 mod tls;
+mod wake;

@@ -14,6 +14,7 @@ pub struct World {
     pub server: Option<Server>,
     pub url: String,
     limits: Limits,
+    push: confab_server::push::PushConfig,
 }
 
 impl World {
@@ -22,10 +23,19 @@ impl World {
     }
 
     pub async fn with_limits(limits: Limits) -> World {
+        World::with(limits, confab_server::push::PushConfig::default()).await
+    }
+
+    /// A server that wakes away devices through these push providers.
+    pub async fn with_push(push: confab_server::push::PushConfig) -> World {
+        World::with(Limits { requests_per_sec: 100_000, request_burst: 100_000, ..Limits::default() }, push).await
+    }
+
+    async fn with(limits: Limits, push: confab_server::push::PushConfig) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = start_server(&dir.path().join("server.db"), 0, limits.clone()).await;
+        let server = start_server(&dir.path().join("server.db"), 0, limits.clone(), push.clone()).await;
         let url = format!("http://{}", server.addr);
-        World { dir, server: Some(server), url, limits }
+        World { dir, server: Some(server), url, limits, push }
     }
 
     pub fn profile(&self, name: &str) -> PathBuf {
@@ -58,13 +68,15 @@ impl World {
     pub async fn restart_server(&mut self) {
         self.stop_server().await;
         let port: u16 = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-        self.server = Some(start_server(&self.dir.path().join("server.db"), port, self.limits.clone()).await);
+        let db = self.dir.path().join("server.db");
+        self.server = Some(start_server(&db, port, self.limits.clone(), self.push.clone()).await);
     }
 }
 
-pub async fn start_server(db: &Path, port: u16, limits: Limits) -> Server {
+pub async fn start_server(db: &Path, port: u16, limits: Limits, push: confab_server::push::PushConfig) -> Server {
     let mut config = Config::new(format!("127.0.0.1:{port}").parse().expect("addr"), db.to_owned());
     config.limits = limits;
+    config.push = push;
     confab_server::start(config).await.expect("server")
 }
 

@@ -9,5 +9,7 @@ mod integrity;
 mod limits;
 mod media;
 mod protocol;
+mod providers;
+mod push;
 mod store;
 mod support;
