@@ -41,14 +41,18 @@ pub async fn on_push(app: AppHandle, data: String, budget_ms: u32) -> Result<Cau
 }
 
 pub async fn handle_push<R: Runtime>(app: &AppHandle<R>, data: &str, budget: Duration) -> Result<CaughtUp> {
+    if app.state::<Shell>().client().await.is_err() {
+        crate::shell::resume(app).await?;
+    }
+    catch_up_running(app, data, budget).await
+}
+
+/// [`handle_push`] for an app whose client runs (never starts one).
+pub async fn catch_up_running<R: Runtime>(app: &AppHandle<R>, data: &str, budget: Duration) -> Result<CaughtUp> {
     // Anything but a well-formed wake-up still means "catch up": the push
     // came from our server through the provider, and it says nothing more.
     let wake: Option<Wake> = serde_json::from_str(data).ok();
-    let shell = app.state::<Shell>();
-    if shell.client().await.is_err() {
-        crate::shell::resume(app).await?;
-    }
-    let client = shell.client().await?;
+    let client = app.state::<Shell>().client().await?;
     let settings = crate::settings::load(app).notify_settings();
     let caught = client.catch_up(budget.min(MAX_BUDGET), wake.as_ref(), &settings).await?;
     if !caught.synced {

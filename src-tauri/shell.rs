@@ -152,6 +152,17 @@ impl Shell {
         let events = client.subscribe();
         client.start().await?;
         let forwarder = tauri::async_runtime::spawn(forward(app.clone(), client.clone(), events));
+        // A push the native handler receives in this process goes to this
+        // client (which notifies through the forwarder), not to a second one.
+        let handle = app.clone();
+        confab_mobile::set_app_handler(Some(Box::new(move |wake, budget| {
+            let handle = handle.clone();
+            tauri::async_runtime::spawn(async move {
+                if let Err(e) = crate::push::catch_up_running(&handle, &wake, budget).await {
+                    tracing::warn!(%e, "catching up after a push failed");
+                }
+            });
+        })));
         if let Some(old) = self.account.lock().await.replace(Account { client, forwarder }) {
             old.forwarder.abort();
             old.client.stop().await;
@@ -161,6 +172,7 @@ impl Shell {
 
     pub async fn deactivate(&self) -> Option<Arc<Client>> {
         self.ringtone.lock().unwrap_or_else(|e| e.into_inner()).take();
+        confab_mobile::set_app_handler(None);
         let account = self.account.lock().await.take()?;
         account.forwarder.abort();
         account.client.stop().await;

@@ -14,6 +14,8 @@
 
 pub mod ffi;
 
+use std::sync::Mutex;
+
 use confab_core::notify::NotifySettings;
 use confab_core::{CaughtUp, Client};
 use confab_protocol::{ConversationId, Wake};
@@ -28,6 +30,19 @@ pub const SETTINGS_KEY: &str = "settings";
 /// The longest catch-up a push handler may ask for: an iOS Notification
 /// Service Extension has 30 s, Android's high-priority FCM about 20 s.
 pub const MAX_BUDGET: Duration = Duration::from_secs(28);
+
+/// What the running app does with a push, when it runs in this process.
+type AppHandler = Box<dyn Fn(String, Duration) + Send + Sync>;
+
+static APP: Mutex<Option<AppHandler>> = Mutex::new(None);
+
+/// The app, running in this process with its own client, takes the pushes
+/// from here on (`None`: it stopped). On Android the push service runs in
+/// the app's process: a second client on the same profile would catch up
+/// twice and notify twice, so the push goes to the app's client instead.
+pub fn set_app_handler(handler: Option<AppHandler>) {
+    *APP.lock().unwrap_or_else(|e| e.into_inner()) = handler;
+}
 
 /// The notification part of the app's settings.
 #[derive(Deserialize)]
@@ -64,10 +79,16 @@ pub fn notify_settings(profile: &Path) -> NotifySettings {
 /// `wake` (JSON; anything else still means "catch up"), within `budget`
 /// (at most [`MAX_BUDGET`]). Blocks: call it off the main thread.
 ///
-/// Returns a [`CaughtUp`] as JSON, or `{"error": {"kind", "message"}}`.
+/// Returns a [`CaughtUp`] as JSON, or `{"error": {"kind", "message"}}`, or,
+/// when the app runs in this process ([`set_app_handler`]), hands the push
+/// to it and returns `{"handled_by_app": true}`: the app notifies itself.
 /// The client is stopped before returning: the process may be frozen or
 /// killed at any moment after, and the outbox and cache are already on disk.
 pub fn catch_up_json(profile: &Path, wake: &str, budget: Duration) -> String {
+    if let Some(app) = APP.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        app(wake.to_owned(), budget.min(MAX_BUDGET));
+        return serde_json::json!({ "handled_by_app": true }).to_string();
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

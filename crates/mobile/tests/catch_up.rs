@@ -8,6 +8,14 @@ use std::time::Duration;
 
 const PASSWORD: &str = "correct horse battery";
 
+/// The app handler is process-wide: tests that call the entry point take
+/// turns with the one that sets it.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Calls `confab_catch_up` as the iOS extension does and parses the reply.
 fn catch_up_c(profile: &std::path::Path, wake: &str, budget_ms: u64) -> serde_json::Value {
     let profile = CString::new(profile.to_string_lossy().as_bytes()).expect("path");
@@ -24,6 +32,7 @@ fn catch_up_c(profile: &std::path::Path, wake: &str, budget_ms: u64) -> serde_js
 
 #[test]
 fn a_push_handler_catches_up_a_signed_in_profile_and_gets_what_to_show() {
+    let _turn = turn();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (server, conv, bob_profile) = rt.block_on(async {
@@ -87,6 +96,7 @@ fn a_push_handler_catches_up_a_signed_in_profile_and_gets_what_to_show() {
 
 #[test]
 fn bad_input_gets_an_error_reply_never_a_crash() {
+    let _turn = turn();
     let dir = tempfile::tempdir().expect("tempdir");
     // A profile that never signed in.
     let reply = catch_up_c(&dir.path().join("profile"), "not json at all", 1_000);
@@ -103,4 +113,21 @@ fn bad_input_gets_an_error_reply_never_a_crash() {
     assert_eq!(json["error"]["kind"], "invalid_input");
     // SAFETY: freeing null is a no-op.
     unsafe { confab_mobile::ffi::confab_string_free(std::ptr::null_mut()) };
+}
+
+#[test]
+fn while_the_app_runs_in_the_process_the_push_goes_to_its_client() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    confab_mobile::set_app_handler(Some(Box::new(move |wake, budget| {
+        let _ = tx.lock().expect("lock").send((wake, budget));
+    })));
+    let reply = catch_up_c(&dir.path().join("profile"), r#"{"kind":"update","conversation":null,"count":2}"#, 60_000);
+    confab_mobile::set_app_handler(None);
+    assert_eq!(reply["handled_by_app"], true, "{reply}");
+    let (wake, budget) = rx.recv_timeout(Duration::from_secs(5)).expect("the app was handed the push");
+    assert!(wake.contains("\"update\""));
+    assert_eq!(budget, confab_mobile::MAX_BUDGET, "the budget is capped");
 }
