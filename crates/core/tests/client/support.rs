@@ -131,21 +131,6 @@ pub async fn texts_when(c: &Client, conv: uuid::Uuid, n: usize) -> Vec<String> {
 }
 
 /// A private certificate authority and a certificate it issued for
-/// 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
-pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "Confab test CA");
-    let ca = ca.self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("leaf");
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&paths.0, ca.pem()).expect("write");
-    std::fs::write(&paths.1, leaf.pem()).expect("write");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
-    paths
-}
+/// 127.0.0.1, as PEM files in `dir`: (ca, cert, key). One maker of them,
+/// shared with the stand-in push providers.
+pub use crate::providers::private_ca;

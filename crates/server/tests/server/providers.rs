@@ -93,7 +93,9 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn private_ca(dir: &FsPath) -> (PathBuf, PathBuf, PathBuf) {
+/// A private CA and a certificate it issued for localhost and 127.0.0.1,
+/// as PEM files in `dir`: (ca, cert, key).
+pub fn private_ca(dir: &FsPath) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
