@@ -14,13 +14,11 @@
 
 pub mod ffi;
 
-use std::sync::Mutex;
-
 use confab_core::notify::NotifySettings;
 use confab_core::{CaughtUp, Client};
-use confab_protocol::{ConversationId, Wake};
-use serde::Deserialize;
+use confab_protocol::Wake;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The app's settings file, in its data directory (tauri-plugin-store).
@@ -44,35 +42,27 @@ pub fn set_app_handler(handler: Option<AppHandler>) {
     *APP.lock().unwrap_or_else(|e| e.into_inner()) = handler;
 }
 
-/// The notification part of the app's settings.
-#[derive(Deserialize)]
-#[serde(default)]
-struct StoredSettings {
-    notifications: bool,
-    sound: bool,
-    muted: Vec<ConversationId>,
-}
-
-impl Default for StoredSettings {
-    fn default() -> Self {
-        StoredSettings { notifications: true, sound: true, muted: Vec::new() }
-    }
-}
-
 /// The user's notification settings as the app saved them beside
-/// `profile` (defaults when there are none, or they do not parse).
+/// `profile`: the fields the app stores under [`SETTINGS_KEY`] that
+/// [`NotifySettings`] has, over its defaults (all defaults when there is no
+/// file or it does not parse).
 pub fn notify_settings(profile: &Path) -> NotifySettings {
     let stored = profile
         .parent()
         .and_then(|root| std::fs::read(root.join(SETTINGS_FILE)).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|mut v| serde_json::from_value::<StoredSettings>(v[SETTINGS_KEY].take()).ok())
-        .unwrap_or_default();
-    NotifySettings {
-        notifications: stored.notifications,
-        sound: stored.sound,
-        muted: stored.muted.into_iter().collect(),
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let Some(stored) = stored.as_ref().and_then(|v| v[SETTINGS_KEY].as_object()) else {
+        return NotifySettings::default();
+    };
+    let Ok(serde_json::Value::Object(mut merged)) = serde_json::to_value(NotifySettings::default()) else {
+        return NotifySettings::default();
+    };
+    for (key, value) in merged.iter_mut() {
+        if let Some(v) = stored.get(key) {
+            *value = v.clone();
+        }
     }
+    serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or_default()
 }
 
 /// Catches up the profile at `profile` after a push whose wake-up is
@@ -85,8 +75,9 @@ pub fn notify_settings(profile: &Path) -> NotifySettings {
 /// The client is stopped before returning: the process may be frozen or
 /// killed at any moment after, and the outbox and cache are already on disk.
 pub fn catch_up_json(profile: &Path, wake: &str, budget: Duration) -> String {
+    let budget = budget.min(MAX_BUDGET);
     if let Some(app) = APP.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        app(wake.to_owned(), budget.min(MAX_BUDGET));
+        app(wake.to_owned(), budget);
         return serde_json::json!({ "handled_by_app": true }).to_string();
     }
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +85,7 @@ pub fn catch_up_json(profile: &Path, wake: &str, budget: Duration) -> String {
         .enable_all()
         .build()
         .map_err(|e| ("internal", format!("cannot start a runtime: {e}")))
-        .and_then(|rt| rt.block_on(catch_up(profile, wake, budget.min(MAX_BUDGET))));
+        .and_then(|rt| rt.block_on(catch_up(profile, wake, budget)));
     match result {
         Ok(caught) => serde_json::to_string(&caught).unwrap_or_else(|e| error("internal", &e.to_string())),
         Err((kind, message)) => error(kind, &message),

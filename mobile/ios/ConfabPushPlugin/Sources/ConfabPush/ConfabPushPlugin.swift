@@ -114,35 +114,17 @@ class ConfabPushPlugin: Plugin {
 
   @objc public func updateCall(_ invoke: Invoke) throws {
     let args = try invoke.parseArgs(UpdateCallArgs.self)
-    guard let uuid = UUID(uuidString: args.call) else {
-      return invoke.reject("not a call id: \(args.call)")
-    }
-    Self.onMain {
-      ConfabPush.shared.voip.update(uuid, peerName: args.peerName, video: args.video)
-      invoke.resolve()
-    }
+    Self.onCall(invoke, args.call) { ConfabPush.shared.voip.update($0, peerName: args.peerName, video: args.video) }
   }
 
   @objc public func answerCall(_ invoke: Invoke) throws {
     let args = try invoke.parseArgs(CallArgs.self)
-    guard let uuid = UUID(uuidString: args.call) else {
-      return invoke.reject("not a call id: \(args.call)")
-    }
-    Self.onMain {
-      ConfabPush.shared.voip.answer(uuid)
-      invoke.resolve()
-    }
+    Self.onCall(invoke, args.call) { ConfabPush.shared.voip.answer($0) }
   }
 
   @objc public func endCall(_ invoke: Invoke) throws {
     let args = try invoke.parseArgs(CallArgs.self)
-    guard let uuid = UUID(uuidString: args.call) else {
-      return invoke.reject("not a call id: \(args.call)")
-    }
-    Self.onMain {
-      ConfabPush.shared.voip.end(uuid, reason: args.reason ?? "remote")
-      invoke.resolve()
-    }
+    Self.onCall(invoke, args.call) { ConfabPush.shared.voip.end($0, reason: args.reason ?? "remote") }
   }
 
   @objc public func takePushes(_ invoke: Invoke) {
@@ -159,6 +141,18 @@ class ConfabPushPlugin: Plugin {
 
   @objc public func profileDir(_ invoke: Invoke) {
     invoke.resolve(ProfileDirReply(path: ConfabShared.profileDir()?.path))
+  }
+
+  /// Runs `body` on the main thread with the call `id` names and resolves
+  /// the command, or rejects it when `id` is not a call id.
+  private static func onCall(_ invoke: Invoke, _ id: String, _ body: @escaping (UUID) -> Void) {
+    guard let uuid = UUID(uuidString: id) else {
+      return invoke.reject("not a call id: \(id)")
+    }
+    onMain {
+      body(uuid)
+      invoke.resolve()
+    }
   }
 
   /// Plugin commands arrive on Tauri's IPC queue; push state lives on main.
