@@ -270,7 +270,9 @@ pub async fn settings(app: AppHandle) -> Result<Settings> {
 pub async fn save_settings(app: AppHandle, settings: Settings) -> Result<()> {
     // A newly chosen microphone or speaker that is not there is refused,
     // and nothing is saved.
+    #[cfg(desktop)]
     let before = settings::load(&app);
+    #[cfg(desktop)]
     if (&before.microphone, &before.speaker) != (&settings.microphone, &settings.speaker) {
         let (handle, prefs) = (app.clone(), settings.clone());
         tauri::async_runtime::spawn_blocking(move || handle.state::<Shell>().use_audio_devices(&prefs, true))
@@ -281,14 +283,18 @@ pub async fn save_settings(app: AppHandle, settings: Settings) -> Result<()> {
 }
 
 /// The microphones and speakers the native engine can use (where the
-/// webview carries calls, the UI lists its own).
+/// webview carries calls, the UI lists its own; the phones have no native
+/// engine and answer with none).
 #[tauri::command]
 #[specta::specta]
-pub async fn audio_devices(_app: AppHandle) -> Result<confab_core::call::native::audio::AudioDevices> {
-    tauri::async_runtime::spawn_blocking(confab_core::call::native::audio::list_devices)
+pub async fn audio_devices(_app: AppHandle) -> Result<confab_core::call::AudioDevices> {
+    #[cfg(desktop)]
+    return tauri::async_runtime::spawn_blocking(confab_core::call::native::audio::list_devices)
         .await
         .map_err(|e| AppError::new("internal", e.to_string()))?
-        .map_err(|e| AppError::new("device_unavailable", e.to_string()))
+        .map_err(|e| AppError::new("device_unavailable", e.to_string()));
+    #[cfg(mobile)]
+    Ok(Default::default())
 }
 
 /// Opens an http(s) link in the system browser.

@@ -5,6 +5,7 @@
 
 use confab_core::SecretStore;
 
+#[cfg(desktop)]
 const SERVICE: &str = "app.confab.desktop";
 
 pub struct Keychain;

@@ -10,11 +10,13 @@ pub mod error;
 pub mod keychain;
 pub mod media;
 pub mod permissions;
+pub mod phone;
 pub mod push;
 pub mod settings;
 pub mod shell;
 
 use tauri::Manager;
+use tauri_plugin_confab_push::PhoneExt;
 
 // Linked in so the phones' push handlers find its C and JNI entry points
 // in the app's library.
@@ -90,16 +92,16 @@ pub fn export_bindings(path: &std::path::Path) -> Result<(), String> {
 /// The app: plugins, commands, state, tray and window behaviour.
 pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::Wry> {
     let specta = specta_builder();
-    let mut builder = builder;
     #[cfg(desktop)]
-    {
+    let builder = {
         // A second launch focuses the running instance instead.
-        builder = builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| shell::show_main_window(app)));
-    }
+        builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| shell::show_main_window(app)))
+    };
     builder
         .plugin(tauri_plugin_store::Builder::default().build())
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_opener::init())
+        .plugin(tauri_plugin_confab_push::init())
         .invoke_handler(specta.invoke_handler())
         .register_asynchronous_uri_scheme_protocol(media::SCHEME, |ctx, request, responder| {
             let app = ctx.app_handle().clone();
@@ -122,11 +124,23 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
             }
             let handle = app.handle().clone();
             shell::handle_notification_clicks(&handle);
-            let root = app.path().app_data_dir()?;
+            let root = match app.phone().shared_root() {
+                Ok(Some(shared)) => shared,
+                Ok(None) => app.path().app_data_dir()?,
+                // Not in the App Group: the extension will not see this
+                // profile, but the app still works.
+                Err(e) => {
+                    tracing::warn!(%e, "no shared container; push handlers will not find the profile");
+                    app.path().app_data_dir()?
+                }
+            };
             app.manage(shell::Shell::new(root));
+            phone::start(&handle);
             shell::forward_webview_media(&handle);
             // Off the main thread: listing sound devices can take a moment.
+            #[cfg(desktop)]
             let devices = handle.clone();
+            #[cfg(desktop)]
             tauri::async_runtime::spawn_blocking(move || {
                 let prefs = settings::load(&devices);
                 if let Err(e) = devices.state::<shell::Shell>().use_audio_devices(&prefs, false) {

@@ -1,10 +1,12 @@
 //! User settings, kept with tauri-plugin-store in `settings.json` in the
 //! app's data directory.
 
+use crate::shell::Shell;
 use confab_protocol::ConversationId;
 use serde::{Deserialize, Serialize};
 use specta::Type;
-use tauri::{AppHandle, Runtime};
+use std::path::PathBuf;
+use tauri::{AppHandle, Manager, Runtime};
 use tauri_plugin_store::StoreExt;
 
 // Shared with the push handlers, which read them without the app running.
@@ -49,6 +51,7 @@ impl Default for Settings {
 }
 
 impl Settings {
+    #[cfg(desktop)]
     pub fn audio_devices(
         &self,
     ) -> (confab_core::call::native::audio::AudioInput, confab_core::call::native::audio::AudioOutput) {
@@ -68,13 +71,19 @@ impl Settings {
     }
 }
 
+/// Beside the profile, where the push handlers look (on iOS that is not
+/// `app_data_dir()`, the store's default).
+fn file<R: Runtime>(app: &AppHandle<R>) -> PathBuf {
+    app.try_state::<Shell>().map(|s| s.root().join(FILE)).unwrap_or_else(|| FILE.into())
+}
+
 pub fn load<R: Runtime>(app: &AppHandle<R>) -> Settings {
-    let stored = app.store(FILE).ok().and_then(|s| s.get(KEY));
+    let stored = app.store(file(app)).ok().and_then(|s| s.get(KEY));
     stored.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
 }
 
 pub fn save<R: Runtime>(app: &AppHandle<R>, settings: &Settings) -> Result<(), String> {
-    let store = app.store(FILE).map_err(|e| e.to_string())?;
+    let store = app.store(file(app)).map_err(|e| e.to_string())?;
     store.set(KEY, serde_json::to_value(settings).map_err(|e| e.to_string())?);
     store.save().map_err(|e| e.to_string())
 }

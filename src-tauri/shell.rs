@@ -35,9 +35,12 @@ pub struct Shell {
     account: tokio::sync::Mutex<Option<Account>>,
     attention: Mutex<Attention>,
     /// Plays while a call rings on this device (or, as ringback, at the other end).
+    #[cfg(desktop)]
     ringtone: Mutex<Option<(confab_core::call::native::audio::Tone, confab_core::call::native::audio::Ringtone)>>,
-    /// Carries calls: the webview's WebRTC where the UI has it, else native.
+    /// Carries calls: the webview's WebRTC where the UI has it, else (on
+    /// desktops) native. The phones' webviews always have WebRTC.
     media: Arc<SelectedEngine>,
+    #[cfg(desktop)]
     native: Arc<confab_core::call::native::NativeEngine>,
     /// The webview engine's requests, until [`forward_webview_media`] takes them.
     to_webview: Mutex<Option<tokio::sync::mpsc::Receiver<confab_core::call::ExternalMedia>>>,
@@ -53,14 +56,20 @@ impl Shell {
         // Bounded: the UI drains it promptly; a stuck UI stalls its own
         // call's signaling, never the client.
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        #[cfg(desktop)]
         let native = Arc::new(native_engine());
+        #[cfg(desktop)]
         let media = SelectedEngine::new(ExternalEngine::new(tx), Some(native.clone()));
+        #[cfg(mobile)]
+        let media = SelectedEngine::new(ExternalEngine::new(tx), None);
         Shell {
             root,
             account: Default::default(),
             attention: Default::default(),
+            #[cfg(desktop)]
             ringtone: Default::default(),
             media: Arc::new(media),
+            #[cfg(desktop)]
             native,
             to_webview: Mutex::new(Some(rx)),
         }
@@ -74,6 +83,7 @@ impl Shell {
     /// one. A device that is not there is refused when `strict` (the user
     /// just chose it), else replaced by the default until it is back.
     /// Blocking: it lists the devices.
+    #[cfg(desktop)]
     pub fn use_audio_devices(&self, prefs: &settings::Settings, strict: bool) -> Result<()> {
         let mut prefs = prefs.clone();
         if prefs.microphone.is_some() || prefs.speaker.is_some() {
@@ -93,6 +103,12 @@ impl Shell {
         }
         let (input, output) = prefs.audio_devices();
         self.native.use_devices(input, output).map_err(|e| AppError::new("device_unavailable", e.to_string()))
+    }
+
+    /// Where the profile and the settings are: `app_data_dir()`, or on iOS
+    /// the App Group container the notification extension shares.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
     }
 
     /// The profile directory of the (single, for now) account.
@@ -119,6 +135,7 @@ impl Shell {
     }
 
     /// Plays the ringtone, the ringback, or (None) nothing.
+    #[cfg(desktop)]
     fn ring(&self, which: Option<confab_core::call::native::audio::Tone>) {
         let mut playing = self.ringtone.lock().unwrap_or_else(|e| e.into_inner());
         let same = matches!((&*playing, which), (Some((now, _)), Some(want)) if *now == want);
@@ -167,10 +184,13 @@ impl Shell {
             old.forwarder.abort();
             old.client.stop().await;
         }
+        let handle = app.clone();
+        tauri::async_runtime::spawn(async move { crate::phone::client_started(&handle).await });
         Ok(())
     }
 
     pub async fn deactivate(&self) -> Option<Arc<Client>> {
+        #[cfg(desktop)]
         self.ringtone.lock().unwrap_or_else(|e| e.into_inner()).take();
         confab_mobile::set_app_handler(None);
         let account = self.account.lock().await.take()?;
@@ -184,6 +204,7 @@ impl Shell {
 /// microphone and speaker through cpal. `CONFAB_MEDIA_BIND` (addresses, comma-separated) limits where it
 /// gathers candidates, and `CONFAB_RELAY_ONLY=true` hides this device's
 /// address behind TURN, as for the CLI.
+#[cfg(desktop)]
 fn native_engine() -> confab_core::call::native::NativeEngine {
     use confab_core::call::native::{NativeConfig, NativeEngine};
     let mut config = NativeConfig::default();
@@ -237,32 +258,10 @@ async fn forward<R: Runtime>(
             Err(RecvError::Closed) => return,
         };
         if let ClientEvent::Call { call } = &event {
-            let shell = app.state::<Shell>();
-            let prefs = settings::load(&app);
-            use confab_core::call::native::audio::Tone;
-            let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
-            // The caller hears ringback until the other side answers; it is
-            // part of the call, so "sound off" does not silence it.
-            let calling = call.phase == confab_core::CallPhase::Calling;
-            shell.ring(match () {
-                _ if incoming && prefs.sound => Some(Tone::Ring),
-                _ if calling => Some(Tone::Ringback),
-                _ => None,
-            });
-            // A call ringing while the window is not in front is announced;
-            // a click shows the window, where the call screen is.
-            if incoming && prefs.notifications && !shell.attention().window_focused {
-                let kind = if call.video { "video" } else { "voice" };
-                let builder = app
-                    .notification()
-                    .builder()
-                    .title(call.peer_name.clone())
-                    .body(format!("Incoming {kind} call"))
-                    .extra(NOTIFIED_CONVERSATION, call.conversation.to_string());
-                if let Err(e) = builder.show() {
-                    tracing::warn!(%e, "notification failed");
-                }
-            }
+            // The phones ring and keep calls going through the system.
+            crate::phone::call_changed(&app, call);
+            #[cfg(desktop)]
+            ring_and_announce(&app, call);
         }
         // Live messages notify one by one; what arrived while away is
         // summarised, one notification per conversation (the core decides).
@@ -301,6 +300,38 @@ async fn forward<R: Runtime>(
         }
         if let Err(e) = CoreEvent(event).emit(&app) {
             tracing::warn!(%e, "cannot forward an event to the UI");
+        }
+    }
+}
+
+/// Desktops ring through the native engine's speaker and announce a call
+/// ringing behind other windows.
+#[cfg(desktop)]
+fn ring_and_announce<R: Runtime>(app: &AppHandle<R>, call: &confab_core::CallView) {
+    use confab_core::call::native::audio::Tone;
+    let shell = app.state::<Shell>();
+    let prefs = settings::load(app);
+    let incoming = call.phase == confab_core::CallPhase::Ringing && !call.outgoing;
+    // The caller hears ringback until the other side answers; it is
+    // part of the call, so "sound off" does not silence it.
+    let calling = call.phase == confab_core::CallPhase::Calling;
+    shell.ring(match () {
+        _ if incoming && prefs.sound => Some(Tone::Ring),
+        _ if calling => Some(Tone::Ringback),
+        _ => None,
+    });
+    // A call ringing while the window is not in front is announced;
+    // a click shows the window, where the call screen is.
+    if incoming && prefs.notifications && !shell.attention().window_focused {
+        let kind = if call.video { "video" } else { "voice" };
+        let builder = app
+            .notification()
+            .builder()
+            .title(call.peer_name.clone())
+            .body(format!("Incoming {kind} call"))
+            .extra(NOTIFIED_CONVERSATION, call.conversation.to_string());
+        if let Err(e) = builder.show() {
+            tracing::warn!(%e, "notification failed");
         }
     }
 }
@@ -354,6 +385,7 @@ pub fn window_focus_changed<R: Runtime>(app: &AppHandle<R>, focused: bool) {
 pub fn show_main_window<R: Runtime>(app: &AppHandle<R>) {
     if let Some(w) = app.get_webview_window("main") {
         let _ = w.show();
+        #[cfg(desktop)]
         let _ = w.unminimize();
         let _ = w.set_focus();
     }

@@ -65,7 +65,8 @@ export const commands = {
 	reportCallMedia: (call: string, event: MediaEvent_Deserialize) => typedError<null, AppError>(__TAURI_INVOKE("report_call_media", { call, event })),
 	/**
 	 *  The microphones and speakers the native engine can use (where the
-	 *  webview carries calls, the UI lists its own).
+	 *  webview carries calls, the UI lists its own; the phones have no native
+	 *  engine and answer with none).
 	 */
 	audioDevices: () => typedError<AudioDevices, AppError>(__TAURI_INVOKE("audio_devices")),
 	/**
@@ -169,8 +170,10 @@ export type Attachment_Serialize = {
 };
 
 /**
- *  The sound devices there are, by name (what [`AudioInput::NamedDevice`]
- *  and [`AudioOutput::NamedDevice`] take).
+ *  The sound devices there are, by name (what the native engine's
+ *  `AudioInput::NamedDevice` and `AudioOutput::NamedDevice` take). Outside
+ *  the native engine, so that builds without it (the phones) answer the
+ *  same question with an empty list.
  */
 export type AudioDevices = {
 	microphones: string[],

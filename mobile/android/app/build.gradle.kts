@@ -81,13 +81,8 @@ dependencies {
     implementation("androidx.activity:activity-ktx:1.10.1")
     implementation("com.google.android.material:material:1.12.0")
     implementation("androidx.lifecycle:lifecycle-process:2.10.0")
-    // Confab: push wake-ups and calls (mobile/README.md). FCM is always
-    // linked; it only starts when google-services.json configured it.
-    implementation(platform("com.google.firebase:firebase-bom:34.7.0"))
-    implementation("com.google.firebase:firebase-messaging")
-    implementation("org.unifiedpush.android:connector:3.3.5")
-    implementation("androidx.core:core-ktx:1.17.0")
-    implementation("androidx.work:work-runtime-ktx:2.11.1")
+    // Confab: push and calls come with the plugin's library
+    // (mobile/android-push), which tauri.build.gradle.kts adds.
     testImplementation("junit:junit:4.13.2")
     androidTestImplementation("androidx.test.ext:junit:1.1.4")
     androidTestImplementation("androidx.test.espresso:espresso-core:3.5.0")

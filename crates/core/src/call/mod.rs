@@ -16,3 +16,13 @@ pub mod native;
 
 pub use engine::{ExternalEngine, ExternalMedia, MediaEngine, MediaEvent, MediaParams, MediaSession, SelectedEngine};
 pub use machine::{step, Action, CallInput, CallState, Ending};
+
+/// The sound devices there are, by name (what the native engine's
+/// `AudioInput::NamedDevice` and `AudioOutput::NamedDevice` take). Outside
+/// the native engine, so that builds without it (the phones) answer the
+/// same question with an empty list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, specta::Type)]
+pub struct AudioDevices {
+    pub microphones: Vec<String>,
+    pub speakers: Vec<String>,
+}

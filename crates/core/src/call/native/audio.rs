@@ -36,13 +36,7 @@ pub enum AudioOutput {
     NamedDevice(String),
 }
 
-/// The sound devices there are, by name (what [`AudioInput::NamedDevice`]
-/// and [`AudioOutput::NamedDevice`] take).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, specta::Type)]
-pub struct AudioDevices {
-    pub microphones: Vec<String>,
-    pub speakers: Vec<String>,
-}
+pub use crate::call::AudioDevices;
 
 /// Lists the capture and playback devices (it can take a moment: some
 /// hosts probe each device).

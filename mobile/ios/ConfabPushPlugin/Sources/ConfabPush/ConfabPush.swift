@@ -23,9 +23,13 @@ struct PushTarget: Encodable {
 /// A CallKit action for the app's call engine: `accept` or `decline` (a
 /// ringing call), `hangup` (an answered call ended from the system UI),
 /// `mute` / `unmute`.
+/// What the user did in the system's call UI, for the shell
+/// (crates/push-plugin `Action`: the Android plugin also sends `open` and
+/// `show` with a conversation).
 struct CallAction: Encodable {
   let call: String
   let action: String
+  var conversation: String? = nil
 }
 
 /// A background (content-available) wake-up that reached the running app.

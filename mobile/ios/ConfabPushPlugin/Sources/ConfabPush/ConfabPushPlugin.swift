@@ -1,20 +1,22 @@
 // Confab's iOS push plugin, registered by the Rust side with
 // `tauri::ios_plugin_binding!(init_plugin_confab_push)` and
 // `api.register_ios_plugin(init_plugin_confab_push)` (plugin name
-// "confab-push"). It starts push at launch (ConfabPush.start) and gives the
-// web UI / Rust side:
+// "confab-push", Rust side in crates/push-plugin). It starts push at launch
+// (ConfabPush.start) and gives the shell (the Android plugin has the same
+// commands and events):
 //
-// commands (JS: invoke("plugin:confab-push|<snake_case name>"); Rust:
-// PluginHandle::run_mobile_plugin("<camelCase name>", args)):
+// commands (Rust: PluginHandle::run_mobile_plugin("<camelCase name>", args);
+// not granted to the web UI):
 //   pending_target          -> {target?: PushTarget}  (for register_push)
 //   take_call_actions       -> {actions: [{call, action}]}
+//   incoming_call {call, conversation, peerName, video}  ring on CallKit
 //   update_call {call, peerName?, video?}  name the caller on CallKit
 //   answer_call {call}      the user answered in the app's UI
 //   end_call {call, reason} the call ended in the app (VoipPushHandler.end)
 //   take_pushes             -> {pushes: [{id, data}]}  (data: for on_push)
 //   finish_push {id, newData?}
 //   profile_dir             -> {path?}  (the App Group profile directory)
-// events (JS: addPluginListener("confab-push", name, handler)):
+// events (registerListener with a Channel, from Rust):
 //   target        a new token: call pending_target and register it
 //   call-action   {call, action}: then take_call_actions
 //   push          {id}: then take_pushes, on_push with each `data`, and
@@ -27,6 +29,13 @@ import WebKit
 struct CallArgs: Decodable {
   let call: String
   let reason: String?
+}
+
+struct IncomingCallArgs: Decodable {
+  let call: String
+  let conversation: String
+  let peerName: String
+  let video: Bool
 }
 
 struct UpdateCallArgs: Decodable {
@@ -110,6 +119,14 @@ class ConfabPushPlugin: Plugin {
 
   @objc public func takeCallActions(_ invoke: Invoke) {
     Self.onMain { invoke.resolve(CallActionsReply(actions: ConfabPush.shared.takeCallActions())) }
+  }
+
+  @objc public func incomingCall(_ invoke: Invoke) throws {
+    let args = try invoke.parseArgs(IncomingCallArgs.self)
+    Self.onCall(invoke, args.call) {
+      ConfabPush.shared.voip.incoming(
+        $0, conversation: args.conversation, peerName: args.peerName, video: args.video)
+    }
   }
 
   @objc public func updateCall(_ invoke: Invoke) throws {

@@ -87,15 +87,9 @@ final class VoipPushHandler: NSObject, PKPushRegistryDelegate, CXProviderDelegat
     // ends when the catch-up finds nothing ringing).
     let uuid = (fields?["call"] as? String).flatMap(UUID.init(uuidString:)) ?? UUID()
 
-    let update = CXCallUpdate()
-    update.remoteHandle = CXHandle(
-      type: .generic, value: (fields?["conversation"] as? String) ?? uuid.uuidString.lowercased())
-    update.localizedCallerName = "Confab call"
-    update.hasVideo = fields?["video"] as? Bool ?? false
-    update.supportsHolding = false
-    update.supportsGrouping = false
-    update.supportsUngrouping = false
-    update.supportsDTMF = false
+    let update = Self.callUpdate(
+      handle: (fields?["conversation"] as? String) ?? uuid.uuidString.lowercased(),
+      name: "Confab call", video: fields?["video"] as? Bool ?? false)
 
     let known = calls[uuid] != nil
     if !known {
@@ -161,7 +155,40 @@ final class VoipPushHandler: NSObject, PKPushRegistryDelegate, CXProviderDelegat
     provider?.reportCall(with: uuid, endedAt: Date(), reason: reason)
   }
 
+  private static func callUpdate(handle: String, name: String, video: Bool) -> CXCallUpdate {
+    let update = CXCallUpdate()
+    update.remoteHandle = CXHandle(type: .generic, value: handle)
+    update.localizedCallerName = name
+    update.hasVideo = video
+    update.supportsHolding = false
+    update.supportsGrouping = false
+    update.supportsUngrouping = false
+    update.supportsDTMF = false
+    return update
+  }
+
   // MARK: From the app's call engine (ConfabPushPlugin commands)
+
+  /// A call rings for the app's running client (it came over the socket,
+  /// not as a push): ring through CallKit too, so it rings like a phone call
+  /// in the background and on the lock screen. A call CallKit already has
+  /// (its push came as well) is only renamed.
+  func incoming(_ uuid: UUID, conversation: String, peerName: String, video: Bool) {
+    guard let provider = provider else { return }
+    if calls[uuid] != nil {
+      return update(uuid, peerName: peerName, video: video)
+    }
+    calls[uuid] = Call()
+    let update = Self.callUpdate(handle: conversation, name: peerName, video: video)
+    provider.reportNewIncomingCall(with: uuid, update: update) { error in
+      DispatchQueue.main.async {
+        if error != nil, (error as? CXErrorCodeIncomingCallError)?.code != .callUUIDAlreadyExists {
+          // Refused (Do Not Disturb, blocked): the app's own screen still rings.
+          self.calls[uuid] = nil
+        }
+      }
+    }
+  }
 
   /// The engine knows who calls (the app's own client took the push).
   func update(_ uuid: UUID, peerName: String?, video: Bool?) {

@@ -4,23 +4,19 @@ import android.content.Intent
 import android.os.Build
 import android.os.Bundle
 import androidx.activity.enableEdgeToEdge
-import app.confab.push.ConfabPush
 import app.confab.push.Notices
 
 class MainActivity : TauriActivity() {
   override fun onCreate(savedInstanceState: Bundle?) {
     enableEdgeToEdge()
-    // Before super: the Rust side may ask ConfabPush for the push target as
-    // soon as the app is set up.
-    ConfabPush.init(this)
     super.onCreate(savedInstanceState)
     openedFrom(intent)
-    ConfabPush.start(this)
   }
 
   override fun onNewIntent(intent: Intent) {
+    // Tauri passes it on to the plugins: ConfabPushPlugin (mobile/android-push)
+    // turns a notification's extras into an action for the shell.
     super.onNewIntent(intent)
-    // So getIntent() gives the shell the newest one (singleTask reuses us).
     setIntent(intent)
     openedFrom(intent)
   }
@@ -28,8 +24,7 @@ class MainActivity : TauriActivity() {
   /**
    * An incoming call's notification opened the app: show it over the lock
    * screen (only then), and stop the notification ringing, since the app's
-   * own call screen takes over. The intent's extras (Notices.EXTRA_*) are
-   * for the shell to read.
+   * own call screen takes over.
    */
   private fun openedFrom(intent: Intent?) {
     val call = intent?.getStringExtra(Notices.EXTRA_CALL)

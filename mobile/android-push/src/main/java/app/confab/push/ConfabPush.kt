@@ -13,10 +13,10 @@ import java.io.File
 /**
  * Where this device is woken: an FCM token or a UnifiedPush endpoint, kept
  * in the SharedPreferences "confab_push" until the Rust side hands it to the
- * server. The Rust side reads [pendingTarget] (JNI) and passes the JSON to
- * `push::register_push` as a `PushTarget`; the value changes when FCM rotates
- * the token or the distributor sends a new endpoint, so read it again on
- * each start and resume.
+ * server. The shell reads it through [ConfabPushPlugin] (`pendingTarget`)
+ * and registers it (`Client::set_push`) at start, on resume and when
+ * [onTargetChanged] fires: FCM rotates tokens and distributors send new
+ * endpoints.
  */
 object ConfabPush {
     const val TAG = "ConfabPush"
@@ -28,6 +28,10 @@ object ConfabPush {
 
     @Volatile
     private var appContext: Context? = null
+
+    /** Set by the plugin while the app runs: the push target changed. */
+    @Volatile
+    var onTargetChanged: (() -> Unit)? = null
 
     /** Remembers the application context for [pendingTarget]. Cheap; call it early. */
     @JvmStatic
@@ -117,6 +121,7 @@ object ConfabPush {
 
     fun saveFcmToken(context: Context, token: String) {
         prefs(context).edit().putString(KEY_FCM, token).apply()
+        onTargetChanged?.invoke()
     }
 
     fun saveUnifiedPush(context: Context, endpoint: String, p256dh: String, auth: String) {
@@ -126,10 +131,12 @@ object ConfabPush {
             .put("p256dh", p256dh)
             .put("auth", auth)
         prefs(context).edit().putString(KEY_UNIFIED_PUSH, target.toString()).apply()
+        onTargetChanged?.invoke()
     }
 
     fun clearUnifiedPush(context: Context) {
         prefs(context).edit().remove(KEY_UNIFIED_PUSH).apply()
+        onTargetChanged?.invoke()
     }
 
     private fun prefs(context: Context): SharedPreferences =

@@ -16,8 +16,6 @@ import androidx.core.app.NotificationCompat
 import androidx.core.app.NotificationManagerCompat
 import androidx.core.app.Person
 import androidx.core.content.ContextCompat
-import app.confab.MainActivity
-import app.confab.R
 import org.json.JSONException
 import org.json.JSONObject
 
@@ -28,11 +26,17 @@ object Notices {
     const val CHANNEL_ONGOING_CALL = "ongoing_call"
     const val CHANNEL_BACKGROUND = "background"
 
-    /** Extras of the intents that open MainActivity (strings; the shell reads them). */
+    /**
+     * Extras of the intents that open the app (strings): [ConfabPushPlugin]
+     * reads them and the shell acts on them.
+     */
     const val EXTRA_CONVERSATION = "conversation"
     const val EXTRA_CALL = "call"
     /** "accept" or "decline", from the ringing call's buttons. */
     const val EXTRA_CALL_ACTION = "call_action"
+
+    /** The action of those intents, so the app tells them from a plain launch. */
+    const val ACTION_OPEN = "app.confab.OPEN"
 
     const val ID_CATCHING_UP = 1
     const val ID_ONGOING_CALL = 2
@@ -220,12 +224,15 @@ object Notices {
     }
 
     /**
-     * Opens MainActivity (singleTask: a running one gets onNewIntent) with
-     * [extras]. [key] tells the PendingIntents apart, since extras do not.
+     * Opens the app's launcher activity (singleTask: a running one gets
+     * onNewIntent) with [extras]. [key] tells the PendingIntents apart, since
+     * extras do not. This library does not know the activity's class: the
+     * package manager does.
      */
     private fun openApp(context: Context, key: String, vararg extras: Pair<String, String>): PendingIntent {
-        val intent = Intent(context, MainActivity::class.java)
-            .setAction("app.confab.OPEN")
+        val launcher = context.packageManager.getLaunchIntentForPackage(context.packageName)
+        val intent = (launcher ?: Intent().setPackage(context.packageName))
+            .setAction(ACTION_OPEN)
             .addFlags(Intent.FLAG_ACTIVITY_NEW_TASK)
         for ((name, value) in extras) {
             intent.putExtra(name, value)

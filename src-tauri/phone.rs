@@ -1,0 +1,249 @@
+//! The shell's side of the phone (`tauri-plugin-confab-push`): registers
+//! the platform's push target with the server, carries what the user chose
+//! in the system's UI (a notification, CallKit) to the core, tells the
+//! system's call UI about the core's calls, and passes pushes that reach
+//! the running app to the catch-up. On desktops the plugin answers nothing
+//! and none of this does anything.
+
+use crate::shell::{OpenConversation, Shell};
+use confab_core::{CallEndReason, CallPhase, CallView};
+use confab_protocol::{CallId, PushTarget};
+use std::sync::Mutex;
+use std::time::Duration;
+use tauri::{AppHandle, Manager, Runtime};
+use tauri_plugin_confab_push::{Action, ActionKind, EndReason, Event, IncomingCall, PhoneExt};
+use tauri_specta::Event as _;
+
+/// What was last told to the server and to the system's call UI, so each
+/// is told once.
+#[derive(Default)]
+pub struct PhoneState {
+    registered: Mutex<Option<PushTarget>>,
+    call: Mutex<Option<(CallId, Stage)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Ringing,
+    UnderWay,
+    Ended,
+}
+
+/// At setup: follow the native side's reports, and take what it queued
+/// before the app was up (an Answer tapped on the lock screen).
+pub fn start<R: Runtime>(app: &AppHandle<R>) {
+    app.manage(PhoneState::default());
+    let listeners = [(Event::Target, app.clone()), (Event::Action, app.clone()), (Event::Push, app.clone())];
+    for (event, handle) in listeners {
+        let on = move || {
+            let handle = handle.clone();
+            tauri::async_runtime::spawn(async move { react(&handle, event).await });
+        };
+        if let Err(e) = app.phone().listen(event, on) {
+            tracing::warn!(%e, event = event.name(), "the phone's events will not reach the shell");
+        }
+    }
+    let handle = app.clone();
+    tauri::async_runtime::spawn(async move { react(&handle, Event::Push).await });
+}
+
+async fn react<R: Runtime>(app: &AppHandle<R>, event: Event) {
+    match event {
+        Event::Target => register(app).await,
+        Event::Action => run_actions(app).await,
+        Event::Push => run_pushes(app).await,
+    }
+}
+
+/// A client is running (signed in or resumed): wake it through this
+/// phone's push target from now on, and act on what the user chose while
+/// it was starting.
+pub async fn client_started<R: Runtime>(app: &AppHandle<R>) {
+    // A new session has no target on the server yet.
+    if let Some(state) = app.try_state::<PhoneState>() {
+        state.registered.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+    register(app).await;
+    run_actions(app).await;
+}
+
+/// Hands the push target to the server when it is new or changed.
+async fn register<R: Runtime>(app: &AppHandle<R>) {
+    let (Some(state), Ok(client)) = (app.try_state::<PhoneState>(), app.state::<Shell>().client().await) else {
+        return;
+    };
+    let target = match app.phone().pending_target() {
+        Ok(Some(target)) => target,
+        Ok(None) => return,
+        Err(e) => return tracing::warn!(%e, "no push target"),
+    };
+    if state.registered.lock().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(&target) {
+        return;
+    }
+    match client.set_push(target.clone()).await {
+        Ok(()) => *state.registered.lock().unwrap_or_else(|e| e.into_inner()) = Some(target),
+        // Offline now: the next start, sign-in or token change registers it.
+        Err(e) => tracing::warn!(%e, "could not register this phone for wake-ups"),
+    }
+}
+
+/// Carries the user's choices to the core. Left queued until a client runs
+/// (the app may have been started by the tap itself).
+async fn run_actions<R: Runtime>(app: &AppHandle<R>) {
+    let Ok(client) = app.state::<Shell>().client().await else { return };
+    let actions = match app.phone().take_actions() {
+        Ok(actions) => actions,
+        Err(e) => return tracing::warn!(%e, "cannot read the phone's actions"),
+    };
+    for Action { action, call, conversation } in actions {
+        let result = match (action, call) {
+            (ActionKind::Accept, Some(call)) => client.accept_call(call).await,
+            (ActionKind::Decline, Some(call)) => client.decline_call(call).await,
+            (ActionKind::Hangup, Some(call)) => client.hang_up(call).await,
+            (ActionKind::Mute, Some(call)) => client.set_call_muted(call, true).await,
+            (ActionKind::Unmute, Some(call)) => client.set_call_muted(call, false).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            // Typically the call ended meanwhile; the core's call event says so.
+            tracing::info!(%e, ?action, "a call action from the phone's UI did not apply");
+        }
+        if matches!(action, ActionKind::Open | ActionKind::Show | ActionKind::Accept) {
+            crate::shell::show_main_window(app);
+        }
+        if let (ActionKind::Open, Some(id)) = (action, conversation) {
+            let _ = OpenConversation(id).emit(app);
+        }
+    }
+}
+
+/// Pushes that reached the running app (iOS background pushes): catch up,
+/// then tell the system whether anything came.
+async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
+    let pushes = match app.phone().take_pushes() {
+        Ok(pushes) => pushes,
+        Err(e) => return tracing::warn!(%e, "cannot read the phone's pushes"),
+    };
+    for push in pushes {
+        let data = push.data.unwrap_or_default();
+        // iOS gives a background push 30 s.
+        let caught = crate::push::handle_push(app, &data, Duration::from_secs(25)).await;
+        let new_data = caught.as_ref().is_ok_and(|c| !c.notices.is_empty() || c.ringing.is_some());
+        if let Err(e) = &caught {
+            tracing::info!(%e, "a push's catch-up failed");
+        }
+        if let Err(e) = app.phone().finish_push(push.id, new_data) {
+            tracing::warn!(%e, "cannot finish a push");
+        }
+    }
+}
+
+/// The core's call changed: tell the system's call UI, once per stage.
+pub fn call_changed<R: Runtime>(app: &AppHandle<R>, call: &CallView) {
+    let Some(state) = app.try_state::<PhoneState>() else { return };
+    {
+        let mut last = state.call.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stage) = stage_to_tell(*last, call) else { return };
+        *last = Some((call.call, stage));
+    }
+    let phone = app.phone();
+    let told = match &call.phase {
+        CallPhase::Ringing => phone.incoming_call(&IncomingCall {
+            call: call.call,
+            conversation: call.conversation,
+            peer_name: call.peer_name.clone(),
+            video: call.video,
+        }),
+        CallPhase::Ended { reason, .. } => phone.end_call(call.call, end_reason(*reason, call.outgoing)),
+        _ => phone.answer_call(call.call, &call.peer_name),
+    };
+    if let Err(e) = told {
+        tracing::warn!(%e, "the phone's call UI was not updated");
+    }
+}
+
+/// The stage of `call` the system's call UI has not heard of yet, if any.
+/// A call rings there (incoming), is under way (placed or answered here:
+/// Android keeps it in the foreground, CallKit marks it answered), ends.
+fn stage_to_tell(last: Option<(CallId, Stage)>, call: &CallView) -> Option<Stage> {
+    let stage = match &call.phase {
+        CallPhase::Ringing if !call.outgoing => Stage::Ringing,
+        CallPhase::Ringing => return None,
+        CallPhase::Calling | CallPhase::Connecting | CallPhase::Active { .. } | CallPhase::Reconnecting { .. } => {
+            Stage::UnderWay
+        }
+        CallPhase::Ended { .. } => Stage::Ended,
+    };
+    (last != Some((call.call, stage))).then_some(stage)
+}
+
+/// How the system's call UI words an ending.
+fn end_reason(reason: CallEndReason, outgoing: bool) -> EndReason {
+    match reason {
+        CallEndReason::EndedHere => EndReason::Local,
+        CallEndReason::Missed if !outgoing => EndReason::Unanswered,
+        CallEndReason::AnsweredElsewhere => EndReason::AnsweredElsewhere,
+        CallEndReason::DeclinedElsewhere => EndReason::DeclinedElsewhere,
+        CallEndReason::Failed | CallEndReason::ConnectionLost => EndReason::Failed,
+        CallEndReason::Declined
+        | CallEndReason::Cancelled
+        | CallEndReason::Missed
+        | CallEndReason::HungUp
+        | CallEndReason::Superseded
+        | CallEndReason::Busy => EndReason::Remote,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(phase: CallPhase, outgoing: bool) -> CallView {
+        CallView {
+            call: "0f6b2d3e-9a41-4c3b-8d7e-2a1b3c4d5e6f".parse().unwrap(),
+            conversation: "7c9e6679-7425-40de-944b-e07fc1f90ae7".parse().unwrap(),
+            peer: "2a1b3c4d-9a41-4c3b-8d7e-0f6b2d3e5e6f".parse().unwrap(),
+            peer_name: "alice".into(),
+            video: false,
+            outgoing,
+            muted: false,
+            phase,
+        }
+    }
+
+    #[test]
+    fn the_system_hears_of_each_stage_of_a_call_once() {
+        let ringing = call(CallPhase::Ringing, false);
+        let id = ringing.call;
+        assert_eq!(stage_to_tell(None, &ringing), Some(Stage::Ringing));
+        // The peer's name or mute state changed: nothing new to ring.
+        assert_eq!(stage_to_tell(Some((id, Stage::Ringing)), &ringing), None);
+        let connecting = call(CallPhase::Connecting, false);
+        assert_eq!(stage_to_tell(Some((id, Stage::Ringing)), &connecting), Some(Stage::UnderWay));
+        // Active and reconnecting are the same stage for the system.
+        let active = call(CallPhase::Active { since: 5 }, false);
+        assert_eq!(stage_to_tell(Some((id, Stage::UnderWay)), &active), None);
+        let reconnecting = call(CallPhase::Reconnecting { since: 9 }, false);
+        assert_eq!(stage_to_tell(Some((id, Stage::UnderWay)), &reconnecting), None);
+        let ended = call(CallPhase::Ended { reason: CallEndReason::HungUp, duration_ms: Some(4), error: None }, false);
+        assert_eq!(stage_to_tell(Some((id, Stage::UnderWay)), &ended), Some(Stage::Ended));
+        assert_eq!(stage_to_tell(Some((id, Stage::Ended)), &ended), None);
+        // A new call with the same stage as the last one's is told.
+        let mut next = call(CallPhase::Ringing, false);
+        next.call = "11111111-9a41-4c3b-8d7e-2a1b3c4d5e6f".parse().unwrap();
+        assert_eq!(stage_to_tell(Some((id, Stage::Ringing)), &next), Some(Stage::Ringing));
+        // Placing a call keeps it going in the background from the start.
+        assert_eq!(stage_to_tell(None, &call(CallPhase::Calling, true)), Some(Stage::UnderWay));
+    }
+
+    #[test]
+    fn endings_map_to_the_system_call_uis_words() {
+        assert_eq!(end_reason(CallEndReason::EndedHere, false), EndReason::Local);
+        assert_eq!(end_reason(CallEndReason::Missed, false), EndReason::Unanswered);
+        // Our call went unanswered at their end: it ended remotely for us.
+        assert_eq!(end_reason(CallEndReason::Missed, true), EndReason::Remote);
+        assert_eq!(end_reason(CallEndReason::AnsweredElsewhere, false), EndReason::AnsweredElsewhere);
+        assert_eq!(end_reason(CallEndReason::Cancelled, false), EndReason::Remote);
+        assert_eq!(end_reason(CallEndReason::ConnectionLost, true), EndReason::Failed);
+    }
+}
