@@ -167,6 +167,12 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
             if let tauri::WindowEvent::Focused(focused) = event {
                 shell::window_focus_changed(window.app_handle(), *focused);
             }
+            #[cfg(mobile)]
+            match event {
+                tauri::WindowEvent::Suspended => phone::backgrounded(window.app_handle(), true),
+                tauri::WindowEvent::Resumed => phone::backgrounded(window.app_handle(), false),
+                _ => {}
+            }
         })
 }
 

@@ -20,7 +20,14 @@ use tauri_specta::Event as _;
 pub struct PhoneState {
     registered: Mutex<Option<PushTarget>>,
     call: Mutex<Option<(CallId, Stage)>>,
+    /// Counts moves to and from the background; odd while in it.
+    background: std::sync::atomic::AtomicU64,
 }
+
+/// How long the app may be in the background before its client stops:
+/// long enough for a permission prompt or a glance at the notification
+/// shade, short enough to beat iOS's suspension (about 5 s).
+const BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -65,6 +72,54 @@ pub async fn client_started<R: Runtime>(app: &AppHandle<R>) {
     }
     register(app).await;
     run_actions(app).await;
+}
+
+/// The app went to the background (or came back). A phone freezes a
+/// background app with its socket open, and the server, seeing the socket,
+/// would not push; on iOS a suspended app that holds a lock on the shared
+/// profile is killed. So, unless a call is under way, the client stops
+/// after [`BACKGROUND_GRACE`] (the server wakes the phone by push from
+/// then on, and push handlers catch up on the profile), and starts again
+/// when the app comes back.
+pub fn backgrounded<R: Runtime>(app: &AppHandle<R>, background: bool) {
+    use std::sync::atomic::Ordering;
+    let Some(state) = app.try_state::<PhoneState>() else { return };
+    let now = state.background.load(Ordering::SeqCst);
+    // Already there (odd: in the background).
+    if now.is_multiple_of(2) != background {
+        return;
+    }
+    let moved = state.background.fetch_add(1, Ordering::SeqCst) + 1;
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        let shell = app.state::<Shell>();
+        if !background {
+            if shell.client().await.is_err() {
+                if let Err(e) = crate::shell::resume(&app).await {
+                    tracing::warn!(%e, "could not resume the session in the foreground");
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(BACKGROUND_GRACE).await;
+        stop_in_background(&app, moved).await;
+    });
+}
+
+/// Stops the client if the app is still in the background it went to at
+/// `moved` (it did not come back meanwhile) and no call is under way.
+async fn stop_in_background<R: Runtime>(app: &AppHandle<R>, moved: u64) {
+    let Some(state) = app.try_state::<PhoneState>() else { return };
+    if moved.is_multiple_of(2) || state.background.load(std::sync::atomic::Ordering::SeqCst) != moved {
+        return;
+    }
+    let shell = app.state::<Shell>();
+    let Ok(client) = shell.client().await else { return };
+    let in_call =
+        client.current_call().await.ok().flatten().is_some_and(|c| !matches!(c.phase, CallPhase::Ended { .. }));
+    if !in_call {
+        shell.deactivate().await;
+    }
 }
 
 /// Hands the push target to the server when it is new or changed.
@@ -135,6 +190,10 @@ async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
         if let Err(e) = app.phone().finish_push(push.id, new_data) {
             tracing::warn!(%e, "cannot finish a push");
         }
+    }
+    // The catch-up started the client in the background: stop it again.
+    if let Some(state) = app.try_state::<PhoneState>() {
+        stop_in_background(app, state.background.load(std::sync::atomic::Ordering::SeqCst)).await;
     }
 }
 
