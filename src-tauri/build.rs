@@ -47,6 +47,7 @@ const COMMANDS: &[&str] = &[
     "register_push",
     "unregister_push",
     "on_push",
+    "opened_conversation",
 ];
 
 fn main() {

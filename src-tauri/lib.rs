@@ -71,6 +71,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
             push::register_push,
             push::unregister_push,
             push::on_push,
+            phone::opened_conversation,
         ])
         .events(tauri_specta::collect_events![
             shell::CoreEvent,
@@ -170,7 +171,9 @@ pub fn build_app(builder: tauri::Builder<tauri::Wry>) -> tauri::Builder<tauri::W
             #[cfg(mobile)]
             match event {
                 tauri::WindowEvent::Suspended => phone::backgrounded(window.app_handle(), true),
-                tauri::WindowEvent::Resumed => phone::backgrounded(window.app_handle(), false),
+                tauri::WindowEvent::Resumed | tauri::WindowEvent::Focused(true) => {
+                    phone::backgrounded(window.app_handle(), false)
+                }
                 _ => {}
             }
         })

@@ -6,22 +6,37 @@
 //! and none of this does anything.
 
 use crate::shell::{OpenConversation, Shell};
-use confab_core::{CallEndReason, CallPhase, CallView};
-use confab_protocol::{CallId, PushTarget};
-use std::sync::Mutex;
+use confab_core::{CallEndReason, CallPhase, CallView, Client};
+use confab_protocol::{CallId, ConversationId, PushTarget};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tauri::{AppHandle, Manager, Runtime};
 use tauri_plugin_confab_push::{Action, ActionKind, EndReason, Event, IncomingCall, PhoneExt};
 use tauri_specta::Event as _;
 
 /// What was last told to the server and to the system's call UI, so each
-/// is told once.
+/// is told once; where the app is (foreground or background).
 #[derive(Default)]
 pub struct PhoneState {
     registered: Mutex<Option<PushTarget>>,
     call: Mutex<Option<(CallId, Stage)>>,
     /// Counts moves to and from the background; odd while in it.
-    background: std::sync::atomic::AtomicU64,
+    background: AtomicU64,
+    /// Held while the client is stopped or started for the background, so
+    /// a stop and a start never interleave.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// A conversation a notification asked to open, until the UI takes it
+    /// (on a cold start the UI may not be listening yet).
+    opened: Mutex<Option<ConversationId>>,
+}
+
+impl PhoneState {
+    fn in_background(&self) -> bool {
+        !self.background.load(Ordering::SeqCst).is_multiple_of(2)
+    }
 }
 
 /// How long the app may be in the background before its client stops:
@@ -39,7 +54,12 @@ enum Stage {
 /// At setup: follow the native side's reports, and take what it queued
 /// before the app was up (an Answer tapped on the lock screen).
 pub fn start<R: Runtime>(app: &AppHandle<R>) {
-    app.manage(PhoneState::default());
+    let state = PhoneState::default();
+    // iOS may launch the app in the background for a push.
+    if app.phone().in_background().unwrap_or(false) {
+        state.background.store(1, Ordering::SeqCst);
+    }
+    app.manage(state);
     let listeners = [(Event::Target, app.clone()), (Event::Action, app.clone()), (Event::Push, app.clone())];
     for (event, handle) in listeners {
         let on = move || {
@@ -65,13 +85,22 @@ async fn react<R: Runtime>(app: &AppHandle<R>, event: Event) {
 /// A client is running (signed in or resumed): wake it through this
 /// phone's push target from now on, and act on what the user chose while
 /// it was starting.
-pub async fn client_started<R: Runtime>(app: &AppHandle<R>) {
-    // A new session has no target on the server yet.
-    if let Some(state) = app.try_state::<PhoneState>() {
-        state.registered.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-    register(app).await;
-    run_actions(app).await;
+///
+/// Boxed: starting a client from here (an action, a push) comes back to
+/// this function through `Shell::activate`, and the compiler needs a named
+/// future type to see that the cycle is `Send`.
+pub fn client_started<R: Runtime>(app: AppHandle<R>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let app = &app;
+        // A new session has no target on the server yet.
+        if let Some(state) = app.try_state::<PhoneState>() {
+            state.registered.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        register(app).await;
+        run_actions(app).await;
+        // Started in the background (for a push, a call action): not for long.
+        schedule_stop(app);
+    })
 }
 
 /// The app went to the background (or came back). A phone freezes a
@@ -80,46 +109,73 @@ pub async fn client_started<R: Runtime>(app: &AppHandle<R>) {
 /// profile is killed. So, unless a call is under way, the client stops
 /// after [`BACKGROUND_GRACE`] (the server wakes the phone by push from
 /// then on, and push handlers catch up on the profile), and starts again
-/// when the app comes back.
+/// when the app comes back (or the user acts on a call from the lock
+/// screen). iOS reports leaving the foreground on resign-active (a prompt,
+/// Control Center) but coming back only from the background, so the shell
+/// also takes focus as being in front.
 pub fn backgrounded<R: Runtime>(app: &AppHandle<R>, background: bool) {
-    use std::sync::atomic::Ordering;
     let Some(state) = app.try_state::<PhoneState>() else { return };
-    let now = state.background.load(Ordering::SeqCst);
-    // Already there (odd: in the background).
-    if now.is_multiple_of(2) != background {
+    if state.in_background() == background {
         return;
     }
-    let moved = state.background.fetch_add(1, Ordering::SeqCst) + 1;
+    state.background.fetch_add(1, Ordering::SeqCst);
+    if background {
+        return schedule_stop(app);
+    }
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
-        let shell = app.state::<Shell>();
-        if !background {
-            if shell.client().await.is_err() {
-                if let Err(e) = crate::shell::resume(&app).await {
-                    tracing::warn!(%e, "could not resume the session in the foreground");
-                }
-            }
-            return;
-        }
-        tokio::time::sleep(BACKGROUND_GRACE).await;
-        stop_in_background(&app, moved).await;
+        ensure_client(&app).await;
     });
 }
 
-/// Stops the client if the app is still in the background it went to at
-/// `moved` (it did not come back meanwhile) and no call is under way.
-async fn stop_in_background<R: Runtime>(app: &AppHandle<R>, moved: u64) {
+/// The running client, started from the saved session if the background
+/// stopped it; none when signed out.
+async fn ensure_client<R: Runtime>(app: &AppHandle<R>) -> Option<Arc<Client>> {
+    let shell = app.state::<Shell>();
+    if let Ok(client) = shell.client().await {
+        return Some(client);
+    }
+    let state = app.try_state::<PhoneState>()?;
+    let _turn = state.lifecycle.lock().await;
+    if shell.client().await.is_err() {
+        if let Err(e) = crate::shell::resume(app).await {
+            tracing::warn!(%e, "could not resume the session");
+        }
+    }
+    shell.client().await.ok()
+}
+
+/// In the background, stops the client after [`BACKGROUND_GRACE`] unless
+/// the app came back or a call is under way by then.
+fn schedule_stop<R: Runtime>(app: &AppHandle<R>) {
     let Some(state) = app.try_state::<PhoneState>() else { return };
-    if moved.is_multiple_of(2) || state.background.load(std::sync::atomic::Ordering::SeqCst) != moved {
+    if !state.in_background() {
         return;
     }
-    let shell = app.state::<Shell>();
-    let Ok(client) = shell.client().await else { return };
-    let in_call =
-        client.current_call().await.ok().flatten().is_some_and(|c| !matches!(c.phase, CallPhase::Ended { .. }));
-    if !in_call {
-        shell.deactivate().await;
-    }
+    let went = state.background.load(Ordering::SeqCst);
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        tokio::time::sleep(BACKGROUND_GRACE).await;
+        let Some(state) = app.try_state::<PhoneState>() else { return };
+        let _turn = state.lifecycle.lock().await;
+        let still_away = || state.background.load(Ordering::SeqCst) == went;
+        let shell = app.state::<Shell>();
+        let Ok(client) = shell.client().await else { return };
+        let in_call =
+            client.current_call().await.ok().flatten().is_some_and(|c| !matches!(c.phase, CallPhase::Ended { .. }));
+        // Checked last, after the awaits: the app may have come back.
+        if !in_call && still_away() {
+            shell.deactivate().await;
+        }
+    });
+}
+
+/// The conversation a notification asked to open, once (for the UI at its
+/// start; later ones also arrive as the `OpenConversation` event).
+#[tauri::command]
+#[specta::specta]
+pub fn opened_conversation(state: tauri::State<'_, PhoneState>) -> crate::error::Result<Option<ConversationId>> {
+    Ok(state.opened.lock().unwrap_or_else(|e| e.into_inner()).take())
 }
 
 /// Hands the push target to the server when it is new or changed.
@@ -142,10 +198,11 @@ async fn register<R: Runtime>(app: &AppHandle<R>) {
     }
 }
 
-/// Carries the user's choices to the core. Left queued until a client runs
-/// (the app may have been started by the tap itself).
+/// Carries the user's choices to the core, starting the client if the
+/// background stopped it (an answer on the lock screen). Signed out, they
+/// stay queued.
 async fn run_actions<R: Runtime>(app: &AppHandle<R>) {
-    let Ok(client) = app.state::<Shell>().client().await else { return };
+    let Some(client) = ensure_client(app).await else { return };
     let actions = match app.phone().take_actions() {
         Ok(actions) => actions,
         Err(e) => return tracing::warn!(%e, "cannot read the phone's actions"),
@@ -167,6 +224,9 @@ async fn run_actions<R: Runtime>(app: &AppHandle<R>) {
             crate::shell::show_main_window(app);
         }
         if let (ActionKind::Open, Some(id)) = (action, conversation) {
+            if let Some(state) = app.try_state::<PhoneState>() {
+                *state.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+            }
             let _ = OpenConversation(id).emit(app);
         }
     }
@@ -192,9 +252,7 @@ async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
         }
     }
     // The catch-up started the client in the background: stop it again.
-    if let Some(state) = app.try_state::<PhoneState>() {
-        stop_in_background(app, state.background.load(std::sync::atomic::Ordering::SeqCst)).await;
-    }
+    schedule_stop(app);
 }
 
 /// The core's call changed: tell the system's call UI, once per stage.
@@ -218,6 +276,10 @@ pub fn call_changed<R: Runtime>(app: &AppHandle<R>, call: &CallView) {
     };
     if let Err(e) = told {
         tracing::warn!(%e, "the phone's call UI was not updated");
+    }
+    // The call kept the client running in the background.
+    if matches!(call.phase, CallPhase::Ended { .. }) {
+        schedule_stop(app);
     }
 }
 

@@ -184,8 +184,7 @@ impl Shell {
             old.forwarder.abort();
             old.client.stop().await;
         }
-        let handle = app.clone();
-        tauri::async_runtime::spawn(async move { crate::phone::client_started(&handle).await });
+        tauri::async_runtime::spawn(crate::phone::client_started(app.clone()));
         Ok(())
     }
 

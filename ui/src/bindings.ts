@@ -102,6 +102,11 @@ export const commands = {
 	 *  within `budget_ms` (at most [`MAX_BUDGET`]).
 	 */
 	onPush: (data: string, budgetMs: number) => typedError<CaughtUp_Serialize, AppError>(__TAURI_INVOKE("on_push", { data, budgetMs })),
+	/**
+	 *  The conversation a notification asked to open, once (for the UI at its
+	 *  start; later ones also arrive as the `OpenConversation` event).
+	 */
+	openedConversation: () => typedError<string | null, AppError>(__TAURI_INVOKE("opened_conversation")),
 };
 
 /** Events */

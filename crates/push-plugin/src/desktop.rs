@@ -39,6 +39,9 @@ impl<R: Runtime> Phone<R> {
     pub fn finish_push(&self, _id: i64, _new_data: bool) -> Result<()> {
         Ok(())
     }
+    pub fn in_background(&self) -> Result<bool> {
+        Ok(false)
+    }
     pub fn shared_root(&self) -> Result<Option<PathBuf>> {
         Ok(None)
     }

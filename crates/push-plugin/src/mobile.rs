@@ -40,6 +40,11 @@ struct PushesReply {
 }
 
 #[derive(Deserialize)]
+struct BackgroundReply {
+    background: bool,
+}
+
+#[derive(Deserialize)]
 struct PathReply {
     #[serde(default)]
     path: Option<String>,
@@ -114,6 +119,13 @@ impl<R: Runtime> Phone<R> {
 
     pub fn finish_push(&self, id: i64, new_data: bool) -> Result<()> {
         self.run("finishPush", FinishArgs { id, new_data })
+    }
+
+    /// Whether the app runs in the background now (iOS launches it there
+    /// for a push).
+    pub fn in_background(&self) -> Result<bool> {
+        let reply: BackgroundReply = self.run("isInBackground", ())?;
+        Ok(reply.background)
     }
 
     /// The directory the app shares with its extensions (iOS: the App

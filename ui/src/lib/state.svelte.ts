@@ -276,6 +276,9 @@ export async function start() {
     const call = await api.currentCall().catch(() => null);
     if (call && call.phase.phase !== "ended") onCall(call);
     await refreshConversations();
+    // A notification that started the app (phones) names a conversation.
+    const opened = await api.openedConversation().catch(() => null);
+    if (opened) await openConversation(opened);
   }
   app.ready = true;
 }

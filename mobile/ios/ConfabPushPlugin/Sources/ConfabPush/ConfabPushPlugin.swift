@@ -16,6 +16,7 @@
 //   take_pushes             -> {pushes: [{id, data}]}  (data: for on_push)
 //   finish_push {id, newData?}
 //   profile_dir             -> {path?}  (the App Group profile directory)
+//   is_in_background        -> {background}  (launched for a push?)
 // events (registerListener with a Channel, from Rust):
 //   target        a new token: call pending_target and register it
 //   call-action   {call, action}: then take_call_actions
@@ -67,6 +68,10 @@ struct PushEvent: Encodable {
 
 struct ProfileDirReply: Encodable {
   let path: String?
+}
+
+struct BackgroundReply: Encodable {
+  let background: Bool
 }
 
 class ConfabPushPlugin: Plugin {
@@ -153,6 +158,13 @@ class ConfabPushPlugin: Plugin {
     Self.onMain {
       ConfabPush.shared.finishPush(args.id, newData: args.newData ?? false)
       invoke.resolve()
+    }
+  }
+
+  @objc public func isInBackground(_ invoke: Invoke) {
+    Self.onMain {
+      invoke.resolve(
+        BackgroundReply(background: UIApplication.shared.applicationState == .background))
     }
   }
 

@@ -3,6 +3,7 @@ package app.confab.push
 import android.app.Activity
 import android.content.Intent
 import android.webkit.WebView
+import androidx.appcompat.app.AppCompatActivity
 import app.tauri.annotation.Command
 import app.tauri.annotation.InvokeArg
 import app.tauri.annotation.TauriPlugin
@@ -37,7 +38,8 @@ class CallArgs {
  * - `answerCall {call, peerName}`: stop ringing, keep the call going in the
  *   foreground ([CallService]); also for a call this device placed
  * - `endCall {call}`: stop ringing and the foreground service
- * - `updateCall`, `takePushes`, `finishPush`, `profileDir`: iOS only; here
+ * - `updateCall`, `takePushes`, `finishPush`, `profileDir`,
+ *   `isInBackground`: iOS only; here
  *   they do nothing (a push reaching the running app arrives through
  *   [ConfabNative], which hands it to the app's client)
  *
@@ -50,12 +52,12 @@ class ConfabPushPlugin(private val activity: Activity) : Plugin(activity) {
 
     init {
         ConfabPush.init(activity)
-    }
-
-    override fun load(webView: WebView) {
         ConfabPush.onTargetChanged = {
             activity.runOnUiThread { trigger("target", JSObject()) }
         }
+    }
+
+    override fun load(webView: WebView) {
         ConfabPush.start(activity)
         // The notification that started the app, if one did.
         queue(activity.intent)
@@ -65,8 +67,12 @@ class ConfabPushPlugin(private val activity: Activity) : Plugin(activity) {
         queue(intent)
     }
 
-    override fun onDestroy() {
-        ConfabPush.onTargetChanged = null
+    /**
+     * Tauri loads a plugin once per process: an activity made again later
+     * (Back, then a notification) reaches it here, not in [load].
+     */
+    override fun onResume(activity: AppCompatActivity) {
+        queue(activity.intent)
     }
 
     /** Turns an intent from [Notices] into an action for the shell, once. */
@@ -154,6 +160,12 @@ class ConfabPushPlugin(private val activity: Activity) : Plugin(activity) {
     @Command
     fun finishPush(invoke: Invoke) {
         invoke.resolve()
+    }
+
+    /** An activity exists: the app is not running in the background for a push. */
+    @Command
+    fun isInBackground(invoke: Invoke) {
+        invoke.resolve(JSObject().put("background", false))
     }
 
     @Command

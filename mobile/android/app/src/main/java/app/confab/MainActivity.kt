@@ -23,12 +23,14 @@ class MainActivity : TauriActivity() {
 
   /**
    * An incoming call's notification opened the app: show it over the lock
-   * screen (only then), and stop the notification ringing, since the app's
-   * own call screen takes over.
+   * screen (only then). Its Answer or Decline button also stops the
+   * ringing; a full-screen launch or a tap on the notification keeps it
+   * ringing until the call is answered or ends (the shell's answerCall and
+   * endCall), since the app's call screen plays no ringtone.
    */
   private fun openedFrom(intent: Intent?) {
     val call = intent?.getStringExtra(Notices.EXTRA_CALL)
-    if (call != null) {
+    if (call != null && intent?.getStringExtra(Notices.EXTRA_CALL_ACTION) != null) {
       Notices.stopRinging(this, call)
     }
     if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.O_MR1) {
