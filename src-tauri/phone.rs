@@ -368,3 +368,118 @@ mod tests {
         assert_eq!(end_reason(CallEndReason::ConnectionLost, true), EndReason::Failed);
     }
 }
+
+/// The background lifecycle with the real core and a real server on
+/// loopback; the app runs on Tauri's mock runtime, where the plugin's
+/// desktop half stands for a phone that has no push target yet.
+#[cfg(test)]
+mod lifecycle {
+    use super::*;
+    use tauri::test::{mock_builder, mock_context, noop_assets, MockRuntime};
+
+    struct Rig {
+        app: tauri::App<MockRuntime>,
+        server: confab_server::Server,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = confab_server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("server.db"));
+        let server = confab_server::start(config).await.expect("server");
+        let app = mock_builder()
+            .plugin(tauri_plugin_store::Builder::default().build())
+            .plugin(tauri_plugin_notification::init())
+            .plugin(tauri_plugin_confab_push::init())
+            .build(mock_context(noop_assets()))
+            .expect("mock app");
+        tauri_specta::Builder::<MockRuntime>::new()
+            .events(tauri_specta::collect_events![
+                crate::shell::CoreEvent,
+                crate::shell::PlaySound,
+                OpenConversation,
+                crate::shell::WebviewMedia
+            ])
+            .mount_events(&app);
+        app.manage(Shell::new(dir.path().join("app")));
+        start(app.handle());
+        Rig { app, server, _dir: dir }
+    }
+
+    async fn sign_in(rig: &Rig, name: &str) -> confab_protocol::UserId {
+        let shell = rig.app.state::<Shell>();
+        let client = shell.open_profile().await.expect("profile");
+        client.register(&format!("http://{}", rig.server.addr), name, "correct horse battery").await.expect("register");
+        let user = client.session().await.unwrap().unwrap().user;
+        shell.activate(rig.app.handle(), client).await.expect("activate");
+        user
+    }
+
+    async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_the_background_the_client_lets_go_of_its_socket_and_comes_back_in_front() {
+        let rig = rig().await;
+        let user = sign_in(&rig, "bob").await;
+        let hub = &rig.server.state.service.hub;
+        until("bob is connected", async || hub.connections(user) == 1).await;
+        let app = rig.app.handle();
+
+        // A moment away (a prompt, the notification shade) changes nothing.
+        backgrounded(app, true);
+        backgrounded(app, false);
+        tokio::time::sleep(BACKGROUND_GRACE + Duration::from_millis(500)).await;
+        assert_eq!(hub.connections(user), 1, "a short trip away kept the socket");
+        assert!(rig.app.state::<Shell>().client().await.is_ok());
+
+        // Away for good: the socket goes, so the server wakes the phone by push.
+        backgrounded(app, true);
+        until("the client stopped", async || rig.app.state::<Shell>().client().await.is_err()).await;
+        until("the server saw bob go", async || hub.connections(user) == 0).await;
+
+        // Back in front (iOS says so by focus): the saved session resumes.
+        backgrounded(app, false);
+        until("the client is back", async || rig.app.state::<Shell>().client().await.is_ok()).await;
+        until("bob is connected again", async || hub.connections(user) == 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_keeps_the_client_in_the_background_until_it_ends() {
+        let rig = rig().await;
+        let bob = sign_in(&rig, "bob").await;
+        // Alice calls from a client of her own.
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Her media would run in a webview: signaling is all this test needs.
+        let (to_webview, _requests) = tokio::sync::mpsc::channel(64);
+        let engine = Arc::new(confab_core::call::ExternalEngine::new(to_webview));
+        let alice = Client::open(dir.path()).await.expect("profile").with_media_engine(engine);
+        alice.register(&format!("http://{}", rig.server.addr), "alice", "correct horse battery").await.unwrap();
+        alice.start().await.unwrap();
+        let conversation = alice.open_direct("bob").await.expect("direct");
+        let hub = &rig.server.state.service.hub;
+        until("bob is connected", async || hub.connections(bob) == 1).await;
+        let call = alice.call(conversation, false).await.expect("call");
+        let shell_client = rig.app.state::<Shell>().client().await.unwrap();
+        until("bob's phone rings", async || {
+            shell_client.current_call().await.ok().flatten().is_some_and(|c| c.phase == CallPhase::Ringing)
+        })
+        .await;
+
+        let app = rig.app.handle();
+        backgrounded(app, true);
+        tokio::time::sleep(BACKGROUND_GRACE + Duration::from_millis(500)).await;
+        assert_eq!(hub.connections(bob), 1, "a ringing call keeps the socket");
+
+        // The caller gives up: the call ends, and the client stops after all.
+        alice.hang_up(call).await.expect("cancel");
+        until("the client stopped after the call", async || rig.app.state::<Shell>().client().await.is_err()).await;
+        until("the server saw bob go", async || hub.connections(bob) == 0).await;
+        alice.stop().await;
+    }
+}
