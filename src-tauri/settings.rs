@@ -1,5 +1,6 @@
-//! User settings, kept with tauri-plugin-store in `settings.json` in the
-//! app's data directory.
+//! User settings, kept with tauri-plugin-store in `settings.json` beside
+//! the profile: the app's data directory, or on iOS the App Group
+//! container, where the push handlers read them.
 
 use crate::shell::Shell;
 use confab_protocol::ConversationId;
