@@ -27,7 +27,7 @@ struct PushTarget: Encodable {
 /// (crates/push-plugin `Action`: the Android plugin also sends `open` and
 /// `show` with a conversation).
 struct CallAction: Encodable {
-  let call: String
+  var call: String?
   let action: String
   var conversation: String? = nil
 }
@@ -74,6 +74,7 @@ private struct PendingPush {
     guard !started else { return }
     started = true
     AppDelegateHooks.install()
+    NotificationTaps.shared.install()
     voip.start()
     // No permission needed for the token; showing alerts needs the
     // notification permission (tauri-plugin-notification's request).
@@ -144,10 +145,22 @@ private struct PendingPush {
 
   /// Queues a CallKit action for the engine and announces it.
   func post(call: UUID, action: String) {
-    let item = CallAction(call: call.uuidString.lowercased(), action: action)
+    queue(CallAction(call: call.uuidString.lowercased(), action: action))
+  }
+
+  /// A notification of `conversation` was tapped (NotificationTaps).
+  func post(open conversation: String) {
+    queue(CallAction(call: nil, action: "open", conversation: conversation))
+  }
+
+  private func queue(_ item: CallAction) {
+    // Bounded: the shell drains it on every event.
+    guard callActions.count < 16 else { return }
     callActions.append(item)
-    NotificationCenter.default.post(
-      name: Self.callAction, object: nil, userInfo: ["call": item.call, "action": item.action])
+    var info: [String: String] = ["action": item.action]
+    info["call"] = item.call
+    info["conversation"] = item.conversation
+    NotificationCenter.default.post(name: Self.callAction, object: nil, userInfo: info)
   }
 
   /// The actions not taken yet, oldest first: the engine takes them at

@@ -95,10 +95,11 @@ class ConfabPushPlugin: Plugin {
     observers.append(
       center.addObserver(forName: ConfabPush.callAction, object: nil, queue: .main) {
         [weak self] note in
-        guard let call = note.userInfo?["call"] as? String,
-          let action = note.userInfo?["action"] as? String
-        else { return }
-        try? self?.trigger("call-action", data: CallAction(call: call, action: action))
+        guard let action = note.userInfo?["action"] as? String else { return }
+        let item = CallAction(
+          call: note.userInfo?["call"] as? String, action: action,
+          conversation: note.userInfo?["conversation"] as? String)
+        try? self?.trigger("call-action", data: item)
       })
     observers.append(
       center.addObserver(forName: ConfabPush.backgroundPush, object: nil, queue: .main) {
