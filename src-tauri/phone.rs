@@ -54,12 +54,7 @@ enum Stage {
 /// At setup: follow the native side's reports, and take what it queued
 /// before the app was up (an Answer tapped on the lock screen).
 pub fn start<R: Runtime>(app: &AppHandle<R>) {
-    let state = PhoneState::default();
-    // iOS may launch the app in the background for a push.
-    if app.phone().in_background().unwrap_or(false) {
-        state.background.store(1, Ordering::SeqCst);
-    }
-    app.manage(state);
+    app.manage(PhoneState::default());
     let listeners = [(Event::Target, app.clone()), (Event::Action, app.clone()), (Event::Push, app.clone())];
     for (event, handle) in listeners {
         let on = move || {
@@ -71,7 +66,18 @@ pub fn start<R: Runtime>(app: &AppHandle<R>) {
         }
     }
     let handle = app.clone();
-    tauri::async_runtime::spawn(async move { react(&handle, Event::Push).await });
+    tauri::async_runtime::spawn(async move {
+        // iOS may launch the app in the background for a push. Asked off
+        // the main thread, which the answer needs (setup runs on it).
+        if handle.phone().in_background().await.unwrap_or(false) {
+            let state = handle.state::<PhoneState>();
+            // Unless the app has moved meanwhile.
+            if state.background.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                schedule_stop(&handle);
+            }
+        }
+        react(&handle, Event::Push).await;
+    });
 }
 
 async fn react<R: Runtime>(app: &AppHandle<R>, event: Event) {
@@ -183,7 +189,7 @@ async fn register<R: Runtime>(app: &AppHandle<R>) {
     let (Some(state), Ok(client)) = (app.try_state::<PhoneState>(), app.state::<Shell>().client().await) else {
         return;
     };
-    let target = match app.phone().pending_target() {
+    let target = match app.phone().pending_target().await {
         Ok(Some(target)) => target,
         Ok(None) => return,
         Err(e) => return tracing::warn!(%e, "no push target"),
@@ -203,7 +209,7 @@ async fn register<R: Runtime>(app: &AppHandle<R>) {
 /// stay queued.
 async fn run_actions<R: Runtime>(app: &AppHandle<R>) {
     let Some(client) = ensure_client(app).await else { return };
-    let actions = match app.phone().take_actions() {
+    let actions = match app.phone().take_actions().await {
         Ok(actions) => actions,
         Err(e) => return tracing::warn!(%e, "cannot read the phone's actions"),
     };
@@ -235,7 +241,7 @@ async fn run_actions<R: Runtime>(app: &AppHandle<R>) {
 /// Pushes that reached the running app (iOS background pushes): catch up,
 /// then tell the system whether anything came.
 async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
-    let pushes = match app.phone().take_pushes() {
+    let pushes = match app.phone().take_pushes().await {
         Ok(pushes) => pushes,
         Err(e) => return tracing::warn!(%e, "cannot read the phone's pushes"),
     };
@@ -247,7 +253,7 @@ async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
         if let Err(e) = &caught {
             tracing::info!(%e, "a push's catch-up failed");
         }
-        if let Err(e) = app.phone().finish_push(push.id, new_data) {
+        if let Err(e) = app.phone().finish_push(push.id, new_data).await {
             tracing::warn!(%e, "cannot finish a push");
         }
     }
@@ -256,7 +262,7 @@ async fn run_pushes<R: Runtime>(app: &AppHandle<R>) {
 }
 
 /// The core's call changed: tell the system's call UI, once per stage.
-pub fn call_changed<R: Runtime>(app: &AppHandle<R>, call: &CallView) {
+pub async fn call_changed<R: Runtime>(app: &AppHandle<R>, call: &CallView) {
     let Some(state) = app.try_state::<PhoneState>() else { return };
     {
         let mut last = state.call.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,14 +271,17 @@ pub fn call_changed<R: Runtime>(app: &AppHandle<R>, call: &CallView) {
     }
     let phone = app.phone();
     let told = match &call.phase {
-        CallPhase::Ringing => phone.incoming_call(&IncomingCall {
-            call: call.call,
-            conversation: call.conversation,
-            peer_name: call.peer_name.clone(),
-            video: call.video,
-        }),
-        CallPhase::Ended { reason, .. } => phone.end_call(call.call, end_reason(*reason, call.outgoing)),
-        _ => phone.answer_call(call.call, &call.peer_name),
+        CallPhase::Ringing => {
+            let ringing = IncomingCall {
+                call: call.call,
+                conversation: call.conversation,
+                peer_name: call.peer_name.clone(),
+                video: call.video,
+            };
+            phone.incoming_call(&ringing).await
+        }
+        CallPhase::Ended { reason, .. } => phone.end_call(call.call, end_reason(*reason, call.outgoing)).await,
+        _ => phone.answer_call(call.call, &call.peer_name).await,
     };
     if let Err(e) = told {
         tracing::warn!(%e, "the phone's call UI was not updated");

@@ -258,7 +258,7 @@ async fn forward<R: Runtime>(
         };
         if let ClientEvent::Call { call } = &event {
             // The phones ring and keep calls going through the system.
-            crate::phone::call_changed(&app, call);
+            crate::phone::call_changed(&app, call).await;
             #[cfg(desktop)]
             ring_and_announce(&app, call);
         }

@@ -15,31 +15,31 @@ pub(crate) fn init<R: Runtime>(_app: &AppHandle<R>, _api: PluginApi<R, ()>) -> P
 pub struct Phone<R: Runtime>(PhantomData<fn() -> R>);
 
 impl<R: Runtime> Phone<R> {
-    pub fn pending_target(&self) -> Result<Option<PushTarget>> {
+    pub async fn pending_target(&self) -> Result<Option<PushTarget>> {
         Ok(None)
     }
-    pub fn take_actions(&self) -> Result<Vec<Action>> {
+    pub async fn take_actions(&self) -> Result<Vec<Action>> {
         Ok(Vec::new())
     }
-    pub fn incoming_call(&self, _call: &IncomingCall) -> Result<()> {
+    pub async fn incoming_call(&self, _call: &IncomingCall) -> Result<()> {
         Ok(())
     }
-    pub fn update_call(&self, _call: CallId, _peer_name: &str, _video: bool) -> Result<()> {
+    pub async fn update_call(&self, _call: CallId, _peer_name: &str, _video: bool) -> Result<()> {
         Ok(())
     }
-    pub fn answer_call(&self, _call: CallId, _peer_name: &str) -> Result<()> {
+    pub async fn answer_call(&self, _call: CallId, _peer_name: &str) -> Result<()> {
         Ok(())
     }
-    pub fn end_call(&self, _call: CallId, _reason: crate::EndReason) -> Result<()> {
+    pub async fn end_call(&self, _call: CallId, _reason: crate::EndReason) -> Result<()> {
         Ok(())
     }
-    pub fn take_pushes(&self) -> Result<Vec<Push>> {
+    pub async fn take_pushes(&self) -> Result<Vec<Push>> {
         Ok(Vec::new())
     }
-    pub fn finish_push(&self, _id: i64, _new_data: bool) -> Result<()> {
+    pub async fn finish_push(&self, _id: i64, _new_data: bool) -> Result<()> {
         Ok(())
     }
-    pub fn in_background(&self) -> Result<bool> {
+    pub async fn in_background(&self) -> Result<bool> {
         Ok(false)
     }
     pub fn shared_root(&self) -> Result<Option<PathBuf>> {

@@ -76,55 +76,63 @@ struct ListenArgs {
 }
 
 impl<R: Runtime> Phone<R> {
+    /// Blocks until the native side answers: only for commands that answer
+    /// on the IPC queue, since setup calls them on iOS's main thread.
     fn run<T: DeserializeOwned>(&self, command: &str, args: impl Serialize) -> Result<T> {
         self.0.run_mobile_plugin(command, args).map_err(|e| Error(e.to_string()))
     }
 
+    /// Waits without blocking a thread: some commands answer on the main
+    /// thread (UIKit, CallKit).
+    async fn call<T: DeserializeOwned>(&self, command: &str, args: impl Serialize) -> Result<T> {
+        self.0.run_mobile_plugin_async(command, args).await.map_err(|e| Error(e.to_string()))
+    }
+
     /// The push target the platform gave this device, if any yet. One the
     /// shell cannot read (a newer native half) counts as none.
-    pub fn pending_target(&self) -> Result<Option<PushTarget>> {
-        let reply: TargetReply = self.run("pendingTarget", ())?;
+    pub async fn pending_target(&self) -> Result<Option<PushTarget>> {
+        let reply: TargetReply = self.call("pendingTarget", ()).await?;
         Ok(reply.target.and_then(|t| serde_json::from_value(t).ok()))
     }
 
     /// What the user chose outside the app since the last call (each once).
-    pub fn take_actions(&self) -> Result<Vec<Action>> {
-        let reply: ActionsReply = self.run("takeCallActions", ())?;
+    pub async fn take_actions(&self) -> Result<Vec<Action>> {
+        let reply: ActionsReply = self.call("takeCallActions", ()).await?;
         Ok(reply.actions.into_iter().filter_map(|a| serde_json::from_value(a).ok()).collect())
     }
 
     /// Rings through the system (CallKit; Android's call notification).
-    pub fn incoming_call(&self, call: &IncomingCall) -> Result<()> {
-        self.run("incomingCall", call)
+    pub async fn incoming_call(&self, call: &IncomingCall) -> Result<()> {
+        self.call("incomingCall", call).await
     }
 
-    pub fn update_call(&self, call: CallId, peer_name: &str, video: bool) -> Result<()> {
-        self.run("updateCall", CallArgs { call, peer_name: Some(peer_name), video: Some(video), reason: None })
+    pub async fn update_call(&self, call: CallId, peer_name: &str, video: bool) -> Result<()> {
+        self.call("updateCall", CallArgs { call, peer_name: Some(peer_name), video: Some(video), reason: None }).await
     }
 
     /// The call is under way on this device (answered here, or placed here):
     /// stop ringing, keep it going in the background.
-    pub fn answer_call(&self, call: CallId, peer_name: &str) -> Result<()> {
-        self.run("answerCall", CallArgs { call, peer_name: Some(peer_name), video: None, reason: None })
+    pub async fn answer_call(&self, call: CallId, peer_name: &str) -> Result<()> {
+        self.call("answerCall", CallArgs { call, peer_name: Some(peer_name), video: None, reason: None }).await
     }
 
-    pub fn end_call(&self, call: CallId, reason: EndReason) -> Result<()> {
-        self.run("endCall", CallArgs { call, peer_name: None, video: None, reason: Some(reason) })
+    pub async fn end_call(&self, call: CallId, reason: EndReason) -> Result<()> {
+        self.call("endCall", CallArgs { call, peer_name: None, video: None, reason: Some(reason) }).await
     }
 
-    pub fn take_pushes(&self) -> Result<Vec<Push>> {
-        let reply: PushesReply = self.run("takePushes", ())?;
+    pub async fn take_pushes(&self) -> Result<Vec<Push>> {
+        let reply: PushesReply = self.call("takePushes", ()).await?;
         Ok(reply.pushes)
     }
 
-    pub fn finish_push(&self, id: i64, new_data: bool) -> Result<()> {
-        self.run("finishPush", FinishArgs { id, new_data })
+    pub async fn finish_push(&self, id: i64, new_data: bool) -> Result<()> {
+        self.call("finishPush", FinishArgs { id, new_data }).await
     }
 
     /// Whether the app runs in the background now (iOS launches it there
     /// for a push).
-    pub fn in_background(&self) -> Result<bool> {
-        let reply: BackgroundReply = self.run("isInBackground", ())?;
+    pub async fn in_background(&self) -> Result<bool> {
+        let reply: BackgroundReply = self.call("isInBackground", ()).await?;
         Ok(reply.background)
     }
 
