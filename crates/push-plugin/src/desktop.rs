@@ -24,9 +24,6 @@ impl<R: Runtime> Phone<R> {
     pub async fn incoming_call(&self, _call: &IncomingCall) -> Result<()> {
         Ok(())
     }
-    pub async fn update_call(&self, _call: CallId, _peer_name: &str, _video: bool) -> Result<()> {
-        Ok(())
-    }
     pub async fn answer_call(&self, _call: CallId, _peer_name: &str) -> Result<()> {
         Ok(())
     }

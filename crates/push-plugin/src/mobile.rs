@@ -57,8 +57,6 @@ struct CallArgs<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    video: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<EndReason>,
 }
 
@@ -106,18 +104,14 @@ impl<R: Runtime> Phone<R> {
         self.call("incomingCall", call).await
     }
 
-    pub async fn update_call(&self, call: CallId, peer_name: &str, video: bool) -> Result<()> {
-        self.call("updateCall", CallArgs { call, peer_name: Some(peer_name), video: Some(video), reason: None }).await
-    }
-
     /// The call is under way on this device (answered here, or placed here):
     /// stop ringing, keep it going in the background.
     pub async fn answer_call(&self, call: CallId, peer_name: &str) -> Result<()> {
-        self.call("answerCall", CallArgs { call, peer_name: Some(peer_name), video: None, reason: None }).await
+        self.call("answerCall", CallArgs { call, peer_name: Some(peer_name), reason: None }).await
     }
 
     pub async fn end_call(&self, call: CallId, reason: EndReason) -> Result<()> {
-        self.call("endCall", CallArgs { call, peer_name: None, video: None, reason: Some(reason) }).await
+        self.call("endCall", CallArgs { call, peer_name: None, reason: Some(reason) }).await
     }
 
     pub async fn take_pushes(&self) -> Result<Vec<Push>> {

@@ -10,7 +10,7 @@
 //   pending_target          -> {target?: PushTarget}  (for register_push)
 //   take_call_actions       -> {actions: [{call, action}]}
 //   incoming_call {call, conversation, peerName, video}  ring on CallKit
-//   update_call {call, peerName?, video?}  name the caller on CallKit
+//                           (or name the caller of a call a push reported)
 //   answer_call {call}      the user answered in the app's UI
 //   end_call {call, reason} the call ended in the app (VoipPushHandler.end)
 //   take_pushes             -> {pushes: [{id, data}]}  (data: for on_push)
@@ -39,11 +39,6 @@ struct IncomingCallArgs: Decodable {
   let video: Bool
 }
 
-struct UpdateCallArgs: Decodable {
-  let call: String
-  let peerName: String?
-  let video: Bool?
-}
 
 struct FinishPushArgs: Decodable {
   let id: Int
@@ -133,11 +128,6 @@ class ConfabPushPlugin: Plugin {
       ConfabPush.shared.voip.incoming(
         $0, conversation: args.conversation, peerName: args.peerName, video: args.video)
     }
-  }
-
-  @objc public func updateCall(_ invoke: Invoke) throws {
-    let args = try invoke.parseArgs(UpdateCallArgs.self)
-    Self.onCall(invoke, args.call) { ConfabPush.shared.voip.update($0, peerName: args.peerName, video: args.video) }
   }
 
   @objc public func answerCall(_ invoke: Invoke) throws {

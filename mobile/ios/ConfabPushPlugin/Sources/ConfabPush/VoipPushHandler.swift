@@ -128,7 +128,7 @@ final class VoipPushHandler: NSObject, PKPushRegistryDelegate, CXProviderDelegat
 
   private func apply(_ caught: CaughtUp, to uuid: UUID) {
     // Answered meanwhile: the engine has it. Gone: declined or ended. Taken
-    // by the app's running client: its engine names the peer (update_call)
+    // by the app's running client: its engine names the peer (incoming_call)
     // or ends the call (end_call).
     guard let call = calls[uuid], !call.answered, caught.handledByApp != true else { return }
     if let ringing = caught.ringing {

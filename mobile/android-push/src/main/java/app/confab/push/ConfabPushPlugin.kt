@@ -38,9 +38,8 @@ class CallArgs {
  * - `answerCall {call, peerName}`: stop ringing, keep the call going in the
  *   foreground ([CallService]); also for a call this device placed
  * - `endCall {call}`: stop ringing and the foreground service
- * - `updateCall`, `takePushes`, `finishPush`, `profileDir`,
- *   `isInBackground`: iOS only; here
- *   they do nothing (a push reaching the running app arrives through
+ * - `takePushes`, `finishPush`, `profileDir`, `isInBackground`: iOS only;
+ *   here they do nothing (a push reaching the running app arrives through
  *   [ConfabNative], which hands it to the app's client)
  *
  * Events (`registerListener`): `target` (the push target changed) and
@@ -144,11 +143,6 @@ class ConfabPushPlugin(private val activity: Activity) : Plugin(activity) {
         val args = invoke.parseArgs(CallArgs::class.java)
         Notices.stopRinging(activity, args.call)
         CallService.stop(activity)
-        invoke.resolve()
-    }
-
-    @Command
-    fun updateCall(invoke: Invoke) {
         invoke.resolve()
     }
 
